@@ -18,7 +18,7 @@ Tian & Parikh, 2022.
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -109,15 +109,15 @@ def adam_plug_and_play(
     learning_rate: float,
     sigma_fn: ParamsFn | None = None,
     *,
-    variant: Variant = "inverse_square",
-    half_life: float | None = None,
-    p: float | None = None,
-    q: float = 1.0,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
+    **schedule: Any,
 ) -> optax.GradientTransformation:
-  """Adam's direction with the plug-and-play schedules on top."""
-  return optax.chain(
-      optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
-      plug_and_play_decay(learning_rate, sigma_fn, variant=variant, half_life=half_life, p=p, q=q))
+  """Adam's direction with the plug-and-play schedules on top.
+
+  ``schedule`` holds :func:`plug_and_play_decay`'s keyword arguments (``variant``,
+  ``half_life`` or ``p``, ``q``).
+  """
+  return optax.chain(optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+                     plug_and_play_decay(learning_rate, sigma_fn, **schedule))

@@ -1,0 +1,1 @@
+"""BERT, RoPE and relative-position (RPE) masked-LM encoders and their Amos settings."""

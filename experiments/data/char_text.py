@@ -1,0 +1,175 @@
+"""Character-level text data, nanoGPT style (`data/shakespeare_char/prepare.py`).
+
+The vocabulary is the sorted set of characters of the whole corpus; the first 90% of the
+encoded text is the training split and the last 10% the validation split. Batches are
+random windows, and every batch is a pure function of (seed, split, step): resuming a run
+at step k reproduces exactly the batches an uninterrupted run would have seen, with no
+iterator state to checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from experiments.task import CausalLMLoss
+
+TRAIN_FRACTION = 0.9  # nanoGPT's split.
+
+# Distinct random streams per (split, purpose): training batches, and the fixed evaluation
+# batches of each split, never share draws.
+_STREAM = {("train", "train"): 0, ("val", "eval"): 1, ("train", "eval"): 2}
+
+
+class DataConfigError(ValueError):
+    """A data setting that cannot work (missing corpus, window longer than the split)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CharCorpus:
+    """An encoded corpus and its vocabulary."""
+
+    chars: str
+    train: np.ndarray  # uint8 or uint16 token ids
+    val: np.ndarray
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[int(i)] for i in ids)
+
+
+def corpus_from_text(text: str, train_fraction: float = TRAIN_FRACTION) -> CharCorpus:
+    chars = "".join(sorted(set(text)))
+    lookup = {c: i for i, c in enumerate(chars)}
+    dtype = np.uint8 if len(chars) <= 256 else np.uint16
+    ids = np.fromiter((lookup[c] for c in text), dtype=dtype, count=len(text))
+    n = int(len(ids) * train_fraction)
+    return CharCorpus(chars=chars, train=ids[:n], val=ids[n:])
+
+
+def load_corpus(path: str, train_fraction: float = TRAIN_FRACTION) -> CharCorpus:
+    if not path:
+        raise DataConfigError("no corpus path given (gin binding CORPUS_PATH)")
+    if not os.path.isfile(path):
+        raise DataConfigError(f"corpus file not found: {path!r} (gin binding CORPUS_PATH)")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if len(text) < 2:
+        raise DataConfigError(f"corpus file {path!r} is empty")
+    return corpus_from_text(text, train_fraction)
+
+
+def generated_text(num_chars: int = 200_000, seed: int = 0) -> str:
+    """Deterministic synthetic text with learnable structure, for runs without any corpus.
+
+    Sentences from a small random grammar (a fixed word list, word bigram preferences and
+    punctuation): a character model can go well below the unigram entropy, so optimizers
+    separate, but it needs no download.
+    """
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    words = ["".join(rng.choice(letters, size=rng.integers(2, 8))) for _ in range(300)]
+    # Each word prefers a handful of successors: the bigram structure is what is learned.
+    successors = rng.integers(0, len(words), size=(len(words), 4))
+    out: list[str] = []
+    total = 0
+    w = 0
+    while total < num_chars:
+        sentence = []
+        for _ in range(rng.integers(4, 12)):
+            w = successors[w, rng.integers(0, 4)] if rng.random() < 0.9 else rng.integers(
+                0, len(words))
+            sentence.append(words[w])
+        s = " ".join(sentence).capitalize() + rng.choice([".", ".", "!", "?"]) + "\n"
+        out.append(s)
+        total += len(s)
+    return "".join(out)[:num_chars]
+
+
+
+def window_starts(n_tokens: int, block_size: int, batch_size: int, seed: int, stream: int,
+                  index: int) -> np.ndarray:
+    """Start offsets of the `batch_size` windows of batch number `index` of a stream."""
+    if n_tokens <= block_size:
+        raise DataConfigError(
+            f"split has {n_tokens} tokens, not more than block_size={block_size}")
+    rng = np.random.default_rng([seed, stream, index])
+    return rng.integers(0, n_tokens - block_size, size=batch_size)
+
+
+def get_batch(corpus: CharCorpus, split: str, *, seed: int, index: int, batch_size: int,
+              block_size: int, purpose: str = "train",
+              rows: slice | None = None) -> dict[str, np.ndarray]:
+    """Batch `index` of `split` ('train' or 'val') drawn for `purpose` ('train' or 'eval'):
+    inputs and next-character targets, int32 (B, T).
+
+    `rows` selects this host's rows of the global batch; all hosts draw the same global
+    offsets (cheap) so the data does not depend on the number of hosts.
+    """
+    if (split, purpose) not in _STREAM:
+        raise DataConfigError(f"no batches for split={split!r}, purpose={purpose!r}")
+    data = corpus.val if split == "val" else corpus.train
+    stream = _STREAM[(split, purpose)]
+    starts = window_starts(len(data), block_size, batch_size, seed, stream, index)
+    if rows is not None:
+        starts = starts[rows]
+    idx = starts[:, None] + np.arange(block_size + 1)[None, :]
+    windows = data[idx].astype(np.int32)
+    return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
+
+
+class CharTextTask(CausalLMLoss):
+    """Next-character prediction on a corpus file or on `generated_text` (a `Task`, see
+    experiments/task.py).
+
+    The trainer asks for batches by number; nothing here has state, so any step of any run
+    can be reproduced (and a resumed run sees the same data as an uninterrupted one).
+    """
+
+    def __init__(self, corpus_path: str | None = None, *, block_size: int = 64,
+                 generated_chars: int = 0, generated_seed: int = 0):
+        if generated_chars:
+            self.corpus = corpus_from_text(generated_text(generated_chars, generated_seed))
+            self.source = f"generated_text(num_chars={generated_chars}, seed={generated_seed})"
+        else:
+            self.corpus = load_corpus(corpus_path)
+            self.source = corpus_path
+        if block_size >= min(len(self.corpus.train), len(self.corpus.val)):
+            raise DataConfigError(
+                f"block_size={block_size} does not fit the splits "
+                f"({len(self.corpus.train)} train / {len(self.corpus.val)} val tokens)")
+        self.block_size = block_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.corpus.vocab_size
+
+    @property
+    def tokens_per_example(self) -> int:
+        return self.block_size
+
+    @property
+    def units_per_example(self) -> int:
+        return self.block_size
+
+    def model_kwargs(self) -> dict[str, int]:
+        return {"vocab_size": self.vocab_size}
+
+    @property
+    def num_train_tokens(self) -> int:
+        return len(self.corpus.train)
+
+    def train_batch(self, *, seed: int, step: int, batch_size: int,
+                    rows: slice | None = None) -> dict[str, np.ndarray]:
+        return get_batch(self.corpus, "train", seed=seed, index=step, batch_size=batch_size,
+                         block_size=self.block_size, purpose="train", rows=rows)
+
+    def eval_batch(self, split: str, *, seed: int, index: int, batch_size: int,
+                   rows: slice | None = None) -> dict[str, np.ndarray]:
+        return get_batch(self.corpus, split, seed=seed, index=index, batch_size=batch_size,
+                         block_size=self.block_size, purpose="eval", rows=rows)

@@ -1,0 +1,221 @@
+"""Where documents come from: text files, generated text, or prepared tfds datasets.
+
+A source has two splits, ``"train"`` and ``"validation"``, and either holds its documents
+in memory (``in_memory = True``: ``documents(split)`` returns the list) or streams them
+(``iter_documents(split)``: the same documents in the same fixed order on every call, so a
+reader can resume by skipping). Every source provides ``iter_documents``; in-memory ones
+also provide ``documents``.
+
+TFDS datasets are read with download-never semantics: the dataset must already be
+prepared under ``data_dir`` (``tfds build`` or ``download_and_prepare`` done beforehand);
+otherwise the error names ``data_dir`` and the dataset. TensorFlow is imported only when a
+TFDS source is built.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+
+from experiments.data.char_text import generated_text
+
+SPLITS = ("train", "validation")
+TEXT_FILE_MODES = ("lines", "paragraphs", "whole")
+VALIDATION_FRACTION = 0.1  # The last 10%, as nanoGPT and char_text hold out.
+
+
+class SourceError(ValueError):
+    """A data source that cannot be read (missing file or dataset, bad option)."""
+
+
+def _check_split(split: str, source: str) -> None:
+    if split not in SPLITS:
+        raise SourceError(f"{source}: unknown split {split!r}; expected one of {SPLITS}")
+
+
+def split_documents(text: str, mode: str) -> list[str]:
+    """A text as documents: each non-empty line, each blank-line-separated paragraph, or the
+    whole text as one document."""
+    if mode == "lines":
+        return [line for line in text.splitlines() if line.strip()]
+    if mode == "paragraphs":
+        paragraphs = (p.strip("\n") for p in text.replace("\r\n", "\n").split("\n\n"))
+        return [p for p in paragraphs if p.strip()]
+    if mode == "whole":
+        return [text] if text else []
+    raise SourceError(f"unknown text mode {mode!r}; expected one of {TEXT_FILE_MODES}")
+
+
+class InMemorySource:
+    """Documents held in memory: the last ``validation_fraction`` of them (or, for a single
+    document, of its characters) is the validation split, deterministically."""
+
+    in_memory = True
+
+    def __init__(self, documents: Sequence[str], *,
+                 validation_fraction: float = VALIDATION_FRACTION, name: str = "in-memory text"):
+        if not 0.0 < validation_fraction < 1.0:
+            raise SourceError(f"{name}: validation_fraction={validation_fraction} must be in "
+                              f"(0, 1)")
+        self.name = name
+        documents = list(documents)
+        if len(documents) == 1:
+            # One document (a whole corpus): hold out the tail of its text, as char_text.
+            text = documents[0]
+            n = int(len(text) * (1.0 - validation_fraction))
+            self._splits = {"train": [text[:n]], "validation": [text[n:]]}
+        else:
+            n = int(len(documents) * (1.0 - validation_fraction))
+            self._splits = {"train": documents[:n], "validation": documents[n:]}
+        for split, docs in self._splits.items():
+            if not any(docs):
+                raise SourceError(f"{name}: the {split} split is empty ({len(documents)} "
+                                  f"documents, validation_fraction={validation_fraction})")
+
+    def documents(self, split: str) -> list[str]:
+        _check_split(split, self.name)
+        return self._splits[split]
+
+    def iter_documents(self, split: str) -> Iterator[str]:
+        return iter(self.documents(split))
+
+    def text(self) -> str:
+        """All documents of both splits, e.g. to build a character vocabulary."""
+        return "\n".join(self._splits["train"] + self._splits["validation"])
+
+
+class TextFileSource(InMemorySource):
+    """A plain UTF-8 text file: one document per line (``mode='lines'``), per paragraph
+    (``'paragraphs'``, blank-line separated), or the whole file as one (``'whole'``)."""
+
+    def __init__(self, path: str, *, mode: str = "lines",
+                 validation_fraction: float = VALIDATION_FRACTION):
+        if mode not in TEXT_FILE_MODES:
+            raise SourceError(f"TextFileSource: mode={mode!r} is not one of {TEXT_FILE_MODES}")
+        if not path:
+            raise SourceError("TextFileSource: no path given")
+        if not os.path.isfile(path):
+            raise SourceError(f"text file not found: {path!r}")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        self.path = path
+        self.mode = mode
+        super().__init__(split_documents(text, mode), validation_fraction=validation_fraction,
+                         name=f"text file {path!r}")
+
+
+class GeneratedTextSource(InMemorySource):
+    """``char_text.generated_text``, one sentence per document: runs without any corpus."""
+
+    def __init__(self, num_chars: int = 200_000, seed: int = 0,
+                 validation_fraction: float = VALIDATION_FRACTION):
+        super().__init__(split_documents(generated_text(num_chars, seed), "lines"),
+                         validation_fraction=validation_fraction,
+                         name=f"generated_text(num_chars={num_chars}, seed={seed})")
+
+
+def default_tfds_data_dir(data_dir: str | None) -> str:
+    """``data_dir``, or TFDS' default (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``)."""
+    if data_dir:
+        return os.path.expanduser(data_dir)
+    import tensorflow_datasets as tfds
+
+    return os.path.expanduser(tfds.core.constants.DATA_DIR)
+
+
+def tfds_builder(name: str, data_dir: str | None):
+    """The builder of a TFDS dataset prepared under ``data_dir``; never downloads.
+
+    A dataset that is not there (not prepared, or unknown to TFDS and not in the
+    directory) is an error naming both the data directory and the dataset.
+    """
+    import tensorflow_datasets as tfds
+
+    data_dir = default_tfds_data_dir(data_dir)
+    missing = SourceError(
+        f"TFDS dataset {name!r} is not prepared under data_dir={data_dir!r}; this source "
+        f"never downloads: prepare it first, e.g. `tfds build {name.split('/')[0]} "
+        f"--data_dir={data_dir}`")
+    if not os.path.isdir(data_dir):
+        raise missing
+    try:
+        # try_gcs=False: the builder must not reach for Google's bucket either.
+        builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
+    except tfds.core.DatasetNotFoundError as e:
+        raise missing from e
+    if not builder.is_prepared():
+        raise missing
+    return builder
+
+
+class TfdsSource:
+    """A text feature of a TFDS dataset already prepared under ``data_dir``; never downloads.
+
+    ``name`` is what ``tfds.builder`` takes, e.g. ``'wikipedia/20230601.en'``, ``'c4/en'``
+    or ``'lm1b'``; ``feature`` is the text feature (``'text'`` for all three).
+    ``split_names`` maps our splits to the dataset's (C4 calls its held-out split
+    ``'validation'``, lm1b ``'test'``, and wikipedia has only ``'train'``: hold out a slice
+    with TFDS's split syntax, e.g. ``{"train": "train[:99%]", "validation": "train[99%:]"}``).
+
+    Streaming by default (``in_memory=False``); ``in_memory=True`` loads the splits (at most
+    ``max_documents`` each) into lists, for small datasets.
+    """
+
+    def __init__(self, name: str, data_dir: str | None = None, *, feature: str = "text",
+                 split_names: dict[str, str] | None = None, in_memory: bool = False,
+                 max_documents: int | None = None):
+        split_names = dict(split_names or {"train": "train", "validation": "validation"})
+        for split in SPLITS:
+            if split not in split_names:
+                raise SourceError(f"TfdsSource({name!r}): split_names has no {split!r} entry")
+        self.name = name
+        self.data_dir = default_tfds_data_dir(data_dir)
+        self.feature = feature
+        self.split_names = split_names
+        self.in_memory = in_memory
+        self.max_documents = max_documents
+        self.builder = tfds_builder(name, self.data_dir)
+        features = self.builder.info.features
+        if feature not in features:
+            raise SourceError(f"TFDS dataset {name!r} has no feature {feature!r} (feature "
+                              f"option); it has {sorted(features.keys())}")
+        for split, tfds_split in split_names.items():
+            base = tfds_split.split("[")[0]
+            if base not in self.builder.info.splits:
+                raise SourceError(
+                    f"TFDS dataset {name!r} under {self.data_dir!r} has no split {base!r} "
+                    f"(split_names[{split!r}]); it has {sorted(self.builder.info.splits)}")
+        self._cache: dict[str, list[str]] = {}
+
+    def _tfds_split(self, split: str) -> str:
+        _check_split(split, f"TfdsSource({self.name!r})")
+        tfds_split = self.split_names[split]
+        if self.max_documents is not None and "[" not in tfds_split:
+            tfds_split = f"{tfds_split}[:{self.max_documents}]"
+        return tfds_split
+
+    def tf_dataset(self, split: str):
+        """The split's text feature as a ``tf.data.Dataset`` of strings, in file order."""
+        import tensorflow_datasets as tfds
+
+        # No auto-cache: a streaming reader stops part-way, which a cache would warn about.
+        ds = self.builder.as_dataset(split=self._tfds_split(split), shuffle_files=False,
+                                     read_config=tfds.ReadConfig(try_autocache=False))
+        feature = self.feature
+        return ds.map(lambda x: x[feature])
+
+    def iter_documents(self, split: str) -> Iterator[str]:
+        if self.in_memory:
+            yield from self.documents(split)
+            return
+        for text in self.tf_dataset(split).as_numpy_iterator():
+            yield text.decode("utf-8")
+
+    def documents(self, split: str) -> list[str]:
+        if not self.in_memory:
+            raise SourceError(f"TfdsSource({self.name!r}) streams (in_memory=False); use "
+                              f"iter_documents, or in_memory=True with max_documents")
+        if split not in self._cache:
+            ds = self.tf_dataset(split)
+            self._cache[split] = [t.decode("utf-8") for t in ds.as_numpy_iterator()]
+        return self._cache[split]

@@ -1,0 +1,391 @@
+"""The paper's text objectives as harness tasks (``experiments/task.py``): BERT masked LM
+and T5 span corruption, over any source of ``experiments.data.sources`` and any tokenizer
+of ``experiments.data.tokenizers``.
+
+Determinism, as in ``char_text``: every batch is a pure function of its arguments.
+
+* In-memory sources (text files, generated text, a TFDS source with ``in_memory=True``):
+  all documents are tokenized once and packed into one stream; the training batch of step
+  ``s`` is ``batch_size`` random windows of that stream drawn by
+  ``np.random.default_rng([seed, 0, s])`` (with replacement, as nanoGPT), and the same
+  Generator then draws the masking / noise. Eval batch ``i`` of a split uses stream 1
+  ('val') or 2 ('train') instead of 0, so evaluation never shares draws with training.
+* Streaming sources (TFDS, ``in_memory=False``): windows are read in the dataset's fixed
+  file order (``shuffle_files=False``), one pass after another; step ``s`` takes windows
+  ``(s - 1) * batch_size`` to ``s * batch_size - 1`` and eval batch ``i`` windows
+  ``i * batch_size`` onwards of the validation split. The reader keeps its position, so
+  consecutive steps cost nothing extra; asking for an earlier step (or a resumed run's
+  first step) restarts the pass and skips to the window, which costs one read of the data
+  up to there. Masking / noise is still drawn from (seed, stream, step), so ``seed``
+  changes the corruption but not the order of the data.
+
+``rows`` slices the global batch after it is built: every host builds the same global
+batch, so the data does not depend on the number of hosts.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.data import mlm, span_corruption
+from experiments.data.sources import InMemorySource, TextFileSource
+from experiments.data.tokenizers import (
+    ByteTokenizer,
+    CharTokenizer,
+    SentencePieceTokenizer,
+    Tokenizer,
+)
+
+Batch = dict[str, np.ndarray]
+
+# Distinct random streams per (split, purpose), as in char_text.
+_STREAM = {("train", "train"): 0, ("val", "eval"): 1, ("train", "eval"): 2}
+_SOURCE_SPLIT = {"train": "train", "val": "validation"}
+LOSS_NORMALIZATIONS = ("sum", "mean")
+
+
+class TaskConfigError(ValueError):
+    """A task setting that cannot work; the message names the option."""
+
+
+def resolve_source(source) -> Any:
+    """A source object, or a text-file path (one document per line)."""
+    if isinstance(source, str):
+        return TextFileSource(source)
+    return source
+
+
+def resolve_tokenizer(tokenizer, source) -> Tokenizer:
+    """A Tokenizer, or 'char' (alphabet of an in-memory source), 'byte', or the path of a
+    sentencepiece ``.model`` file: strings are what gin configs bind."""
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer
+    if tokenizer == "byte":
+        return ByteTokenizer()
+    if tokenizer == "char":
+        if not isinstance(source, InMemorySource):
+            raise TaskConfigError("tokenizer='char' builds its alphabet from the text, which "
+                                  "needs an in-memory source; give a sentencepiece model")
+        return CharTokenizer.from_text(source.text())
+    if isinstance(tokenizer, str) and tokenizer.endswith(".model"):
+        return SentencePieceTokenizer(tokenizer)
+    raise TaskConfigError(f"tokenizer={tokenizer!r}: expected a Tokenizer, 'char', 'byte' or a "
+                          f"sentencepiece .model path")
+
+
+def _check_split(split: str, purpose: str) -> int:
+    if (split, purpose) not in _STREAM:
+        raise TaskConfigError(f"no batches for split={split!r}, purpose={purpose!r}; eval "
+                              f"splits are 'val' and 'train'")
+    return _STREAM[(split, purpose)]
+
+
+class _StreamReader:
+    """Examples of one split of a streaming source, read in order, pass after pass."""
+
+    def __init__(self, make_examples):
+        self._make_examples = make_examples  # () -> iterator over examples of one pass
+        self._it: Iterator[np.ndarray] | None = None
+        self._next = 0
+
+    def _restart(self) -> None:
+        def forever():
+            for _ in itertools.count():
+                empty = True
+                for example in self._make_examples():
+                    empty = False
+                    yield example
+                if empty:
+                    raise TaskConfigError("the split yields no complete example")
+        self._it, self._next = forever(), 0
+
+    def read(self, start: int, count: int) -> list[np.ndarray]:
+        if self._it is None or start < self._next:
+            self._restart()
+        for _ in itertools.islice(self._it, start - self._next):
+            pass
+        self._next = start + count
+        return list(itertools.islice(self._it, count))
+
+
+class _TextTask:
+    """Tokenized splits and window sampling shared by the two objectives."""
+
+    unit_name = "tokens"
+
+    def __init__(self, source, tokenizer, *, window: int, separator: int | None,
+                 packing: bool):
+        self.source = resolve_source(source)
+        self.tokenizer = resolve_tokenizer(tokenizer, self.source)
+        self.window = window
+        self.separator = separator
+        self.packing = packing
+        self.in_memory = bool(getattr(self.source, "in_memory", False))
+        self._docs: dict[str, list[np.ndarray]] = {}
+        self._streams: dict[str, np.ndarray] = {}
+        self._readers: dict[tuple[str, str], _StreamReader] = {}
+        if self.in_memory:
+            for split in _SOURCE_SPLIT:  # Fail at construction, not at the first eval.
+                self._split_stream(split)
+
+    # In-memory: the tokenized documents and their concatenation.
+    def _split_docs(self, split: str) -> list[np.ndarray]:
+        if split not in self._docs:
+            texts = self.source.documents(_SOURCE_SPLIT[split])
+            docs = [np.asarray(self.tokenizer.encode(t), np.int32) for t in texts]
+            self._docs[split] = [d for d in docs if len(d)]
+        return self._docs[split]
+
+    def _concat(self, docs) -> np.ndarray:
+        if self.separator is None:
+            return np.concatenate(docs) if docs else np.zeros(0, np.int32)
+        sep = np.array([self.separator], np.int32)
+        return np.concatenate([p for d in docs for p in (d, sep)]) if docs else sep[:0]
+
+    def _split_stream(self, split: str) -> np.ndarray:
+        if split not in self._streams:
+            stream = self._concat(self._split_docs(split))
+            if self.packing and len(stream) < self.window:
+                raise TaskConfigError(
+                    f"the {_SOURCE_SPLIT[split]} split of {self.source.name} has "
+                    f"{len(stream)} tokens, fewer than one example needs ({self.window}); "
+                    f"use a shorter sequence length or more text")
+            if not self.packing and not self._split_docs(split):
+                raise TaskConfigError(f"the {_SOURCE_SPLIT[split]} split of "
+                                      f"{self.source.name} has no documents")
+            self._streams[split] = stream
+        return self._streams[split]
+
+    # Streaming: examples in order.
+    def _examples_of_one_pass(self, split: str) -> Iterator[np.ndarray]:
+        buffer: list[np.ndarray] = []
+        size = 0
+        for text in self.source.iter_documents(_SOURCE_SPLIT[split]):
+            ids = np.asarray(self.tokenizer.encode(text), np.int32)
+            if not len(ids):
+                continue
+            if not self.packing:
+                yield ids
+                continue
+            buffer.append(self._concat([ids]))
+            size += len(buffer[-1])
+            if size >= self.window:
+                flat = np.concatenate(buffer)
+                n = len(flat) // self.window * self.window
+                yield from flat[:n].reshape(-1, self.window)
+                buffer, size = [flat[n:]], len(flat) - n
+
+    def _reader(self, split: str, purpose: str) -> _StreamReader:
+        key = (split, purpose)
+        if key not in self._readers:
+            self._readers[key] = _StreamReader(lambda: self._examples_of_one_pass(split))
+        return self._readers[key]
+
+    def _raw_examples(self, split: str, purpose: str, *, seed: int, index: int,
+                      batch_size: int, first: int) -> tuple[list[np.ndarray], np.random.Generator]:
+        """``batch_size`` windows (packing) or documents, and the Generator that then draws
+        the objective's randomness; ``first`` is the first example's position in a stream."""
+        stream_id = _check_split(split, purpose)
+        rng = np.random.default_rng([seed, stream_id, index])
+        if not self.in_memory:
+            return self._reader(split, purpose).read(first, batch_size), rng
+        if not self.packing:
+            docs = self._split_docs(split)
+            return [docs[i] for i in rng.integers(0, len(docs), size=batch_size)], rng
+        stream = self._split_stream(split)
+        starts = rng.integers(0, len(stream) - self.window + 1, size=batch_size)
+        return list(stream[starts[:, None] + np.arange(self.window)[None, :]]), rng
+
+    def _batch(self, split: str, purpose: str, *, seed: int, index: int, batch_size: int,
+               first: int, rows: slice | None) -> Batch:
+        examples, rng = self._raw_examples(split, purpose, seed=seed, index=index,
+                                           batch_size=batch_size, first=first)
+        batch = self._objective(examples, rng)
+        if rows is not None:
+            batch = {k: v[rows] for k, v in batch.items()}
+        return batch
+
+    def _objective(self, examples: list[np.ndarray], rng: np.random.Generator) -> Batch:
+        raise NotImplementedError
+
+    # The Task protocol.
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def tokens_per_example(self) -> int:
+        return self.units_per_example
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"vocab_size": self.tokenizer.vocab_size}
+
+    def train_batch(self, *, seed: int, step: int, batch_size: int,
+                    rows: slice | None = None) -> Batch:
+        return self._batch("train", "train", seed=seed, index=step, batch_size=batch_size,
+                           first=(step - 1) * batch_size, rows=rows)
+
+    def eval_batch(self, split: str, *, seed: int, index: int, batch_size: int,
+                   rows: slice | None = None) -> Batch:
+        return self._batch(split, "eval", seed=seed, index=index, batch_size=batch_size,
+                           first=index * batch_size, rows=rows)
+
+
+def _token_cross_entropy(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-position cross-entropy (float32) and whether the argmax is the target."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    ce = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return ce, jnp.argmax(logits, axis=-1) == targets
+
+
+def _rngs(train: bool, rng: jax.Array) -> dict[str, jax.Array] | None:
+    return {"dropout": rng} if train else None
+
+
+class MaskedLMTask(_TextTask):
+    """BERT masked LM (``experiments.data.mlm``): batches ``input_ids``, ``segment_ids``,
+    ``attention_mask``, ``targets``, ``weights``, all ``(batch, seq_length)``.
+
+    The model is called as ``model.apply(variables, input_ids, segment_ids,
+    attention_mask, deterministic=..., rngs=...)`` and returns ``(batch, length, vocab)``
+    logits (``experiments.bert.models.BertMlm``). The loss is the mean cross-entropy over
+    the masked positions of the batch, accuracy likewise.
+    """
+
+    reports_perplexity = True
+
+    def __init__(self, source, tokenizer="char", seq_length: int = 128, *,
+                 packing: bool = True, mask_rate: float = mlm.MASK_RATE,
+                 mask_token_rate: float = mlm.MASK_TOKEN_RATE,
+                 random_token_rate: float = mlm.RANDOM_TOKEN_RATE,
+                 max_predictions: int | None = None):
+        if seq_length < 4:
+            raise TaskConfigError(f"MaskedLMTask: seq_length={seq_length} must be at least 4")
+        source = resolve_source(source)
+        tok = resolve_tokenizer(tokenizer, source)
+        mlm.check_tokenizer(tok)
+        self.seq_length = seq_length
+        self.mask_kwargs = dict(mask_rate=mask_rate, mask_token_rate=mask_token_rate,
+                                random_token_rate=random_token_rate,
+                                max_predictions=max_predictions)
+        window = mlm.window_length(tok, seq_length) if packing else seq_length
+        super().__init__(source, tok, window=window, separator=mlm.separator_id(tok),
+                         packing=packing)
+        self.units_per_example = seq_length
+
+    def _objective(self, examples: list[np.ndarray], rng: np.random.Generator) -> Batch:
+        if self.packing:
+            tokens = mlm.packed_examples(np.stack(examples), self.tokenizer)
+        else:
+            tokens = mlm.truncated_examples(examples, self.tokenizer, self.seq_length)
+        return mlm.mlm_batch(tokens, self.tokenizer, rng, **self.mask_kwargs)
+
+    def init_variables(self, model: nn.Module, rng: jax.Array, batch: Batch) -> dict[str, Any]:
+        params_rng, dropout_rng = jax.random.split(rng)
+        variables = model.init({"params": params_rng, "dropout": dropout_rng},
+                               batch["input_ids"], batch["segment_ids"], batch["attention_mask"],
+                               deterministic=True)
+        return dict(variables)
+
+    def loss(self, model: nn.Module, variables: dict[str, Any], batch: Batch, *, train: bool,
+             rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
+        logits = model.apply(variables, batch["input_ids"], batch["segment_ids"],
+                             batch["attention_mask"], deterministic=not train,
+                             rngs=_rngs(train, rng))
+        ce, correct = _token_cross_entropy(logits, batch["targets"])
+        weights = jnp.asarray(batch["weights"], jnp.float32)
+        denom = jnp.maximum(weights.sum(), 1.0)
+        loss = (ce * weights).sum() / denom
+        accuracy = (correct * weights).sum() / denom
+        return loss, {"accuracy": accuracy, "num_targets": weights.sum()}, {}
+
+
+class SpanCorruptionTask(_TextTask):
+    """T5 span corruption (``experiments.data.span_corruption``): batches
+    ``encoder_input_tokens`` ``(batch, inputs_length)`` and ``decoder_input_tokens``,
+    ``decoder_target_tokens``, ``decoder_loss_weights`` ``(batch, targets_length)``.
+
+    The model is called as ``model.apply(variables, encoder_input_tokens,
+    decoder_input_tokens, decoder_target_tokens, deterministic=..., rngs=...)`` and returns
+    ``(batch, targets_length, vocab)`` logits.
+
+    ``loss_normalization``: the paper's T5 loss (T5X with no loss-normalizing factor) is
+    the SUM of the target tokens' cross-entropies over the whole batch, "sum" (default);
+    its gradient grows with the batch, so Amos' ``clip_value`` must then be about
+    ``sqrt(batch_size * targets_length)``, not 1.0, and the harness should not take
+    ``exp`` of it (``reports_perplexity`` is False). "mean" divides by the number of target
+    tokens (clip 1.0, perplexity reported). Either way the metrics hold the per-token
+    ``token_loss`` and ``accuracy``. Under data parallelism a summed loss must be summed
+    (not averaged) across devices to stay the paper's loss.
+
+    ``units_per_example`` counts the encoder's ``inputs_length`` tokens (T5's convention for
+    tokens seen); each example is cut from ``tokens_length`` tokens of text (568 for 512).
+    """
+
+    def __init__(self, source, tokenizer, inputs_length: int = 512, targets_length: int = 114,
+                 *, noise_density: float = span_corruption.NOISE_DENSITY,
+                 mean_noise_span_length: float = span_corruption.MEAN_NOISE_SPAN_LENGTH,
+                 loss_normalization: str = "sum"):
+        if loss_normalization not in LOSS_NORMALIZATIONS:
+            raise TaskConfigError(f"SpanCorruptionTask: loss_normalization="
+                                  f"{loss_normalization!r} is not one of {LOSS_NORMALIZATIONS}")
+        if not 0.0 < noise_density < 1.0:
+            raise TaskConfigError(f"SpanCorruptionTask: noise_density={noise_density} must be "
+                                  f"in (0, 1)")
+        if mean_noise_span_length < 1.0:
+            raise TaskConfigError(f"SpanCorruptionTask: mean_noise_span_length="
+                                  f"{mean_noise_span_length} must be at least 1")
+        tokens_length, needed = span_corruption.random_spans_helper(
+            inputs_length, noise_density, mean_noise_span_length)
+        if needed > targets_length:
+            raise TaskConfigError(
+                f"SpanCorruptionTask: targets_length={targets_length} is too short; "
+                f"inputs_length={inputs_length} makes targets of {needed} tokens")
+        self.inputs_length = inputs_length
+        self.targets_length = targets_length
+        self.tokens_length = tokens_length
+        self.noise_density = noise_density
+        self.mean_noise_span_length = mean_noise_span_length
+        self.loss_normalization = loss_normalization
+        self.reports_perplexity = loss_normalization == "mean"
+        self.units_per_example = inputs_length
+        super().__init__(source, tokenizer, window=tokens_length, separator=None, packing=True)
+        spans = int(round(round(tokens_length * noise_density) / mean_noise_span_length))
+        if spans > self.tokenizer.num_sentinels:
+            raise TaskConfigError(f"SpanCorruptionTask: {spans} noise spans per example need "
+                                  f"as many sentinels; the tokenizer has "
+                                  f"{self.tokenizer.num_sentinels}")
+
+    def _objective(self, examples: list[np.ndarray], rng: np.random.Generator) -> Batch:
+        return span_corruption.span_corruption_batch(
+            examples, self.tokenizer, rng, inputs_length=self.inputs_length,
+            targets_length=self.targets_length, noise_density=self.noise_density,
+            mean_noise_span_length=self.mean_noise_span_length)
+
+    def init_variables(self, model: nn.Module, rng: jax.Array, batch: Batch) -> dict[str, Any]:
+        params_rng, dropout_rng = jax.random.split(rng)
+        variables = model.init({"params": params_rng, "dropout": dropout_rng},
+                               batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+                               batch["decoder_target_tokens"], deterministic=True)
+        return dict(variables)
+
+    def loss(self, model: nn.Module, variables: dict[str, Any], batch: Batch, *, train: bool,
+             rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
+        logits = model.apply(variables, batch["encoder_input_tokens"],
+                             batch["decoder_input_tokens"], batch["decoder_target_tokens"],
+                             deterministic=not train, rngs=_rngs(train, rng))
+        ce, correct = _token_cross_entropy(logits, batch["decoder_target_tokens"])
+        weights = jnp.asarray(batch["decoder_loss_weights"], jnp.float32)
+        total = (ce * weights).sum()
+        count = jnp.maximum(weights.sum(), 1.0)
+        loss = total if self.loss_normalization == "sum" else total / count
+        metrics = {"accuracy": (correct * weights).sum() / count, "token_loss": total / count,
+                   "num_targets": weights.sum()}
+        return loss, metrics, {}

@@ -1,0 +1,116 @@
+"""A decoder-only Transformer in the shape of nanoGPT's `model.py` (flax linen).
+
+Learned positions, pre-LayerNorm blocks, GELU MLP, tied input/output embedding, nanoGPT's
+initialization (normal 0.02, residual projections 0.02 / sqrt(2 * layers)). Variables use
+the standard flax names ('kernel', 'bias', 'scale', 'embedding') so that
+`amos.default_eta_fn` and `amos.default_shape_fn` recognize them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# Amos gains: the MLP output projection reads GELU outputs, whose scale calls for gain 2
+# (reference section 2: eta = sqrt(gain / fan_in), gain 2 after ReLU/GELU). Keys are
+# regexes on '/'.join(path) of the params tree (without the 'params' collection name).
+GPT_AMOS_GAINS: dict[str, float] = {r".*mlp/c_proj/kernel": 2.0}
+
+
+class CausalSelfAttention(nn.Module):
+    num_heads: int
+    residual_init_std: float
+    use_bias: bool
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
+        b, t, c = x.shape
+        if c % self.num_heads:
+            raise ValueError(f"width {c} is not divisible by num_heads={self.num_heads}")
+        init = nn.initializers.normal(0.02)
+        qkv = nn.Dense(3 * c, use_bias=self.use_bias, kernel_init=init, name="c_attn")(x)
+        q, k, v = jnp.split(qkv, 3, axis=-1)
+        heads = lambda a: a.reshape(b, t, self.num_heads, c // self.num_heads)  # noqa: E731
+        q, k, v = heads(q), heads(k), heads(v)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(c // self.num_heads)
+        mask = jnp.tril(jnp.ones((t, t), dtype=bool))
+        scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
+        att = nn.softmax(scores, axis=-1)
+        att = nn.Dropout(self.dropout)(att, deterministic=deterministic)
+        y = jnp.einsum("bhqk,bkhd->bqhd", att, v).reshape(b, t, c)
+        y = nn.Dense(c, use_bias=self.use_bias,
+                     kernel_init=nn.initializers.normal(self.residual_init_std), name="c_proj")(y)
+        return nn.Dropout(self.dropout)(y, deterministic=deterministic)
+
+
+class MLP(nn.Module):
+    residual_init_std: float
+    use_bias: bool
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
+        c = x.shape[-1]
+        h = nn.Dense(4 * c, use_bias=self.use_bias, kernel_init=nn.initializers.normal(0.02),
+                     name="c_fc")(x)
+        h = nn.gelu(h, approximate=False)  # PyTorch nn.GELU() default, as in nanoGPT.
+        h = nn.Dense(c, use_bias=self.use_bias,
+                     kernel_init=nn.initializers.normal(self.residual_init_std), name="c_proj")(h)
+        return nn.Dropout(self.dropout)(h, deterministic=deterministic)
+
+
+class Block(nn.Module):
+    num_heads: int
+    residual_init_std: float
+    use_bias: bool
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
+        ln = lambda name: nn.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, name=name)  # noqa: E731
+        x = x + CausalSelfAttention(self.num_heads, self.residual_init_std, self.use_bias,
+                                    self.dropout, name="attn")(ln("ln_1")(x), deterministic)
+        x = x + MLP(self.residual_init_std, self.use_bias, self.dropout,
+                    name="mlp")(ln("ln_2")(x), deterministic)
+        return x
+
+
+class GPT(nn.Module):
+    """Maps token ids (B, T) to next-token logits (B, T, vocab_size)."""
+
+    vocab_size: int
+    block_size: int = 64
+    num_layers: int = 4
+    num_heads: int = 4
+    width: int = 128
+    dropout: float = 0.0
+    use_bias: bool = False  # nanoGPT's default: no biases in Linear and LayerNorm.
+
+    @nn.compact
+    def __call__(self, tokens: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
+        t = tokens.shape[-1]
+        if t > self.block_size:
+            raise ValueError(f"sequence length {t} > block_size {self.block_size}")
+        init = nn.initializers.normal(0.02)
+        wte = nn.Embed(self.vocab_size, self.width, embedding_init=init, name="wte")
+        wpe = nn.Embed(self.block_size, self.width, embedding_init=init, name="wpe")
+        x = wte(tokens) + wpe(jnp.arange(t))[None]
+        x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+        residual_std = 0.02 / math.sqrt(2 * self.num_layers)
+        for i in range(self.num_layers):
+            x = Block(self.num_heads, residual_std, self.use_bias, self.dropout,
+                      name=f"h_{i}")(x, deterministic)
+        x = nn.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, name="ln_f")(x)
+        return wte.attend(x)  # Tied output embedding, as nanoGPT.
+
+
+def cross_entropy(logits: jnp.ndarray, targets: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Mean token cross-entropy and accuracy, computed in float32."""
+    logits = logits.astype(jnp.float32)
+    logp = nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    acc = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    return nll.mean(), acc.mean()

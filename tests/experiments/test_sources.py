@@ -1,0 +1,139 @@
+"""Sources: text files with a held-out split, and TFDS datasets read without downloading."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from experiments.data.sources import (
+    GeneratedTextSource,
+    InMemorySource,
+    SourceError,
+    TextFileSource,
+    split_documents,
+)
+
+
+def test_split_documents_modes():
+    text = "a b\nc\n\nd e\n\n\nf\n"
+    assert split_documents(text, "lines") == ["a b", "c", "d e", "f"]
+    assert split_documents(text, "paragraphs") == ["a b\nc", "d e", "f"]
+    assert split_documents(text, "whole") == [text]
+    with pytest.raises(SourceError, match="'sentences'"):
+        split_documents(text, "sentences")
+
+
+def test_text_file_held_out_fraction(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("".join(f"line {i}\n" for i in range(100)))
+    source = TextFileSource(str(path), validation_fraction=0.2)
+    assert source.documents("train") == [f"line {i}" for i in range(80)]
+    assert source.documents("validation") == [f"line {i}" for i in range(80, 100)]
+    assert list(source.iter_documents("validation"))[0] == "line 80"
+    whole = TextFileSource(str(path), mode="whole")
+    train, val = whole.documents("train")[0], whole.documents("validation")[0]
+    assert train + val == path.read_text() and len(val) == len(path.read_text()) - int(
+        len(path.read_text()) * 0.9)
+    with pytest.raises(SourceError, match="split 'test'"):
+        source.documents("test")
+
+
+def test_text_file_errors_name_the_culprit(tmp_path):
+    missing = str(tmp_path / "nope.txt")
+    with pytest.raises(SourceError, match="nope.txt"):
+        TextFileSource(missing)
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(SourceError, match="empty.txt.*split is empty"):
+        TextFileSource(str(tmp_path / "empty.txt"), mode="lines")
+    (tmp_path / "one.txt").write_text("only line\n")
+    with pytest.raises(SourceError, match="mode='rows'"):
+        TextFileSource(str(tmp_path / "one.txt"), mode="rows")
+    with pytest.raises(SourceError, match="validation_fraction=1.5"):
+        InMemorySource(["a", "b"], validation_fraction=1.5)
+
+
+def test_generated_source_is_deterministic():
+    a, b = GeneratedTextSource(10_000, seed=3), GeneratedTextSource(10_000, seed=3)
+    assert a.documents("train") == b.documents("train") and len(a.documents("validation")) > 5
+
+
+# TFDS: a tiny dataset built in a temporary data_dir; nothing is downloaded.
+tfds = pytest.importorskip("tensorflow_datasets")
+
+
+class TinyAmosText(tfds.core.GeneratorBasedBuilder):
+    """Two splits of short documents, and a non-text feature."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(
+            {"text": tfds.features.Text(), "id": np.int64}))
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        return {"train": self._generate_examples("t", 60),
+                "validation": self._generate_examples("v", 12)}
+
+    def _generate_examples(self, tag, n):
+        for i in range(n):
+            yield i, {"text": f"{tag}{i:03d} a short document for the test.", "id": i}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("tfds"))
+    TinyAmosText(data_dir=path).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    return path
+
+
+def test_tfds_source_streams_and_loads(data_dir):
+    from experiments.data.sources import TfdsSource
+
+    source = TfdsSource("tiny_amos_text", data_dir)
+    assert not source.in_memory
+    train = list(source.iter_documents("train"))
+    assert sorted(train) == [f"t{i:03d} a short document for the test." for i in range(60)]
+    assert list(source.iter_documents("train")) == train  # a fixed order: resumable
+    assert len(list(source.iter_documents("validation"))) == 12
+    with pytest.raises(SourceError, match="in_memory=False"):
+        source.documents("train")
+    small = TfdsSource("tiny_amos_text", data_dir, in_memory=True, max_documents=5,
+                       split_names={"train": "train", "validation": "train[50:]"})
+    assert len(small.documents("train")) == 5 and len(small.documents("validation")) == 10
+
+
+def test_tfds_errors_name_data_dir_and_dataset(data_dir, tmp_path):
+    from experiments.data.sources import TfdsSource
+
+    empty = str(tmp_path / "empty_tfds")
+    with pytest.raises(SourceError, match=r"'wikipedia/20230601.en'.*" + empty):
+        TfdsSource("wikipedia/20230601.en", empty)
+    (tmp_path / "empty_tfds").mkdir()
+    with pytest.raises(SourceError, match=r"'c4/en'.*empty_tfds"):
+        TfdsSource("c4/en", empty)
+    with pytest.raises(SourceError, match=r"'no_such_dataset_xyz'.*empty_tfds"):
+        TfdsSource("no_such_dataset_xyz", empty)
+    with pytest.raises(SourceError, match="feature 'content'"):
+        TfdsSource("tiny_amos_text", data_dir, feature="content")
+    with pytest.raises(SourceError, match="no split 'test'"):
+        TfdsSource("tiny_amos_text", data_dir,
+                   split_names={"train": "train", "validation": "test"})
+
+
+def test_tasks_over_tfds(data_dir):
+    from experiments.data.sources import TfdsSource
+    from experiments.data.text_tasks import MaskedLMTask, SpanCorruptionTask
+    from experiments.data.tokenizers import ByteTokenizer
+
+    task = MaskedLMTask(TfdsSource("tiny_amos_text", data_dir), ByteTokenizer(), seq_length=32)
+    b2 = task.train_batch(seed=0, step=2, batch_size=4)
+    fresh = MaskedLMTask(TfdsSource("tiny_amos_text", data_dir), ByteTokenizer(), seq_length=32)
+    fresh.train_batch(seed=0, step=1, batch_size=4)
+    for k, v in fresh.train_batch(seed=0, step=2, batch_size=4).items():
+        np.testing.assert_array_equal(v, b2[k])
+    assert task.eval_batch("val", seed=0, index=0, batch_size=4)["input_ids"].shape == (4, 32)
+    span = SpanCorruptionTask(TfdsSource("tiny_amos_text", data_dir, in_memory=True),
+                              ByteTokenizer(), inputs_length=32, targets_length=8)
+    assert span.train_batch(seed=0, step=1, batch_size=3)["encoder_input_tokens"].shape == (3, 32)

@@ -1,0 +1,221 @@
+"""MaskedLMTask and SpanCorruptionTask: pure batches, rows, eval splits, finite losses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from experiments.data import span_corruption as sc
+from experiments.data.sources import GeneratedTextSource, InMemorySource, TextFileSource
+from experiments.data.text_tasks import MaskedLMTask, SpanCorruptionTask, TaskConfigError
+from experiments.data.tokenizers import ByteTokenizer
+
+ROOT = Path(__file__).resolve().parents[2]
+SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare" / \
+    "input.txt"
+
+
+class DummyMlm(nn.Module):
+    """The call signature of experiments.bert.models.BertMlm, nothing more."""
+
+    vocab_size: int
+
+    @nn.compact
+    def __call__(self, input_ids, segment_ids, attention_mask, *, deterministic=True):
+        x = nn.Embed(self.vocab_size, 8)(input_ids) + nn.Embed(2, 8)(segment_ids)
+        x = nn.Dropout(0.5)(x, deterministic=deterministic) * attention_mask[..., None]
+        return nn.Dense(self.vocab_size)(x)
+
+
+class DummyEncDec(nn.Module):
+    vocab_size: int
+
+    @nn.compact
+    def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, *,
+                 deterministic=True):
+        del decoder_target_tokens  # T5X passes it (for packing/segment masks); unused here.
+        embed = nn.Embed(self.vocab_size, 8)
+        context = embed(encoder_input_tokens).mean(axis=1, keepdims=True)
+        x = nn.Dropout(0.5)(embed(decoder_input_tokens) + context, deterministic=deterministic)
+        return nn.Dense(self.vocab_size)(x)
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def _differs(a, b) -> bool:
+    return any(not np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def mlm_task() -> MaskedLMTask:
+    return MaskedLMTask(GeneratedTextSource(60_000), "char", seq_length=64)
+
+
+def test_mlm_batches_are_pure(mlm_task):
+    b1 = mlm_task.train_batch(seed=0, step=1, batch_size=8)
+    _assert_same(b1, mlm_task.train_batch(seed=0, step=1, batch_size=8))
+    _assert_same(b1, MaskedLMTask(GeneratedTextSource(60_000), "char", seq_length=64)
+                 .train_batch(seed=0, step=1, batch_size=8))
+    assert _differs(b1, mlm_task.train_batch(seed=0, step=2, batch_size=8))
+    assert _differs(b1, mlm_task.train_batch(seed=1, step=1, batch_size=8))
+    assert set(b1) == {"input_ids", "segment_ids", "attention_mask", "targets", "weights"}
+    assert all(v.shape == (8, 64) for v in b1.values())
+    assert b1["input_ids"].dtype == np.int32 and b1["weights"].dtype == np.float32
+    # Multi-host: each host's rows are exactly its slice of the global batch.
+    _assert_same({k: v[2:5] for k, v in b1.items()},
+                 mlm_task.train_batch(seed=0, step=1, batch_size=8, rows=slice(2, 5)))
+    v0 = mlm_task.eval_batch("val", seed=0, index=0, batch_size=8)
+    _assert_same(v0, mlm_task.eval_batch("val", seed=0, index=0, batch_size=8))
+    assert _differs(v0, mlm_task.eval_batch("val", seed=0, index=1, batch_size=8))
+    assert _differs(mlm_task.eval_batch("train", seed=0, index=1, batch_size=8), b1)
+    with pytest.raises(TaskConfigError, match="split='test'"):
+        mlm_task.eval_batch("test", seed=0, index=0, batch_size=8)
+    assert mlm_task.model_kwargs() == {"vocab_size": mlm_task.tokenizer.vocab_size}
+    assert (mlm_task.unit_name, mlm_task.units_per_example, mlm_task.reports_perplexity) == \
+        ("tokens", 64, True)
+
+
+def test_mlm_eval_reads_held_out_text():
+    source = InMemorySource([f"train doc {i}." for i in range(90)] +
+                            [f"VALID DOC {i}!" for i in range(10)])
+    task = MaskedLMTask(source, "char", seq_length=16, mask_rate=0.01)
+    val = task.tokenizer.decode(task.eval_batch("val", seed=0, index=0, batch_size=4)
+                                ["input_ids"].ravel())
+    train = task.tokenizer.decode(task.train_batch(seed=0, step=1, batch_size=4)
+                                  ["input_ids"].ravel())
+    assert "VALID" in val and "train" not in val and "VALID" not in train
+
+
+def test_mlm_loss_finite(mlm_task):
+    batch = mlm_task.train_batch(seed=0, step=3, batch_size=4)
+    model = DummyMlm(**mlm_task.model_kwargs())
+    variables = mlm_task.init_variables(model, jax.random.PRNGKey(0), batch)
+    assert "params" in variables
+    loss, metrics, updates = mlm_task.loss(model, variables, batch, train=True,
+                                           rng=jax.random.PRNGKey(1))
+    assert np.isfinite(loss) and updates == {}
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert abs(float(loss) - np.log(mlm_task.tokenizer.vocab_size)) < 1.0  # near uniform
+    eval_loss, _, _ = jax.jit(lambda v, b: mlm_task.loss(model, v, b, train=False,
+                                                        rng=jax.random.PRNGKey(0)))(
+        variables, batch)
+    assert np.isfinite(eval_loss)
+
+
+@pytest.mark.skipif(not SHAKESPEARE.exists(), reason="shared Tiny Shakespeare not present")
+def test_mlm_on_shakespeare_truncated_by_path():
+    task = MaskedLMTask(str(SHAKESPEARE), ByteTokenizer(), seq_length=32, packing=False)
+    assert isinstance(task.source, TextFileSource)
+    batch = task.train_batch(seed=0, step=1, batch_size=16)
+    assert (batch["attention_mask"] == 0).any()  # short lines are padded
+    assert (batch["weights"][batch["attention_mask"] == 0] == 0).all()
+    assert (batch["input_ids"][:, 0] == task.tokenizer.cls_id).all()
+
+
+@pytest.fixture(scope="module")
+def span_task() -> SpanCorruptionTask:
+    return SpanCorruptionTask(GeneratedTextSource(60_000), ByteTokenizer(), inputs_length=64,
+                              targets_length=16)
+
+
+def test_span_batches_are_pure(span_task):
+    b1 = span_task.train_batch(seed=0, step=1, batch_size=6)
+    _assert_same(b1, span_task.train_batch(seed=0, step=1, batch_size=6))
+    assert _differs(b1, span_task.train_batch(seed=0, step=2, batch_size=6))
+    _assert_same({k: v[3:] for k, v in b1.items()},
+                 span_task.train_batch(seed=0, step=1, batch_size=6, rows=slice(3, None)))
+    assert b1["encoder_input_tokens"].shape == (6, 64)
+    assert b1["decoder_target_tokens"].shape == (6, 16)
+    np.testing.assert_array_equal(b1["decoder_input_tokens"][:, 1:],
+                                  b1["decoder_target_tokens"][:, :-1])
+    tok = span_task.tokenizer
+    assert span_task.tokens_length == 70
+    for enc, tgt in zip(b1["encoder_input_tokens"], b1["decoder_target_tokens"]):
+        text = tok.decode(sc.reconstruct(enc, tgt, tok))
+        # Documents are concatenated without separators (T5's reduce_concat_tokens).
+        assert len(text.encode()) == 70 and text in "".join(span_task.source.documents("train"))
+    _assert_same(span_task.eval_batch("val", seed=0, index=2, batch_size=6),
+                 span_task.eval_batch("val", seed=0, index=2, batch_size=6))
+
+
+def test_span_loss_sum_and_mean(span_task):
+    batch = span_task.train_batch(seed=0, step=1, batch_size=4)
+    model = DummyEncDec(**span_task.model_kwargs())
+    variables = span_task.init_variables(model, jax.random.PRNGKey(0), batch)
+    total, metrics, _ = span_task.loss(model, variables, batch, train=False,
+                                       rng=jax.random.PRNGKey(0))
+    assert np.isfinite(total) and not span_task.reports_perplexity
+    n = batch["decoder_loss_weights"].sum()
+    np.testing.assert_allclose(total, metrics["token_loss"] * n, rtol=1e-5)
+    mean_task = SpanCorruptionTask(span_task.source, span_task.tokenizer, 64, 16,
+                                   loss_normalization="mean")
+    mean, _, _ = mean_task.loss(model, variables, batch, train=True, rng=jax.random.PRNGKey(1))
+    assert mean_task.reports_perplexity and np.isfinite(mean) and float(mean) < float(total)
+
+
+def test_task_errors_name_the_option():
+    source = GeneratedTextSource(5_000)
+    with pytest.raises(TaskConfigError, match="loss_normalization='avg'"):
+        SpanCorruptionTask(source, "byte", 64, 16, loss_normalization="avg")
+    with pytest.raises(TaskConfigError, match="targets_length=10"):
+        SpanCorruptionTask(source, "byte", 64, 10)
+    with pytest.raises(TaskConfigError, match="fewer than one example needs"):
+        MaskedLMTask(source, "char", seq_length=4096)
+    with pytest.raises(TaskConfigError, match="tokenizer='bogus'"):
+        MaskedLMTask(source, "bogus")
+
+
+class _StreamingSource:
+    """A stand-in for a streaming TFDS source: documents only through iteration."""
+
+    in_memory = False
+    name = "streaming test source"
+
+    def __init__(self):
+        self.passes = 0
+
+    def iter_documents(self, split):
+        self.passes += 1
+        n, tag = (300, "t") if split == "train" else (40, "v")
+        return iter(f"{tag}{i:04d} document text." for i in range(n))
+
+
+def test_streaming_resumes_by_skipping():
+    source = _StreamingSource()
+    task = MaskedLMTask(source, ByteTokenizer(), seq_length=32)
+    run = [task.train_batch(seed=0, step=s, batch_size=4) for s in range(1, 6)]
+    assert source.passes == 1  # consecutive steps read on
+    fresh = MaskedLMTask(_StreamingSource(), ByteTokenizer(), seq_length=32)
+    _assert_same(fresh.train_batch(seed=0, step=4, batch_size=4), run[3])  # skips to step 4
+    _assert_same(task.train_batch(seed=0, step=2, batch_size=4), run[1])  # restarts
+    # Windows follow the stream in order: step 2 starts where step 1 ended.
+    tok = task.tokenizer
+
+    def original(batch):  # the unmasked ids, without [CLS]
+        return np.where(batch["weights"] > 0, batch["targets"], batch["input_ids"])[:, 1:]
+
+    expected = np.concatenate([tok.encode(f"t{i:04d} document text.") + [tok.sep_id]
+                               for i in range(300)])
+    np.testing.assert_array_equal(np.concatenate([original(run[0]), original(run[1])]).ravel(),
+                                  expected[:2 * 4 * 31])
+    # Passes repeat: a long run wraps to the start of the split.
+    assert task.train_batch(seed=0, step=400, batch_size=4)["input_ids"].shape == (4, 32)
+    val = original(task.eval_batch("val", seed=0, index=0, batch_size=4))
+    assert tok.decode(val[0]).startswith("v0000 document text.[SEP]v0001")
+
+
+def test_importing_the_data_modules_does_not_import_tensorflow():
+    code = ("import sys, amos, experiments.data.text_tasks, experiments.data.seqio_tasks, "
+            "experiments.data.sources, experiments.data.train_sentencepiece; "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
