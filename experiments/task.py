@@ -52,13 +52,17 @@ class Task(Protocol):
     """
 
 
+def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-position cross-entropy (in float32) and whether the argmax is the target (0/1)."""
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  return nll, (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+
+
 def cross_entropy(logits: jax.Array, targets: jax.Array,
                   weights: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """Weighted mean token cross-entropy and accuracy (weights default to all ones)."""
-  logits = logits.astype(jnp.float32)
-  log_probs = jax.nn.log_softmax(logits)
-  nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  nll, correct = token_cross_entropy(logits, targets)
   if weights is None:
     return jnp.mean(nll), jnp.mean(correct)
   weights = weights.astype(jnp.float32)

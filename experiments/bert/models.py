@@ -287,14 +287,3 @@ class BertMlm(nn.Module):
       x = EncoderLayer(cfg, name=f"layers_{i}")(x, mask_bias, positions, position_bias,
                                                  deterministic)
     return MlmHead(cfg, name="mlm_head")(x, token_embedder)
-
-
-def mlm_loss(logits: jnp.ndarray, targets: jnp.ndarray,
-             weights: jnp.ndarray | None = None) -> jnp.ndarray:
-  """Mean cross-entropy over the positions with nonzero ``weights`` (the masked ones)."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-  if weights is None:
-    return nll.mean()
-  weights = weights.astype(jnp.float32)
-  return (nll * weights).sum() / jnp.maximum(weights.sum(), 1.0)

@@ -42,6 +42,7 @@ from experiments.data.tokenizers import (
     SentencePieceTokenizer,
     Tokenizer,
 )
+from experiments.task import token_cross_entropy
 
 Batch = dict[str, np.ndarray]
 
@@ -238,13 +239,6 @@ class _TextTask:
                            first=index * batch_size, rows=rows)
 
 
-def _token_cross_entropy(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-position cross-entropy (float32) and whether the argmax is the target."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    ce = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return ce, jnp.argmax(logits, axis=-1) == targets
-
-
 def _rngs(train: bool, rng: jax.Array) -> dict[str, jax.Array] | None:
     return {"dropout": rng} if train else None
 
@@ -299,7 +293,7 @@ class MaskedLMTask(_TextTask):
         logits = model.apply(variables, batch["input_ids"], batch["segment_ids"],
                              batch["attention_mask"], deterministic=not train,
                              rngs=_rngs(train, rng))
-        ce, correct = _token_cross_entropy(logits, batch["targets"])
+        ce, correct = token_cross_entropy(logits, batch["targets"])
         weights = jnp.asarray(batch["weights"], jnp.float32)
         denom = jnp.maximum(weights.sum(), 1.0)
         loss = (ce * weights).sum() / denom
@@ -381,7 +375,7 @@ class SpanCorruptionTask(_TextTask):
         logits = model.apply(variables, batch["encoder_input_tokens"],
                              batch["decoder_input_tokens"], batch["decoder_target_tokens"],
                              deterministic=not train, rngs=_rngs(train, rng))
-        ce, correct = _token_cross_entropy(logits, batch["decoder_target_tokens"])
+        ce, correct = token_cross_entropy(logits, batch["decoder_target_tokens"])
         weights = jnp.asarray(batch["decoder_loss_weights"], jnp.float32)
         total = (ce * weights).sum()
         count = jnp.maximum(weights.sum(), 1.0)

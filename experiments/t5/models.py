@@ -245,18 +245,3 @@ class T5(nn.Module):
       decoder_valid = decoder_target_tokens > PAD_ID
     return Decoder(cfg, name="decoder")(embedder(decoder_input_tokens), encoded,
                                         encoder_input_tokens, decoder_valid, deterministic)
-
-
-def seq2seq_loss(logits: jnp.ndarray, targets: jnp.ndarray,
-                 reduction: str = "sum") -> jnp.ndarray:
-  """Token cross-entropy over non-padding targets: ``"sum"`` (T5's; clip by
-  ``sqrt(batch * target_length)`` with Amos) or ``"mean"``."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-  weights = (targets > PAD_ID).astype(jnp.float32)
-  total = (nll * weights).sum()
-  if reduction == "sum":
-    return total
-  if reduction == "mean":
-    return total / jnp.maximum(weights.sum(), 1.0)
-  raise ValueError(f"reduction {reduction!r} is neither 'sum' nor 'mean'")
