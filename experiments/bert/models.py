@@ -76,7 +76,7 @@ class BertConfig:
 
 SIZES: dict[str, dict[str, Any]] = {
     # For tests and smoke runs: a few hundred thousand parameters.
-    "tiny": dict(vocab_size=128, hidden_size=64, num_layers=2, num_heads=2, mlp_dim=256,
+    "tiny": dict(vocab_size=128, hidden_size=128, num_layers=2, num_heads=2, mlp_dim=512,
                  max_length=64, relpos_num_buckets=16, relpos_max_distance=32),
     "base": dict(hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072, max_length=512),
     "large": dict(hidden_size=1024, num_layers=24, num_heads=16, mlp_dim=4096, max_length=512),

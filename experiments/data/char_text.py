@@ -123,42 +123,27 @@ def get_batch(corpus: CharCorpus, split: str, *, seed: int, index: int, batch_si
     return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
 
 
-class CharTextTask(CausalLMLoss):
-    """Next-character prediction on a corpus file or on `generated_text` (a `Task`, see
-    experiments/task.py).
+class WindowedLMTask(CausalLMLoss):
+    """Next-token prediction on random windows of a tokenized corpus (a `Task`, see
+    experiments/task.py): subclasses set `corpus` (with `train` and `val` id arrays) and
+    `block_size`, then call `check_fits()`.
 
     The trainer asks for batches by number; nothing here has state, so any step of any run
     can be reproduced (and a resumed run sees the same data as an uninterrupted one).
     """
 
-    def __init__(self, corpus_path: str | None = None, *, block_size: int = 64,
-                 generated_chars: int = 0, generated_seed: int = 0):
-        if generated_chars:
-            self.corpus = corpus_from_text(generated_text(generated_chars, generated_seed))
-            self.source = f"generated_text(num_chars={generated_chars}, seed={generated_seed})"
-        else:
-            self.corpus = load_corpus(corpus_path)
-            self.source = corpus_path
-        if block_size >= min(len(self.corpus.train), len(self.corpus.val)):
+    corpus: CharCorpus
+    block_size: int
+
+    def check_fits(self, name: str = "block_size") -> None:
+        if self.block_size >= min(len(self.corpus.train), len(self.corpus.val)):
             raise DataConfigError(
-                f"block_size={block_size} does not fit the splits "
+                f"{name}={self.block_size} does not fit the splits "
                 f"({len(self.corpus.train)} train / {len(self.corpus.val)} val tokens)")
-        self.block_size = block_size
-
-    @property
-    def vocab_size(self) -> int:
-        return self.corpus.vocab_size
-
-    @property
-    def tokens_per_example(self) -> int:
-        return self.block_size
 
     @property
     def units_per_example(self) -> int:
         return self.block_size
-
-    def model_kwargs(self) -> dict[str, int]:
-        return {"vocab_size": self.vocab_size}
 
     @property
     def num_train_tokens(self) -> int:
@@ -173,3 +158,25 @@ class CharTextTask(CausalLMLoss):
                    rows: slice | None = None) -> dict[str, np.ndarray]:
         return get_batch(self.corpus, split, seed=seed, index=index, batch_size=batch_size,
                          block_size=self.block_size, purpose="eval", rows=rows)
+
+
+class CharTextTask(WindowedLMTask):
+    """Next-character prediction on a corpus file or on `generated_text`."""
+
+    def __init__(self, corpus_path: str | None = None, *, block_size: int = 64,
+                 generated_chars: int = 0, generated_seed: int = 0):
+        if generated_chars:
+            self.corpus = corpus_from_text(generated_text(generated_chars, generated_seed))
+            self.source = f"generated_text(num_chars={generated_chars}, seed={generated_seed})"
+        else:
+            self.corpus = load_corpus(corpus_path)
+            self.source = corpus_path
+        self.block_size = block_size
+        self.check_fits()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.corpus.vocab_size
+
+    def model_kwargs(self) -> dict[str, int]:
+        return {"vocab_size": self.vocab_size}

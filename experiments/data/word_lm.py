@@ -15,8 +15,7 @@ import os
 
 import numpy as np
 
-from experiments.data.char_text import TRAIN_FRACTION, DataConfigError, get_batch
-from experiments.task import CausalLMLoss
+from experiments.data.char_text import TRAIN_FRACTION, DataConfigError, WindowedLMTask
 
 UNK, EOS = "<unk>", "<eos>"
 
@@ -82,7 +81,7 @@ class TokenSplits:
     val: np.ndarray
 
 
-class WordLMTask(CausalLMLoss):
+class WordLMTask(WindowedLMTask):
     """Next-word prediction over a text file (PTB's ``ptb.train.txt`` or any corpus).
 
     Args:
@@ -111,27 +110,13 @@ class WordLMTask(CausalLMLoss):
             self.vocab = build_vocabulary(train_words, max_vocab)
             if save_vocab_path:
                 self.vocab.save(save_vocab_path)
-        self.splits = TokenSplits(self.vocab.encode(train_words), self.vocab.encode(valid_words))
-        shortest = min(len(self.splits.train), len(self.splits.val))
-        if seq_length >= shortest:
-            raise DataConfigError(f"seq_length={seq_length} does not fit the splits "
-                                  f"({len(self.splits.train)} train / {len(self.splits.val)} "
-                                  "val words)")
-        self.seq_length = seq_length
-        self.units_per_example = seq_length
+        self.corpus = TokenSplits(self.vocab.encode(train_words), self.vocab.encode(valid_words))
+        self.source = corpus_path
+        self.block_size = seq_length
+        self.check_fits("seq_length")
 
     def model_kwargs(self) -> dict[str, int]:
         return {"vocab_size": len(self.vocab)}
-
-    def train_batch(self, *, seed: int, step: int, batch_size: int,
-                    rows: slice | None = None) -> dict[str, np.ndarray]:
-        return get_batch(self.splits, "train", seed=seed, index=step, batch_size=batch_size,
-                         block_size=self.seq_length, purpose="train", rows=rows)
-
-    def eval_batch(self, split: str, *, seed: int, index: int, batch_size: int,
-                   rows: slice | None = None) -> dict[str, np.ndarray]:
-        return get_batch(self.splits, split, seed=seed, index=index, batch_size=batch_size,
-                         block_size=self.seq_length, purpose="eval", rows=rows)
 
 
 def _read(path: str, binding: str) -> str:

@@ -63,7 +63,7 @@ def _size(d_model: int, layers: int, heads: int, d_kv: int, d_ff: int,
 
 
 SIZES: dict[str, dict[str, Any]] = {
-    "tiny": _size(64, 2, 2, 32, 128, vocab_size=128, relpos_num_buckets=16,
+    "tiny": _size(128, 2, 2, 64, 256, vocab_size=128, relpos_num_buckets=16,
                   relpos_max_distance=32),
     "small": _size(512, 8, 6, 64, 1024),
     "base": _size(768, 12, 12, 64, 2048),

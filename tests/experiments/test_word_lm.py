@@ -55,9 +55,9 @@ def test_task_on_tiny_shakespeare(tmp_path):
     np.testing.assert_array_equal(half["inputs"], batch["inputs"][2:])
     # The saved vocabulary reproduces the same ids when given by path.
     from_file = WordLMTask(str(SHAKESPEARE), seq_length=32, vocab_path=str(vocab_path))
-    np.testing.assert_array_equal(from_file.splits.val, task.splits.val)
+    np.testing.assert_array_equal(from_file.corpus.val, task.corpus.val)
     # Out-of-vocabulary words are <unk>: about the share of rare words.
-    unk_share = float(np.mean(task.splits.val == 0))
+    unk_share = float(np.mean(task.corpus.val == 0))
     assert 0.02 < unk_share < 0.3
 
 

@@ -1,0 +1,290 @@
+"""Run one experiment under several optimizers and seeds, then summarize.
+
+  .venv/bin/python launch/compare.py --experiment nanogpt_cpu --seeds 3
+
+Each (optimizer, seed) is a separate `launch/run.py` process with its own run directory
+PARENT/<optimizer>/seed_<k> (default PARENT = runs/<experiment>), configured by
+gin_configs/runs/<experiment>_<optimizer>.gin. Finished runs are skipped, interrupted ones
+resume from their checkpoints. The summary goes to results/<experiment>/: summary.json,
+summary.md and loss_curves.png, with the command, git revision, config and machine.
+`--resummarize` only re-reads existing run directories.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from launch.run import git_revision, package_versions  # noqa: E402
+from launch.summary_writer import read_metrics  # noqa: E402
+
+BASELINE = "adamw"
+
+
+def run_dir(parent: Path, optimizer: str, seed: int) -> Path:
+    return parent / optimizer / f"seed_{seed}"
+
+
+def gin_file_for(experiment: str, optimizer: str) -> str:
+    return f"runs/{experiment}_{optimizer}.gin"
+
+
+def train_one(experiment: str, optimizer: str, seed: int, directory: Path,
+              extra: list[str], env: dict | None = None) -> None:
+    if (directory / "final.json").exists():
+        print(f"[compare] {directory} already finished; skipping", flush=True)
+        return
+    cmd = [sys.executable, str(REPO / "launch" / "run.py"),
+           f"--gin_file={gin_file_for(experiment, optimizer)}",
+           f"--gin.MODEL_DIR='{directory}'", f"--gin.SEED={seed}", *extra]
+    print("[compare] " + " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, cwd=REPO, env=env)
+    if proc.returncode:
+        raise SystemExit(f"[compare] run failed (exit {proc.returncode}): {directory}")
+
+
+# ----------------------------------------------------------------------------- summary
+def eval_curve(directory: Path) -> list[dict]:
+    return [r for r in read_metrics(str(directory)) if r["split"] == "eval"]
+
+
+def first_reach(curve: list[dict], target: float, key: str) -> float | None:
+    """`key` (step or train time) at which eval loss first reaches `target`, linearly
+    interpolated between the two evaluations around the crossing; None if never."""
+    prev = None
+    for r in curve:
+        if r["loss"] <= target:
+            if prev is None or prev["loss"] == r["loss"]:
+                return float(r[key])
+            frac = (prev["loss"] - target) / (prev["loss"] - r["loss"])
+            return float(prev[key] + frac * (r[key] - prev[key]))
+        prev = r
+    return None
+
+
+def mean_curve(curves: list[list[dict]]) -> list[dict]:
+    """Eval loss and training time averaged over seeds at the steps all curves share."""
+    common = set.intersection(*[{r["step"] for r in c} for c in curves])
+    out = []
+    for step in sorted(common):
+        rows = [next(r for r in c if r["step"] == step) for c in curves]
+        out.append({"step": step, "loss": sum(r["loss"] for r in rows) / len(rows),
+                    "train_time_s": sum(r["train_time_s"] for r in rows) / len(rows)})
+    return out
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    m = sum(xs) / len(xs)
+    return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0)
+
+
+def summarize(experiment: str, parent: Path, optimizers: list[str], seeds: list[int],
+              out_dir: Path, command: list[str],
+              expect: tuple[float, float] | None = None) -> dict:
+    runs: dict[str, list[dict]] = {}
+    for opt in optimizers:
+        for seed in seeds:
+            d = run_dir(parent, opt, seed)
+            if not (d / "final.json").exists():
+                print(f"[compare] missing finished run {d}; left out", flush=True)
+                continue
+            final = json.loads((d / "final.json").read_text())
+            runs.setdefault(opt, []).append({"seed": seed, "dir": str(d), "final": final,
+                                             "curve": eval_curve(d)})
+    if not runs:
+        raise SystemExit(f"[compare] no finished runs under {parent}")
+    base = BASELINE if BASELINE in runs else next(iter(runs))
+    target = _mean_std([r["final"]["eval"]["loss"] for r in runs[base]])[0]
+
+    per_opt = {}
+    for opt, rs in runs.items():
+        losses = [r["final"]["eval"]["loss"] for r in rs]
+        # Per seed, for reference: a seed ending above the mean never reaches it.
+        steps = [first_reach(r["curve"], target, "step") for r in rs]
+        times = [first_reach(r["curve"], target, "train_time_s") for r in rs]
+        # The headline numbers use the seed-mean curve (eval loss and training time averaged
+        # over seeds at each evaluation step), so the baseline reaches its own target
+        # exactly at its last evaluation.
+        curve = mean_curve([r["curve"] for r in rs])
+        mean_steps = first_reach(curve, target, "step")
+        mean_time = first_reach(curve, target, "train_time_s")
+        mean, std = _mean_std(losses)
+        per_opt[opt] = {
+            "seeds": [r["seed"] for r in rs], "run_dirs": [r["dir"] for r in rs],
+            "final_eval_loss": losses, "final_eval_loss_mean": mean,
+            "final_eval_loss_std": std,
+            "train_steps": rs[0]["final"]["step"],
+            "train_time_s_mean": _mean_std([r["final"]["train_time_s"] for r in rs])[0],
+            "steps_to_target_per_seed": steps, "time_to_target_s_per_seed": times,
+            "runs_reaching_target": sum(x is not None for x in steps),
+            "steps_to_target_mean": "never" if mean_steps is None else mean_steps,
+            "time_to_target_s_mean": "never" if mean_time is None else mean_time,
+            "slot_bytes": rs[0]["final"]["slot_bytes"],
+        }
+    b = per_opt[base]
+    for v in per_opt.values():
+        for key, ratio in [("steps_to_target_mean", "steps_ratio_to_baseline"),
+                           ("time_to_target_s_mean", "time_ratio_to_baseline")]:
+            v[ratio] = (v[key] / b[key] if isinstance(v[key], float)
+                        and isinstance(b[key], float) and b[key] > 0 else "never")
+        v["slot_bytes_ratio_to_baseline"] = (v["slot_bytes"] / b["slot_bytes"]
+                                             if b["slot_bytes"] else None)
+
+    first_dir = Path(runs[base][0]["dir"])
+    run_info = json.loads((first_dir / "run.json").read_text())
+    run_commands = {r["dir"]: json.loads((Path(r["dir"]) / "run.json").read_text()).get("argv")
+                    for rs in runs.values() for r in rs}
+    summary = {
+        "experiment": experiment, "baseline": base,
+        "target_eval_loss": target,
+        "target_definition": f"mean final eval loss of {base} over its seeds",
+        "optimizers": per_opt,
+        "command": command, "git": git_revision(), "packages": package_versions(),
+        "machine": run_info.get("machine"), "run_parent": str(parent),
+        "run_commands": run_commands, "run_git": run_info.get("git"),
+        "configs": {opt: str(Path(runs[opt][0]["dir"]) / "config.gin") for opt in runs},
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if expect is not None:  # An anchor measured elsewhere (reference section 7).
+        got = per_opt[base]["final_eval_loss_mean"]
+        summary["anchor_check"] = {"optimizer": base, "expected_eval_loss": expect[0],
+                                   "tolerance": expect[1], "measured_eval_loss": got,
+                                   "passed": abs(got - expect[0]) <= expect[1]}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    for opt in runs:  # The operative configs, beside the numbers they produced.
+        shutil.copy(Path(runs[opt][0]["dir"]) / "config.gin", out_dir / f"config_{opt}.gin")
+        # runs/ is not versioned: keep each run's small records with the summary.
+        for r in runs[opt]:
+            dest = out_dir / "runs" / opt / f"seed_{r['seed']}"
+            dest.mkdir(parents=True, exist_ok=True)
+            for name in ["metrics.jsonl", "final.json", "run.json", "config.gin"]:
+                shutil.copy(Path(r["dir"]) / name, dest / name)
+    (out_dir / "summary.md").write_text(markdown(summary))
+    plot(runs, target, out_dir / "loss_curves.png", experiment)
+    return summary
+
+
+def _fmt(x, spec: str = ".4g") -> str:
+    return format(x, spec) if isinstance(x, (int, float)) else str(x)
+
+
+def markdown(s: dict) -> str:
+    lines = [f"# {s['experiment']}: " + " vs ".join(s["optimizers"]), "",
+             f"Target: {s['target_definition']} = {s['target_eval_loss']:.4f}.", "",
+             "| optimizer | seeds | final eval loss (mean ± std) | steps to target | "
+             "ratio | train time to target (s) | ratio | slot bytes | ratio |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for opt, v in s["optimizers"].items():
+        lines.append(
+            f"| {opt} | {len(v['seeds'])} | {v['final_eval_loss_mean']:.4f} ± "
+            f"{v['final_eval_loss_std']:.4f} | {_fmt(v['steps_to_target_mean'], '.0f')} | "
+            f"{_fmt(v['steps_ratio_to_baseline'], '.3f')} | "
+            f"{_fmt(v['time_to_target_s_mean'], '.1f')} | "
+            f"{_fmt(v['time_ratio_to_baseline'], '.3f')} | {v['slot_bytes']} | "
+            f"{_fmt(v['slot_bytes_ratio_to_baseline'], '.3f')} |")
+    if "anchor_check" in s:
+        a = s["anchor_check"]
+        lines += ["", f"Anchor check ({a['optimizer']}): expected eval loss "
+                  f"{a['expected_eval_loss']} ± {a['tolerance']}, measured "
+                  f"{a['measured_eval_loss']:.4f}: {'PASS' if a['passed'] else 'FAIL'}."]
+    g = s["git"]
+    m = s.get("machine") or {}
+    lines += ["", "Steps/time to target: first crossing of the target by the seed-mean eval "
+              "loss curve, linearly interpolated between evaluations (\"never\" if it does "
+              "not cross). Time is training-loop wall time (no compile, no evaluation), "
+              "averaged over seeds; runs may share the machine with other work, so times "
+              "are noisier than steps.", "",
+              f"- command: `{' '.join(s['command'])}`",
+              f"- git at summary: {g['revision']} (dirty: {g['dirty']}); at training: "
+              f"{(s.get('run_git') or {}).get('revision')} "
+              f"(dirty: {(s.get('run_git') or {}).get('dirty')})",
+              "- run commands: see `run_commands` in summary.json and run.json in each run",
+              f"- machine: {m.get('device_kind')} x{m.get('device_count')}, "
+              f"{m.get('cpu_count')} CPUs, {m.get('platform')}",
+              f"- runs: {s['run_parent']}; configs: "
+              + ", ".join(f"config_{o}.gin" for o in s["optimizers"]),
+              f"- written: {s['written']}", ""]
+    return "\n".join(lines)
+
+
+def plot(runs: dict, target: float, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for opt, rs in runs.items():
+        for ax, key in zip(axes, ["step", "train_time_s"], strict=True):
+            n = min(len(r["curve"]) for r in rs)
+            x = np.mean([[c[key] for c in r["curve"][:n]] for r in rs], axis=0)
+            y = np.array([[c["loss"] for c in r["curve"][:n]] for r in rs])
+            line, = ax.plot(x, y.mean(0), label=f"{opt} (n={len(rs)})")
+            ax.fill_between(x, y.min(0), y.max(0), color=line.get_color(), alpha=0.2)
+    for ax, xlabel in zip(axes, ["step", "training time (s)"], strict=True):
+        ax.axhline(target, color="gray", ls="--", lw=0.8, label="target")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("eval loss")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{title}: eval loss, mean over seeds (band: min to max)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    command = [sys.executable, *sys.argv] if argv is None else ["launch/compare.py", *argv]
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--experiment", required=True,
+                   help="name X of gin_configs/runs/X_<optimizer>.gin")
+    p.add_argument("--optimizers", default="amos,adamw")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
+    p.add_argument("--parent", default=None, help="run directories (default runs/<exp>)")
+    p.add_argument("--results", default=None, help="summary dir (default results/<exp>)")
+    p.add_argument("--resummarize", action="store_true",
+                   help="only summarize existing run directories")
+    p.add_argument("--expect_loss", type=float, default=None,
+                   help="anchor: expected final eval loss of the baseline (mean over seeds)")
+    p.add_argument("--expect_tolerance", type=float, default=0.05)
+    args, rest = p.parse_known_args(argv)
+    bad = [a for a in rest if not a.startswith("--gin")]
+    if bad:
+        p.error(f"unrecognized arguments: {' '.join(bad)}")
+    optimizers = [o for o in args.optimizers.split(",") if o]
+    for opt in optimizers:
+        f = REPO / "gin_configs" / gin_file_for(args.experiment, opt)
+        if not f.exists():
+            p.error(f"no gin file {f} for experiment {args.experiment!r}, optimizer {opt!r}")
+    parent = Path(args.parent or REPO / "runs" / args.experiment).resolve()
+    out = Path(args.results or REPO / "results" / args.experiment).resolve()
+    seeds = list(range(args.seeds))
+    if not args.resummarize:
+        t0 = time.time()
+        for seed in seeds:  # Seed-major: a partial comparison already has all optimizers.
+            for opt in optimizers:
+                train_one(args.experiment, opt, seed, run_dir(parent, opt, seed), rest)
+        print(f"[compare] trained in {time.time() - t0:.0f} s on {platform.node()}", flush=True)
+    expect = None if args.expect_loss is None else (args.expect_loss, args.expect_tolerance)
+    summary = summarize(args.experiment, parent, optimizers, seeds, out, command, expect)
+    print((out / "summary.md").read_text())
+    print(f"TensorBoard: tensorboard --logdir {parent}")
+    return 0 if summary else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

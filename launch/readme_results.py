@@ -1,0 +1,66 @@
+"""Rewrites the results block of README.md from results/*/summary.json.
+
+The README's numbers are never typed by hand: run this after a comparison finishes.
+
+  .venv/bin/python launch/readme_results.py [--readme README.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def _fmt(x, spec: str) -> str:
+    return format(x, spec) if isinstance(x, (int, float)) else str(x)
+
+
+def block(results_dir: Path) -> str:
+    out = []
+    for path in sorted(results_dir.glob("*/summary.json")):
+        s = json.loads(path.read_text())
+        rel = path.parent.relative_to(REPO)
+        m = s.get("machine") or {}
+        out += [f"**{s['experiment']}** (`{rel}/`; machine: {m.get('device_kind')} "
+                f"x{m.get('device_count')}, {m.get('cpu_count')} CPUs; git "
+                f"{(s.get('run_git') or {}).get('revision')}, dirty "
+                f"{(s.get('run_git') or {}).get('dirty')} at training)", ""]
+        if "anchor_check" in s:
+            a = s["anchor_check"]
+            out += [f"Anchor: {a['optimizer']} final validation loss "
+                    f"{a['measured_eval_loss']:.4f}, expected {a['expected_eval_loss']} ± "
+                    f"{a['tolerance']}: {'PASS' if a['passed'] else 'FAIL'}.", ""]
+        out += ["| optimizer | seeds | final eval loss | steps to target (ratio) | "
+                "time to target s (ratio) | slot bytes (ratio) |", "|---|---|---|---|---|---|"]
+        for opt, v in s["optimizers"].items():
+            out.append(
+                f"| {opt} | {len(v['seeds'])} | {v['final_eval_loss_mean']:.4f} ± "
+                f"{v['final_eval_loss_std']:.4f} | {_fmt(v['steps_to_target_mean'], '.0f')} "
+                f"({_fmt(v['steps_ratio_to_baseline'], '.2f')}) | "
+                f"{_fmt(v['time_to_target_s_mean'], '.1f')} "
+                f"({_fmt(v['time_ratio_to_baseline'], '.2f')}) | {v['slot_bytes']} "
+                f"({_fmt(v['slot_bytes_ratio_to_baseline'], '.2f')}) |")
+        out += ["", f"Target: {s['target_definition']} = {s['target_eval_loss']:.4f}.", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--readme", default=str(REPO / "README.md"))
+    p.add_argument("--results", default=str(REPO / "results"))
+    args = p.parse_args(argv)
+    readme = Path(args.readme)
+    text = readme.read_text()
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{BEGIN}\n{block(Path(args.results))}{END}{tail}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

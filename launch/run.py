@@ -1,0 +1,245 @@
+"""Train one configuration: `launch/run.py --gin_file=FILE [--gin.NAME=VALUE ...]`.
+
+t5x conventions: `--gin_file` may repeat (later files override earlier ones), as may
+`--gin.NAME=VALUE` (applied after all files), and `--gin_search_paths` lists directories
+where `--gin_file` and `include` look (gin_configs/ is always searched). Example:
+
+  .venv/bin/python launch/run.py --gin_file=runs/nanogpt_cpu_adamw.gin \\
+      --gin.MODEL_DIR="'runs/nanogpt_adamw'" --gin.TRAIN_STEPS=2000
+
+Exit codes: 0 done, 2 configuration error (nothing trained), 3 training diverged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # Scripts run as files; make `launch`/`experiments` importable.
+    sys.path.insert(0, str(REPO))
+
+import gin  # noqa: E402
+
+DEFAULT_SEARCH_PATH = str(REPO / "gin_configs")
+PACKAGES = ["jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "gin-config", "numpy",
+            "tensorboard", "amos"]
+
+# Environment variables that mean "this process is one of several" (TPU pod, SLURM, MPI,
+# an explicit coordinator); jax.distributed.initialize() reads the details itself.
+_MULTIHOST_ENV = ["JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS"]
+
+
+def multihost_detected(env=os.environ) -> bool:
+    if any(env.get(k) for k in _MULTIHOST_ENV):
+        return True
+    if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and env.get("SLURM_JOB_ID"):
+        return True
+    if int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1:
+        return True
+    return len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--gin_file", action="append", default=[],
+                        help="gin config file; repeat, later files override earlier ones")
+    parser.add_argument("--gin_search_paths", default="",
+                        help="comma-separated directories for --gin_file and include")
+    parser.add_argument("--gin_bindings", action="append", default=[],
+                        help="a binding 'NAME = VALUE' (same as --gin.NAME=VALUE)")
+    parser.add_argument("--distributed", choices=["auto", "on", "off"], default="auto",
+                        help="call jax.distributed.initialize(): auto = when a multi-host "
+                             "environment (TPU pod, SLURM, MPI, coordinator) is detected")
+    parser.add_argument("--coordinator_address", default=None)
+    parser.add_argument("--num_processes", type=int, default=None)
+    parser.add_argument("--process_id", type=int, default=None)
+    args, rest = parser.parse_known_args(argv)
+    unknown = []
+    for item in rest:  # t5x's --gin.NAME=VALUE form.
+        if item.startswith("--gin.") and "=" in item:
+            name, value = item[len("--gin."):].split("=", 1)
+            args.gin_bindings.append(f"{name} = {value}")
+        else:
+            unknown.append(item)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args, args.gin_bindings
+
+
+def _check_macros(bindings: list[str]) -> None:
+    """A `--gin.NAME=...` for a macro no file defines is almost always a typo (gin would
+    silently create a new unused macro), so it is an error here."""
+    for b in bindings:
+        name = b.split("=", 1)[0].strip()
+        if "." in name or "/" in name:
+            continue  # configurable.parameter: gin itself rejects unknown ones.
+        try:
+            gin.query_parameter(f"%{name}")
+        except ValueError:
+            raise ValueError(f"unknown gin macro {name!r} in binding '{b}': no gin file "
+                             "defines it") from None
+
+
+def _safe_gin_file_readers() -> None:
+    """gin also looks for files inside Python packages, and crashes (TypeError) when a
+    path's directory happens to be a namespace package, e.g. a `runs/` output folder in the
+    working directory; make that lookup answer "not found" instead."""
+    from gin import config as gin_config
+
+    def guard(exists):
+        def safe(path):
+            try:
+                return exists(path)
+            except (TypeError, ValueError, ImportError):
+                return False
+        safe.guarded = True
+        return safe
+
+    gin_config._FILE_READERS[:] = [
+        (reader, exists if getattr(exists, "guarded", False) else guard(exists))
+        for reader, exists in gin_config._FILE_READERS]
+
+
+def load_gin(files: list[str], bindings: list[str], search_paths: list[str]) -> None:
+    import launch.configurables  # noqa: F401  (registers the configurables)
+
+    _safe_gin_file_readers()
+    gin.clear_config()  # main() may run more than once in a process (tests, benchmarks).
+    for path in [*search_paths, DEFAULT_SEARCH_PATH]:
+        gin.add_config_file_search_path(path)
+    if not files:
+        raise ValueError("no --gin_file given")
+    # gin logs an ERROR for every search path a file is not under; only the final
+    # failure (an exception naming the file) matters.
+    logging.disable(logging.ERROR)
+    try:
+        gin.parse_config_files_and_bindings(files, None, finalize_config=False)
+    finally:
+        logging.disable(logging.NOTSET)
+    _check_macros(bindings)
+    gin.parse_config_files_and_bindings(None, bindings, finalize_config=True)
+
+
+def git_revision() -> dict:
+    def git(*a):
+        p = subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=30)
+        return p.stdout.strip() if p.returncode == 0 else None
+    try:
+        rev = git("rev-parse", "--verify", "HEAD")  # None before the first commit
+        status = git("status", "--porcelain")
+        dirty = None if status is None else bool(status)
+    except (OSError, subprocess.SubprocessError):
+        rev, dirty = None, None
+    return {"revision": rev, "dirty": dirty}
+
+
+def package_versions() -> dict:
+    out = {"python": platform.python_version()}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+def describe_machine() -> dict:
+    import jax
+
+    devs = jax.devices()
+    return {"hostname": socket.gethostname(), "platform": platform.platform(),
+            "cpu_count": os.cpu_count(), "backend": jax.default_backend(),
+            "device_kind": devs[0].device_kind, "device_count": len(devs),
+            "local_device_count": jax.local_device_count(),
+            "process_count": jax.process_count(),
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    command = [sys.executable, *sys.argv] if argv is None else ["launch/run.py", *argv]
+    argv = sys.argv[1:] if argv is None else argv
+    args, bindings = parse_args(argv)
+    import jax
+
+    if args.distributed == "on" or (args.distributed == "auto" and multihost_detected()):
+        jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                                   num_processes=args.num_processes,
+                                   process_id=args.process_id)
+    search = [p for p in args.gin_search_paths.split(",") if p]
+    try:
+        load_gin(args.gin_file, bindings, search)
+    except (ValueError, OSError, TypeError, KeyError) as e:
+        print(f"ERROR: gin configuration: {e}", file=sys.stderr)
+        return 2
+
+    from experiments.data.char_text import DataConfigError
+    from launch import train as train_lib
+
+    try:
+        trainer = train_lib.train(build_only=True)
+    except (train_lib.ConfigError, DataConfigError) as e:
+        print(f"ERROR: configuration: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError) as e:  # e.g. a model setting the model rejects
+        print(f"ERROR: configuration: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+
+    info = {"command": command,
+            "argv": argv, "cwd": os.getcwd(), "git": git_revision(),
+            "packages": package_versions(), "machine": describe_machine(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": "running",
+            "optimizer": trainer.opt.name, "num_params": trainer.num_params,
+            "slot_bytes": trainer.slot_bytes, "data": getattr(trainer.task, "source", None)}
+    model_dir = trainer.model_dir
+    if jax.process_index() == 0:
+        os.makedirs(model_dir, exist_ok=True)
+        _write_config(model_dir)
+        _write_json(os.path.join(model_dir, "run.json"), info)
+    try:
+        result = trainer.run()
+    except train_lib.TrainingDiverged as e:
+        print(f"ERROR: training diverged: {e}", file=sys.stderr)
+        info["status"] = "diverged"
+        info["error"] = str(e)
+        if jax.process_index() == 0:
+            _write_json(os.path.join(model_dir, "run.json"), info)
+        return 3
+    info.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                result=result)
+    if jax.process_index() == 0:
+        _write_config(model_dir)
+        _write_json(os.path.join(model_dir, "run.json"), info)
+        print(f"done: {model_dir} (tensorboard --logdir {model_dir})", flush=True)
+    return 0
+
+
+def _write_config(model_dir: str) -> None:
+    from launch.configurables import CONSTANTS
+
+    text = gin.operative_config_str()
+    used = [f"# {k} = {v!r}" for k, v in CONSTANTS.items() if f"%{k}" in text]
+    if used:
+        text += "\n# Values of the gin constants used above:\n" + "\n".join(used) + "\n"
+    with open(os.path.join(model_dir, "config.gin"), "w") as f:
+        f.write(text)
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""TensorBoard scalars without TensorFlow, plus the same numbers as JSON lines.
+
+`tensorboard`'s own EventFileWriter and protos run on its TF-free compat layer, so a run
+needs only the `tensorboard` package; `tensorboard --logdir PARENT` then compares runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+
+class ScalarWriter:
+    """Scalars into MODEL_DIR/<split>/events.* (TensorBoard) and MODEL_DIR/metrics.jsonl."""
+
+    def __init__(self, model_dir: str, enabled: bool = True):
+        self._dir = model_dir
+        self._enabled = enabled
+        self._writers: dict[str, EventFileWriter] = {}
+        self.jsonl_path = os.path.join(model_dir, "metrics.jsonl")
+
+    def _writer(self, split: str) -> EventFileWriter:
+        if split not in self._writers:
+            self._writers[split] = EventFileWriter(os.path.join(self._dir, split))
+        return self._writers[split]
+
+    def restart_at(self, step: int, splits=("train", "eval")) -> None:
+        """Drops records after `step` left by an interrupted run.
+
+        metrics.jsonl is rewritten; TensorBoard gets a SessionLog.START event, which makes it
+        discard the orphaned points of larger steps from the earlier event files.
+        """
+        if not self._enabled:
+            return
+        if os.path.exists(self.jsonl_path):
+            with open(self.jsonl_path) as f:
+                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+            with open(self.jsonl_path, "w") as f:
+                f.writelines(kept)
+        for split in splits:
+            event = event_pb2.Event(wall_time=time.time(), step=step + 1,
+                                    session_log=event_pb2.SessionLog(
+                                        status=event_pb2.SessionLog.START))
+            self._writer(split).add_event(event)
+
+    def write(self, split: str, step: int, scalars: Mapping[str, float]) -> None:
+        if not self._enabled:
+            return
+        values = {k: float(v) for k, v in scalars.items()}
+        summary = summary_pb2.Summary(value=[
+            summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
+        self._writer(split).add_event(
+            event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+        with open(self.jsonl_path, "a") as f:
+            f.write(json.dumps({"step": int(step), "split": split, **values}) + "\n")
+
+    def flush(self) -> None:
+        for w in self._writers.values():
+            w.flush()
+
+    def close(self) -> None:
+        for w in self._writers.values():
+            w.close()
+        self._writers.clear()
+
+
+def read_metrics(model_dir: str) -> list[dict]:
+    """All records of MODEL_DIR/metrics.jsonl, in order."""
+    path = os.path.join(model_dir, "metrics.jsonl")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
