@@ -22,6 +22,7 @@ quickstart: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)

@@ -39,20 +39,25 @@ def bare_loop(trainer: train_lib.Trainer, steps: int) -> float:
     def step_fn(state, batch):
         def loss_fn(params):
             loss, _, model_state = objective.loss(
-                model, {"params": params, **state["model_state"]}, batch, train=True, rng=key)
+                model, {"params": params, **state["model_state"]}, batch, train=True, rng=key
+            )
             return loss, model_state
 
-        (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"])
+        (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        return {"step": state["step"] + 1,
-                "params": optax.apply_updates(state["params"], updates),
-                "model_state": {**state["model_state"], **model_state},
-                "opt_state": opt_state}, loss
+        return {
+            "step": state["step"] + 1,
+            "params": optax.apply_updates(state["params"], updates),
+            "model_state": {**state["model_state"], **model_state},
+            "opt_state": opt_state,
+        }, loss
 
-    step = jax.jit(step_fn, donate_argnums=0,
-                   in_shardings=(trainer.state_sharding, trainer.batch_sharding),
-                   out_shardings=(trainer.state_sharding, trainer.replicated))
+    step = jax.jit(
+        step_fn,
+        donate_argnums=0,
+        in_shardings=(trainer.state_sharding, trainer.batch_sharding),
+        out_shardings=(trainer.state_sharding, trainer.replicated),
+    )
     state = trainer.init_state(trainer.seed)
     state, loss = step(state, trainer.train_batch(1))  # compile + first step
     jax.block_until_ready(loss)
@@ -70,8 +75,14 @@ def bare_loop(trainer: train_lib.Trainer, steps: int) -> float:
 
 def harness_loop(steps: int, model_dir: str) -> float:
     """Steps/s of Trainer.run over `steps` steps (its own training-time clock)."""
-    trainer = train_lib.train(build_only=True, model_dir=model_dir, train_steps=steps,
-                              eval_every=steps, checkpoint_every=steps, progress=False)
+    trainer = train_lib.train(
+        build_only=True,
+        model_dir=model_dir,
+        train_steps=steps,
+        eval_every=steps,
+        checkpoint_every=steps,
+        progress=False,
+    )
     result = trainer.run()
     return steps / result["train_time_s"]
 
@@ -83,28 +94,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", default=None, help="also write the numbers to this JSON file")
     args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
-    bindings = [b[len("--gin."):].replace("=", " = ", 1) for b in rest if b.startswith("--gin.")]
-    run_cli.load_gin(args.gin_file or ["runs/quickstart_adamw.gin"],
-                     ["MODEL_DIR = '/unused'", *bindings], [])
+    bindings = [b[len("--gin.") :].replace("=", " = ", 1) for b in rest if b.startswith("--gin.")]
+    run_cli.load_gin(
+        args.gin_file or ["runs/quickstart_adamw.gin"], ["MODEL_DIR = '/unused'", *bindings], []
+    )
     with tempfile.TemporaryDirectory() as tmp:
         ref = train_lib.train(build_only=True, model_dir=tmp, progress=False)
         bare, harness = [], []
         for i in range(args.repeats):  # Interleaved, so drifts in machine load hit both.
             bare.append(bare_loop(ref, args.steps))
             harness.append(harness_loop(args.steps, f"{tmp}/run{i}"))
-            print(f"repeat {i}: bare {bare[-1]:.1f} steps/s, harness {harness[-1]:.1f} steps/s",
-                  flush=True)
+            print(
+                f"repeat {i}: bare {bare[-1]:.1f} steps/s, harness {harness[-1]:.1f} steps/s",
+                flush=True,
+            )
     b, h = max(bare), max(harness)  # best of repeats: the least disturbed measurement
     print(f"bare loop:    {b:.1f} steps/s")
     print(f"harness loop: {h:.1f} steps/s (log every {ref.log_every} steps)")
     print(f"overhead: {100 * (b / h - 1):.1f}% (goal < 5%)")
     if args.out:
-        record = {"command": [sys.executable, *sys.argv], "git": run_cli.git_revision(),
-                  "machine": run_cli.describe_machine(), "packages": run_cli.package_versions(),
-                  "gin_files": args.gin_file or ["runs/quickstart_adamw.gin"],
-                  "bindings": bindings, "steps": args.steps, "bare_steps_per_sec": bare,
-                  "harness_steps_per_sec": harness, "overhead": b / h - 1,
-                  "note": "best of repeats; the machine may be shared with other work"}
+        record = {
+            "command": [sys.executable, *sys.argv],
+            "git": run_cli.git_revision(),
+            "machine": run_cli.describe_machine(),
+            "packages": run_cli.package_versions(),
+            "gin_files": args.gin_file or ["runs/quickstart_adamw.gin"],
+            "bindings": bindings,
+            "steps": args.steps,
+            "bare_steps_per_sec": bare,
+            "harness_steps_per_sec": harness,
+            "overhead": b / h - 1,
+            "note": "best of repeats; the machine may be shared with other work",
+        }
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(record, indent=2))
     return 0

@@ -13,12 +13,12 @@ from types import ModuleType
 
 
 def load_reference_amos() -> ModuleType | None:
-  """The reference ``jestimator/amos.py`` module, or ``None`` when it is not installed."""
-  spec = importlib.util.find_spec("jestimator")
-  if spec is None or not spec.submodule_search_locations:
-    return None
-  path = Path(list(spec.submodule_search_locations)[0]) / "amos.py"
-  module_spec = importlib.util.spec_from_file_location("jestimator_amos_reference", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module
+    """The reference ``jestimator/amos.py`` module, or ``None`` when it is not installed."""
+    spec = importlib.util.find_spec("jestimator")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "amos.py"
+    module_spec = importlib.util.spec_from_file_location("jestimator_amos_reference", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module

@@ -40,14 +40,25 @@ def gin_file_for(experiment: str, optimizer: str) -> str:
     return f"runs/{experiment}_{optimizer}.gin"
 
 
-def train_one(experiment: str, optimizer: str, seed: int, directory: Path,
-              extra: list[str], env: dict | None = None) -> None:
+def train_one(
+    experiment: str,
+    optimizer: str,
+    seed: int,
+    directory: Path,
+    extra: list[str],
+    env: dict | None = None,
+) -> None:
     if (directory / "final.json").exists():
         print(f"[compare] {directory} already finished; skipping", flush=True)
         return
-    cmd = [sys.executable, str(REPO / "launch" / "run.py"),
-           f"--gin_file={gin_file_for(experiment, optimizer)}",
-           f"--gin.MODEL_DIR='{directory}'", f"--gin.SEED={seed}", *extra]
+    cmd = [
+        sys.executable,
+        str(REPO / "launch" / "run.py"),
+        f"--gin_file={gin_file_for(experiment, optimizer)}",
+        f"--gin.MODEL_DIR='{directory}'",
+        f"--gin.SEED={seed}",
+        *extra,
+    ]
     print("[compare] " + " ".join(cmd), flush=True)
     proc = subprocess.run(cmd, cwd=REPO, env=env)
     if proc.returncode:
@@ -79,8 +90,13 @@ def mean_curve(curves: list[list[dict]]) -> list[dict]:
     out = []
     for step in sorted(common):
         rows = [next(r for r in c if r["step"] == step) for c in curves]
-        out.append({"step": step, "loss": sum(r["loss"] for r in rows) / len(rows),
-                    "train_time_s": sum(r["train_time_s"] for r in rows) / len(rows)})
+        out.append(
+            {
+                "step": step,
+                "loss": sum(r["loss"] for r in rows) / len(rows),
+                "train_time_s": sum(r["train_time_s"] for r in rows) / len(rows),
+            }
+        )
     return out
 
 
@@ -89,9 +105,15 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0)
 
 
-def summarize(experiment: str, parent: Path, optimizers: list[str], seeds: list[int],
-              out_dir: Path, command: list[str],
-              expect: tuple[float, float] | None = None) -> dict:
+def summarize(
+    experiment: str,
+    parent: Path,
+    optimizers: list[str],
+    seeds: list[int],
+    out_dir: Path,
+    command: list[str],
+    expect: tuple[float, float] | None = None,
+) -> dict:
     runs: dict[str, list[dict]] = {}
     for opt in optimizers:
         for seed in seeds:
@@ -100,8 +122,9 @@ def summarize(experiment: str, parent: Path, optimizers: list[str], seeds: list[
                 print(f"[compare] missing finished run {d}; left out", flush=True)
                 continue
             final = json.loads((d / "final.json").read_text())
-            runs.setdefault(opt, []).append({"seed": seed, "dir": str(d), "final": final,
-                                             "curve": eval_curve(d)})
+            runs.setdefault(opt, []).append(
+                {"seed": seed, "dir": str(d), "final": final, "curve": eval_curve(d)}
+            )
     if not runs:
         raise SystemExit(f"[compare] no finished runs under {parent}")
     base = BASELINE if BASELINE in runs else next(iter(runs))
@@ -121,12 +144,15 @@ def summarize(experiment: str, parent: Path, optimizers: list[str], seeds: list[
         mean_time = first_reach(curve, target, "train_time_s")
         mean, std = _mean_std(losses)
         per_opt[opt] = {
-            "seeds": [r["seed"] for r in rs], "run_dirs": [r["dir"] for r in rs],
-            "final_eval_loss": losses, "final_eval_loss_mean": mean,
+            "seeds": [r["seed"] for r in rs],
+            "run_dirs": [r["dir"] for r in rs],
+            "final_eval_loss": losses,
+            "final_eval_loss_mean": mean,
             "final_eval_loss_std": std,
             "train_steps": rs[0]["final"]["step"],
             "train_time_s_mean": _mean_std([r["final"]["train_time_s"] for r in rs])[0],
-            "steps_to_target_per_seed": steps, "time_to_target_s_per_seed": times,
+            "steps_to_target_per_seed": steps,
+            "time_to_target_s_per_seed": times,
             "runs_reaching_target": sum(x is not None for x in steps),
             "steps_to_target_mean": "never" if mean_steps is None else mean_steps,
             "time_to_target_s_mean": "never" if mean_time is None else mean_time,
@@ -134,33 +160,51 @@ def summarize(experiment: str, parent: Path, optimizers: list[str], seeds: list[
         }
     b = per_opt[base]
     for v in per_opt.values():
-        for key, ratio in [("steps_to_target_mean", "steps_ratio_to_baseline"),
-                           ("time_to_target_s_mean", "time_ratio_to_baseline")]:
-            v[ratio] = (v[key] / b[key] if isinstance(v[key], float)
-                        and isinstance(b[key], float) and b[key] > 0 else "never")
-        v["slot_bytes_ratio_to_baseline"] = (v["slot_bytes"] / b["slot_bytes"]
-                                             if b["slot_bytes"] else None)
+        for key, ratio in [
+            ("steps_to_target_mean", "steps_ratio_to_baseline"),
+            ("time_to_target_s_mean", "time_ratio_to_baseline"),
+        ]:
+            v[ratio] = (
+                v[key] / b[key]
+                if isinstance(v[key], float) and isinstance(b[key], float) and b[key] > 0
+                else "never"
+            )
+        v["slot_bytes_ratio_to_baseline"] = (
+            v["slot_bytes"] / b["slot_bytes"] if b["slot_bytes"] else None
+        )
 
     first_dir = Path(runs[base][0]["dir"])
     run_info = json.loads((first_dir / "run.json").read_text())
-    run_commands = {r["dir"]: json.loads((Path(r["dir"]) / "run.json").read_text()).get("argv")
-                    for rs in runs.values() for r in rs}
+    run_commands = {
+        r["dir"]: json.loads((Path(r["dir"]) / "run.json").read_text()).get("argv")
+        for rs in runs.values()
+        for r in rs
+    }
     summary = {
-        "experiment": experiment, "baseline": base,
+        "experiment": experiment,
+        "baseline": base,
         "target_eval_loss": target,
         "target_definition": f"mean final eval loss of {base} over its seeds",
         "optimizers": per_opt,
-        "command": command, "git": git_revision(), "packages": package_versions(),
-        "machine": run_info.get("machine"), "run_parent": str(parent),
-        "run_commands": run_commands, "run_git": run_info.get("git"),
+        "command": command,
+        "git": git_revision(),
+        "packages": package_versions(),
+        "machine": run_info.get("machine"),
+        "run_parent": str(parent),
+        "run_commands": run_commands,
+        "run_git": run_info.get("git"),
         "configs": {opt: str(Path(runs[opt][0]["dir"]) / "config.gin") for opt in runs},
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if expect is not None:  # An anchor measured elsewhere (reference section 7).
         got = per_opt[base]["final_eval_loss_mean"]
-        summary["anchor_check"] = {"optimizer": base, "expected_eval_loss": expect[0],
-                                   "tolerance": expect[1], "measured_eval_loss": got,
-                                   "passed": abs(got - expect[0]) <= expect[1]}
+        summary["anchor_check"] = {
+            "optimizer": base,
+            "expected_eval_loss": expect[0],
+            "tolerance": expect[1],
+            "measured_eval_loss": got,
+            "passed": abs(got - expect[0]) <= expect[1],
+        }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     for opt in runs:  # The operative configs, beside the numbers they produced.
@@ -181,11 +225,15 @@ def _fmt(x, spec: str = ".4g") -> str:
 
 
 def markdown(s: dict) -> str:
-    lines = [f"# {s['experiment']}: " + " vs ".join(s["optimizers"]), "",
-             f"Target: {s['target_definition']} = {s['target_eval_loss']:.4f}.", "",
-             "| optimizer | seeds | final eval loss (mean ± std) | steps to target | "
-             "ratio | train time to target (s) | ratio | slot bytes | ratio |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# {s['experiment']}: " + " vs ".join(s["optimizers"]),
+        "",
+        f"Target: {s['target_definition']} = {s['target_eval_loss']:.4f}.",
+        "",
+        "| optimizer | seeds | final eval loss (mean ± std) | steps to target | "
+        "ratio | train time to target (s) | ratio | slot bytes | ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for opt, v in s["optimizers"].items():
         lines.append(
             f"| {opt} | {len(v['seeds'])} | {v['final_eval_loss_mean']:.4f} ± "
@@ -193,29 +241,38 @@ def markdown(s: dict) -> str:
             f"{_fmt(v['steps_ratio_to_baseline'], '.3f')} | "
             f"{_fmt(v['time_to_target_s_mean'], '.1f')} | "
             f"{_fmt(v['time_ratio_to_baseline'], '.3f')} | {v['slot_bytes']} | "
-            f"{_fmt(v['slot_bytes_ratio_to_baseline'], '.3f')} |")
+            f"{_fmt(v['slot_bytes_ratio_to_baseline'], '.3f')} |"
+        )
     if "anchor_check" in s:
         a = s["anchor_check"]
-        lines += ["", f"Anchor check ({a['optimizer']}): expected eval loss "
-                  f"{a['expected_eval_loss']} ± {a['tolerance']}, measured "
-                  f"{a['measured_eval_loss']:.4f}: {'PASS' if a['passed'] else 'FAIL'}."]
+        lines += [
+            "",
+            f"Anchor check ({a['optimizer']}): expected eval loss "
+            f"{a['expected_eval_loss']} ± {a['tolerance']}, measured "
+            f"{a['measured_eval_loss']:.4f}: {'PASS' if a['passed'] else 'FAIL'}.",
+        ]
     g = s["git"]
     m = s.get("machine") or {}
-    lines += ["", "Steps/time to target: first crossing of the target by the seed-mean eval "
-              "loss curve, linearly interpolated between evaluations (\"never\" if it does "
-              "not cross). Time is training-loop wall time (no compile, no evaluation), "
-              "averaged over seeds; runs may share the machine with other work, so times "
-              "are noisier than steps.", "",
-              f"- command: `{' '.join(s['command'])}`",
-              f"- git at summary: {g['revision']} (dirty: {g['dirty']}); at training: "
-              f"{(s.get('run_git') or {}).get('revision')} "
-              f"(dirty: {(s.get('run_git') or {}).get('dirty')})",
-              "- run commands: see `run_commands` in summary.json and run.json in each run",
-              f"- machine: {m.get('device_kind')} x{m.get('device_count')}, "
-              f"{m.get('cpu_count')} CPUs, {m.get('platform')}",
-              f"- runs: {s['run_parent']}; configs: "
-              + ", ".join(f"config_{o}.gin" for o in s["optimizers"]),
-              f"- written: {s['written']}", ""]
+    lines += [
+        "",
+        "Steps/time to target: first crossing of the target by the seed-mean eval "
+        'loss curve, linearly interpolated between evaluations ("never" if it does '
+        "not cross). Time is training-loop wall time (no compile, no evaluation), "
+        "averaged over seeds; runs may share the machine with other work, so times "
+        "are noisier than steps.",
+        "",
+        f"- command: `{' '.join(s['command'])}`",
+        f"- git at summary: {g['revision']} (dirty: {g['dirty']}); at training: "
+        f"{(s.get('run_git') or {}).get('revision')} "
+        f"(dirty: {(s.get('run_git') or {}).get('dirty')})",
+        "- run commands: see `run_commands` in summary.json and run.json in each run",
+        f"- machine: {m.get('device_kind')} x{m.get('device_count')}, "
+        f"{m.get('cpu_count')} CPUs, {m.get('platform')}",
+        f"- runs: {s['run_parent']}; configs: "
+        + ", ".join(f"config_{o}.gin" for o in s["optimizers"]),
+        f"- written: {s['written']}",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -232,7 +289,7 @@ def plot(runs: dict, target: float, path: Path, title: str) -> None:
             n = min(len(r["curve"]) for r in rs)
             x = np.mean([[c[key] for c in r["curve"][:n]] for r in rs], axis=0)
             y = np.array([[c["loss"] for c in r["curve"][:n]] for r in rs])
-            line, = ax.plot(x, y.mean(0), label=f"{opt} (n={len(rs)})")
+            (line,) = ax.plot(x, y.mean(0), label=f"{opt} (n={len(rs)})")
             ax.fill_between(x, y.min(0), y.max(0), color=line.get_color(), alpha=0.2)
     for ax, xlabel in zip(axes, ["step", "training time (s)"], strict=True):
         ax.axhline(target, color="gray", ls="--", lw=0.8, label="target")
@@ -250,16 +307,22 @@ def main(argv: list[str] | None = None) -> int:
     command = [sys.executable, *sys.argv] if argv is None else ["launch/compare.py", *argv]
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--experiment", required=True,
-                   help="name X of gin_configs/runs/X_<optimizer>.gin")
+    p.add_argument(
+        "--experiment", required=True, help="name X of gin_configs/runs/X_<optimizer>.gin"
+    )
     p.add_argument("--optimizers", default="amos,adamw")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
     p.add_argument("--parent", default=None, help="run directories (default runs/<exp>)")
     p.add_argument("--results", default=None, help="summary dir (default results/<exp>)")
-    p.add_argument("--resummarize", action="store_true",
-                   help="only summarize existing run directories")
-    p.add_argument("--expect_loss", type=float, default=None,
-                   help="anchor: expected final eval loss of the baseline (mean over seeds)")
+    p.add_argument(
+        "--resummarize", action="store_true", help="only summarize existing run directories"
+    )
+    p.add_argument(
+        "--expect_loss",
+        type=float,
+        default=None,
+        help="anchor: expected final eval loss of the baseline (mean over seeds)",
+    )
     p.add_argument("--expect_tolerance", type=float, default=0.05)
     args, rest = p.parse_known_args(argv)
     bad = [a for a in rest if not a.startswith("--gin")]

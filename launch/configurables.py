@@ -27,12 +27,26 @@ from launch import train as _train  # noqa: F401  (registers `train`)
 
 
 @gin.configurable
-def gpt_model(vocab_size: int, *, block_size: int = gin.REQUIRED, num_layers: int = 4,
-              num_heads: int = 4, width: int = 128, dropout: float = 0.0,
-              use_bias: bool = False) -> nn.Module:
+def gpt_model(
+    vocab_size: int,
+    *,
+    block_size: int = gin.REQUIRED,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    width: int = 128,
+    dropout: float = 0.0,
+    use_bias: bool = False,
+) -> nn.Module:
     """The nanoGPT-shaped decoder; `vocab_size` comes from the data task."""
-    return GPT(vocab_size=vocab_size, block_size=block_size, num_layers=num_layers,
-               num_heads=num_heads, width=width, dropout=dropout, use_bias=use_bias)
+    return GPT(
+        vocab_size=vocab_size,
+        block_size=block_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        width=width,
+        dropout=dropout,
+        use_bias=use_bias,
+    )
 
 
 @gin.configurable
@@ -68,14 +82,20 @@ def t5_amos_shape_fn():
     return t5_amos.shape_fn(None)
 
 
-for _fn, _name in [(CharTextTask, "CharTextTask"), (WordLMTask, "WordLMTask"),
-                   (MaskedLMTask, "MaskedLMTask"), (SpanCorruptionTask, "SpanCorruptionTask"),
-                   (ImageClassificationTask, "ImageClassificationTask"),
-                   (TfdsSource, "TfdsSource"), (lstm_model, "lstm_model"),
-                   (resnet_model, "resnet_model"), (lstm_amos.eta_fn, "lstm_amos_eta_fn"),
-                   (lstm_amos.shape_fn, "lstm_amos_shape_fn"),
-                   (resnet_amos.eta_fn, "resnet_amos_eta_fn"),
-                   (resnet_amos.shape_fn, "resnet_amos_shape_fn")]:
+for _fn, _name in [
+    (CharTextTask, "CharTextTask"),
+    (WordLMTask, "WordLMTask"),
+    (MaskedLMTask, "MaskedLMTask"),
+    (SpanCorruptionTask, "SpanCorruptionTask"),
+    (ImageClassificationTask, "ImageClassificationTask"),
+    (TfdsSource, "TfdsSource"),
+    (lstm_model, "lstm_model"),
+    (resnet_model, "resnet_model"),
+    (lstm_amos.eta_fn, "lstm_amos_eta_fn"),
+    (lstm_amos.shape_fn, "lstm_amos_shape_fn"),
+    (resnet_amos.eta_fn, "resnet_amos_eta_fn"),
+    (resnet_amos.shape_fn, "resnet_amos_shape_fn"),
+]:
     gin.external_configurable(_fn, _name)
 gin.external_configurable(optimizers.amos_optimizer, "amos_optimizer")
 gin.external_configurable(optimizers.adamw_baseline_optimizer, "adamw_baseline_optimizer")

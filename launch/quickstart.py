@@ -23,9 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     # Extra arguments go to compare.py, e.g. --seeds 1 or --gin.TRAIN_STEPS=100.
     rc = compare.main(["--experiment", "quickstart", *argv])
-    results = next((a.split("=", 1)[1] for a in argv if a.startswith("--results=")),
-                   argv[argv.index("--results") + 1] if "--results" in argv else
-                   str(REPO / "results" / "quickstart"))
+    results = next(
+        (a.split("=", 1)[1] for a in argv if a.startswith("--results=")),
+        argv[argv.index("--results") + 1]
+        if "--results" in argv
+        else str(REPO / "results" / "quickstart"),
+    )
     print(f"quickstart finished in {time.time() - t0:.0f} s; summary in {results}")
     return rc
 

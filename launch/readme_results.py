@@ -26,17 +26,26 @@ def block(results_dir: Path) -> str:
         s = json.loads(path.read_text())
         rel = path.parent.relative_to(REPO)
         m = s.get("machine") or {}
-        out += [f"**{s['experiment']}** (`{rel}/`; machine: {m.get('device_kind')} "
-                f"x{m.get('device_count')}, {m.get('cpu_count')} CPUs; git "
-                f"{(s.get('run_git') or {}).get('revision')}, dirty "
-                f"{(s.get('run_git') or {}).get('dirty')} at training)", ""]
+        out += [
+            f"**{s['experiment']}** (`{rel}/`; machine: {m.get('device_kind')} "
+            f"x{m.get('device_count')}, {m.get('cpu_count')} CPUs; git "
+            f"{(s.get('run_git') or {}).get('revision')}, dirty "
+            f"{(s.get('run_git') or {}).get('dirty')} at training)",
+            "",
+        ]
         if "anchor_check" in s:
             a = s["anchor_check"]
-            out += [f"Anchor: {a['optimizer']} final validation loss "
-                    f"{a['measured_eval_loss']:.4f}, expected {a['expected_eval_loss']} ± "
-                    f"{a['tolerance']}: {'PASS' if a['passed'] else 'FAIL'}.", ""]
-        out += ["| optimizer | seeds | final eval loss | steps to target (ratio) | "
-                "time to target s (ratio) | slot bytes (ratio) |", "|---|---|---|---|---|---|"]
+            out += [
+                f"Anchor: {a['optimizer']} final validation loss "
+                f"{a['measured_eval_loss']:.4f}, expected {a['expected_eval_loss']} ± "
+                f"{a['tolerance']}: {'PASS' if a['passed'] else 'FAIL'}.",
+                "",
+            ]
+        out += [
+            "| optimizer | seeds | final eval loss | steps to target (ratio) | "
+            "time to target s (ratio) | slot bytes (ratio) |",
+            "|---|---|---|---|---|---|",
+        ]
         for opt, v in s["optimizers"].items():
             out.append(
                 f"| {opt} | {len(v['seeds'])} | {v['final_eval_loss_mean']:.4f} ± "
@@ -44,7 +53,8 @@ def block(results_dir: Path) -> str:
                 f"({_fmt(v['steps_ratio_to_baseline'], '.2f')}) | "
                 f"{_fmt(v['time_to_target_s_mean'], '.1f')} "
                 f"({_fmt(v['time_ratio_to_baseline'], '.2f')}) | {v['slot_bytes']} "
-                f"({_fmt(v['slot_bytes_ratio_to_baseline'], '.2f')}) |")
+                f"({_fmt(v['slot_bytes_ratio_to_baseline'], '.2f')}) |"
+            )
         out += ["", f"Target: {s['target_definition']} = {s['target_eval_loss']:.4f}.", ""]
     return "\n".join(out).rstrip() + "\n"
 

@@ -31,8 +31,17 @@ if str(REPO) not in sys.path:  # Scripts run as files; make `launch`/`experiment
 import gin  # noqa: E402
 
 DEFAULT_SEARCH_PATH = str(REPO / "gin_configs")
-PACKAGES = ["jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "gin-config", "numpy",
-            "tensorboard", "amos"]
+PACKAGES = [
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "gin-config",
+    "numpy",
+    "tensorboard",
+    "amos",
+]
 
 # Environment variables that mean "this process is one of several" (TPU pod, SLURM, MPI,
 # an explicit coordinator); jax.distributed.initialize() reads the details itself.
@@ -51,15 +60,30 @@ def multihost_detected(env=os.environ) -> bool:
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--gin_file", action="append", default=[],
-                        help="gin config file; repeat, later files override earlier ones")
-    parser.add_argument("--gin_search_paths", default="",
-                        help="comma-separated directories for --gin_file and include")
-    parser.add_argument("--gin_bindings", action="append", default=[],
-                        help="a binding 'NAME = VALUE' (same as --gin.NAME=VALUE)")
-    parser.add_argument("--distributed", choices=["auto", "on", "off"], default="auto",
-                        help="call jax.distributed.initialize(): auto = when a multi-host "
-                             "environment (TPU pod, SLURM, MPI, coordinator) is detected")
+    parser.add_argument(
+        "--gin_file",
+        action="append",
+        default=[],
+        help="gin config file; repeat, later files override earlier ones",
+    )
+    parser.add_argument(
+        "--gin_search_paths",
+        default="",
+        help="comma-separated directories for --gin_file and include",
+    )
+    parser.add_argument(
+        "--gin_bindings",
+        action="append",
+        default=[],
+        help="a binding 'NAME = VALUE' (same as --gin.NAME=VALUE)",
+    )
+    parser.add_argument(
+        "--distributed",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="call jax.distributed.initialize(): auto = when a multi-host "
+        "environment (TPU pod, SLURM, MPI, coordinator) is detected",
+    )
     parser.add_argument("--coordinator_address", default=None)
     parser.add_argument("--num_processes", type=int, default=None)
     parser.add_argument("--process_id", type=int, default=None)
@@ -67,7 +91,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     unknown = []
     for item in rest:  # t5x's --gin.NAME=VALUE form.
         if item.startswith("--gin.") and "=" in item:
-            name, value = item[len("--gin."):].split("=", 1)
+            name, value = item[len("--gin.") :].split("=", 1)
             args.gin_bindings.append(f"{name} = {value}")
         else:
             unknown.append(item)
@@ -86,8 +110,9 @@ def _check_macros(bindings: list[str]) -> None:
         try:
             gin.query_parameter(f"%{name}")
         except ValueError:
-            raise ValueError(f"unknown gin macro {name!r} in binding '{b}': no gin file "
-                             "defines it") from None
+            raise ValueError(
+                f"unknown gin macro {name!r} in binding '{b}': no gin file defines it"
+            ) from None
 
 
 def _safe_gin_file_readers() -> None:
@@ -102,12 +127,14 @@ def _safe_gin_file_readers() -> None:
                 return exists(path)
             except (TypeError, ValueError, ImportError):
                 return False
+
         safe.guarded = True
         return safe
 
     gin_config._FILE_READERS[:] = [
         (reader, exists if getattr(exists, "guarded", False) else guard(exists))
-        for reader, exists in gin_config._FILE_READERS]
+        for reader, exists in gin_config._FILE_READERS
+    ]
 
 
 def load_gin(files: list[str], bindings: list[str], search_paths: list[str]) -> None:
@@ -134,6 +161,7 @@ def git_revision() -> dict:
     def git(*a):
         p = subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=30)
         return p.stdout.strip() if p.returncode == 0 else None
+
     try:
         rev = git("rev-parse", "--verify", "HEAD")  # None before the first commit
         status = git("status", "--porcelain")
@@ -157,12 +185,17 @@ def describe_machine() -> dict:
     import jax
 
     devs = jax.devices()
-    return {"hostname": socket.gethostname(), "platform": platform.platform(),
-            "cpu_count": os.cpu_count(), "backend": jax.default_backend(),
-            "device_kind": devs[0].device_kind, "device_count": len(devs),
-            "local_device_count": jax.local_device_count(),
-            "process_count": jax.process_count(),
-            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    return {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "backend": jax.default_backend(),
+        "device_kind": devs[0].device_kind,
+        "device_count": len(devs),
+        "local_device_count": jax.local_device_count(),
+        "process_count": jax.process_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,9 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     import jax
 
     if args.distributed == "on" or (args.distributed == "auto" and multihost_detected()):
-        jax.distributed.initialize(coordinator_address=args.coordinator_address,
-                                   num_processes=args.num_processes,
-                                   process_id=args.process_id)
+        jax.distributed.initialize(
+            coordinator_address=args.coordinator_address,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
     search = [p for p in args.gin_search_paths.split(",") if p]
     try:
         load_gin(args.gin_file, bindings, search)
@@ -194,12 +229,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ERROR: configuration: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
 
-    info = {"command": command,
-            "argv": argv, "cwd": os.getcwd(), "git": git_revision(),
-            "packages": package_versions(), "machine": describe_machine(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": "running",
-            "optimizer": trainer.opt.name, "num_params": trainer.num_params,
-            "slot_bytes": trainer.slot_bytes, "data": getattr(trainer.task, "source", None)}
+    info = {
+        "command": command,
+        "argv": argv,
+        "cwd": os.getcwd(),
+        "git": git_revision(),
+        "packages": package_versions(),
+        "machine": describe_machine(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "status": "running",
+        "optimizer": trainer.opt.name,
+        "num_params": trainer.num_params,
+        "slot_bytes": trainer.slot_bytes,
+        "data": getattr(trainer.task, "source", None),
+    }
     model_dir = trainer.model_dir
     if jax.process_index() == 0:
         os.makedirs(model_dir, exist_ok=True)
@@ -214,8 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         if jax.process_index() == 0:
             _write_json(os.path.join(model_dir, "run.json"), info)
         return 3
-    info.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                result=result)
+    info.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), result=result)
     if jax.process_index() == 0:
         _write_config(model_dir)
         _write_json(os.path.join(model_dir, "run.json"), info)

@@ -43,19 +43,23 @@ class ScalarWriter:
             with open(self.jsonl_path, "w") as f:
                 f.writelines(kept)
         for split in splits:
-            event = event_pb2.Event(wall_time=time.time(), step=step + 1,
-                                    session_log=event_pb2.SessionLog(
-                                        status=event_pb2.SessionLog.START))
+            event = event_pb2.Event(
+                wall_time=time.time(),
+                step=step + 1,
+                session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START),
+            )
             self._writer(split).add_event(event)
 
     def write(self, split: str, step: int, scalars: Mapping[str, float]) -> None:
         if not self._enabled:
             return
         values = {k: float(v) for k, v in scalars.items()}
-        summary = summary_pb2.Summary(value=[
-            summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
+        summary = summary_pb2.Summary(
+            value=[summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in values.items()]
+        )
         self._writer(split).add_event(
-            event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+            event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary)
+        )
         with open(self.jsonl_path, "a") as f:
             f.write(json.dumps({"step": int(step), "split": split, **values}) + "\n")
 

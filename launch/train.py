@@ -65,21 +65,40 @@ class _Pending:
 class Trainer:
     """Builds model, data, optimizer and mesh from the bindings and runs the loop."""
 
-    def __init__(self, *, model_dir: str | None, seed: int, train_steps: int, batch_size: int,
-                 model: Callable[..., nn.Module], task: Any,
-                 optimizer: Callable[[int], OptimizerSpec], eval_every: int,
-                 eval_batches: int, eval_batch_size: int | None, eval_splits: Sequence[str],
-                 eval_seed: int, log_every: int, checkpoint_every: int, keep_checkpoints: int,
-                 skip_nonfinite_steps: bool, inject_nonfinite_at_steps: Sequence[int],
-                 progress: bool):
+    def __init__(
+        self,
+        *,
+        model_dir: str | None,
+        seed: int,
+        train_steps: int,
+        batch_size: int,
+        model: Callable[..., nn.Module],
+        task: Any,
+        optimizer: Callable[[int], OptimizerSpec],
+        eval_every: int,
+        eval_batches: int,
+        eval_batch_size: int | None,
+        eval_splits: Sequence[str],
+        eval_seed: int,
+        log_every: int,
+        checkpoint_every: int,
+        keep_checkpoints: int,
+        skip_nonfinite_steps: bool,
+        inject_nonfinite_at_steps: Sequence[int],
+        progress: bool,
+    ):
         problems = []
         if not model_dir:
             problems.append("MODEL_DIR is not set (pass --gin.MODEL_DIR=\"'/path/to/run'\")")
-        for name, value in [("TRAIN_STEPS", train_steps), ("BATCH_SIZE", batch_size),
-                            ("train.eval_every", eval_every), ("train.log_every", log_every),
-                            ("train.checkpoint_every", checkpoint_every),
-                            ("train.keep_checkpoints", keep_checkpoints),
-                            ("train.eval_batches", eval_batches)]:
+        for name, value in [
+            ("TRAIN_STEPS", train_steps),
+            ("BATCH_SIZE", batch_size),
+            ("train.eval_every", eval_every),
+            ("train.log_every", log_every),
+            ("train.checkpoint_every", checkpoint_every),
+            ("train.keep_checkpoints", keep_checkpoints),
+            ("train.eval_batches", eval_batches),
+        ]:
             if not isinstance(value, int) or value <= 0:
                 problems.append(f"{name} must be a positive integer, got {value!r}")
         for split in eval_splits:
@@ -88,18 +107,21 @@ class Trainer:
         self.mesh = make_mesh()
         n_dev, n_proc = self.mesh.devices.size, jax.process_count()
         eval_batch_size = eval_batch_size or batch_size
-        for name, value in [("BATCH_SIZE", batch_size), ("train.eval_batch_size",
-                                                         eval_batch_size)]:
+        for name, value in [("BATCH_SIZE", batch_size), ("train.eval_batch_size", eval_batch_size)]:
             if isinstance(value, int) and value % n_dev:
-                problems.append(f"{name}={value} is not divisible by the {n_dev} devices of "
-                                "the data axis")
+                problems.append(
+                    f"{name}={value} is not divisible by the {n_dev} devices of the data axis"
+                )
         if problems:
             raise ConfigError("; ".join(problems))
 
         self.model_dir = model_dir
         self.seed, self.train_steps, self.batch_size = seed, train_steps, batch_size
         self.eval_every, self.eval_batches, self.eval_batch_size = (
-            eval_every, eval_batches, eval_batch_size)
+            eval_every,
+            eval_batches,
+            eval_batch_size,
+        )
         self.eval_splits, self.eval_seed = tuple(eval_splits), eval_seed
         self.log_every, self.checkpoint_every = log_every, checkpoint_every
         self.keep_checkpoints = keep_checkpoints
@@ -121,8 +143,9 @@ class Trainer:
         per_host = batch_size // n_proc
         self.rows = slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
         eval_per_host = eval_batch_size // n_proc
-        self.eval_rows = slice(jax.process_index() * eval_per_host,
-                               (jax.process_index() + 1) * eval_per_host)
+        self.eval_rows = slice(
+            jax.process_index() * eval_per_host, (jax.process_index() + 1) * eval_per_host
+        )
         self.replicated = NamedSharding(self.mesh, P())
         self.batch_sharding = NamedSharding(self.mesh, P("data"))
 
@@ -130,14 +153,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ functions
     def _init_state(self, seed: int):
-        sample = self.task.train_batch(seed=seed, step=1, batch_size=self.batch_size,
-                                       rows=slice(0, 1))
-        variables = dict(self.task.init_variables(self.model, jax.random.key(seed),
-                                                       sample))
+        sample = self.task.train_batch(
+            seed=seed, step=1, batch_size=self.batch_size, rows=slice(0, 1)
+        )
+        variables = dict(self.task.init_variables(self.model, jax.random.key(seed), sample))
         params = variables.pop("params")
         # Non-parameter collections (e.g. batch_stats) travel in the state, unoptimized.
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": variables,
-                "opt_state": self.opt.tx.init(params)}
+        return {
+            "step": jnp.zeros((), jnp.int32),
+            "params": params,
+            "model_state": variables,
+            "opt_state": self.opt.tx.init(params),
+        }
 
     def _build_functions(self) -> None:
         model, tx, task = self.model, self.opt.tx, self.task
@@ -151,14 +178,15 @@ class Trainer:
 
             def loss_fn(params):
                 loss, metrics, model_state = task.loss(
-                    model, {"params": params, **state["model_state"]}, batch, train=True,
-                    rng=rng)
+                    model, {"params": params, **state["model_state"]}, batch, train=True, rng=rng
+                )
                 # Testing hook (train.inject_nonfinite_at_steps): poison chosen steps.
                 loss = jnp.where(jnp.any(inject == step), jnp.nan, loss)
                 return loss, (metrics["accuracy"], model_state)
 
             (loss, (acc, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                state["params"])
+                state["params"]
+            )
             model_state = {**state["model_state"], **model_state}
             grad_norm = tree_norm(grads)
             updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -166,20 +194,34 @@ class Trainer:
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
             if skip:  # Keep the old params and slots; the step counter still advances.
                 keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
-                    lambda a, b: jnp.where(finite, a, b), new, old)
+                    lambda a, b: jnp.where(finite, a, b), new, old
+                )
                 params = keep(params, state["params"])
                 opt_state = keep(opt_state, state["opt_state"])
                 model_state = keep(model_state, state["model_state"])
-            new_state = {"step": step, "params": params, "model_state": model_state,
-                         "opt_state": opt_state}
-            metrics = {"loss": loss, "accuracy": acc, "grad_norm": grad_norm,
-                       "param_norm": tree_norm(params), "finite": finite}
+            new_state = {
+                "step": step,
+                "params": params,
+                "model_state": model_state,
+                "opt_state": opt_state,
+            }
+            metrics = {
+                "loss": loss,
+                "accuracy": acc,
+                "grad_norm": grad_norm,
+                "param_norm": tree_norm(params),
+                "finite": finite,
+            }
             return new_state, metrics
 
         def eval_step(state, batch):
             loss, metrics, _ = task.loss(
-                model, {"params": state["params"], **state["model_state"]}, batch,
-                train=False, rng=base_key)
+                model,
+                {"params": state["params"], **state["model_state"]},
+                batch,
+                train=False,
+                rng=base_key,
+            )
             return loss, metrics["accuracy"]
 
         def diagnostics(state):
@@ -190,41 +232,65 @@ class Trainer:
         abstract = jax.eval_shape(lambda: self._init_state(self.seed))
         self.state_sharding = jax.tree_util.tree_map(lambda _: self.replicated, abstract)
         self.abstract_state = jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated), abstract)
-        self.init_state = jax.jit(self._init_state, static_argnums=0,
-                                  out_shardings=self.state_sharding)
-        self.train_step = jax.jit(train_step, donate_argnums=0,
-                                  in_shardings=(self.state_sharding, self.batch_sharding),
-                                  out_shardings=(self.state_sharding, self.replicated))
-        self.eval_step = jax.jit(eval_step, in_shardings=(self.state_sharding,
-                                                          self.batch_sharding),
-                                 out_shardings=self.replicated)
-        self.diagnostics = jax.jit(diagnostics, in_shardings=(self.state_sharding,),
-                                   out_shardings=self.replicated)
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated), abstract
+        )
+        self.init_state = jax.jit(
+            self._init_state, static_argnums=0, out_shardings=self.state_sharding
+        )
+        self.train_step = jax.jit(
+            train_step,
+            donate_argnums=0,
+            in_shardings=(self.state_sharding, self.batch_sharding),
+            out_shardings=(self.state_sharding, self.replicated),
+        )
+        self.eval_step = jax.jit(
+            eval_step,
+            in_shardings=(self.state_sharding, self.batch_sharding),
+            out_shardings=self.replicated,
+        )
+        self.diagnostics = jax.jit(
+            diagnostics, in_shardings=(self.state_sharding,), out_shardings=self.replicated
+        )
         self.slot_bytes = slot_bytes(abstract["opt_state"])
-        self.num_params = sum(math.prod(x.shape)
-                              for x in jax.tree_util.tree_leaves(abstract["params"]))
+        self.num_params = sum(
+            math.prod(x.shape) for x in jax.tree_util.tree_leaves(abstract["params"])
+        )
 
     # ------------------------------------------------------------------ data
     def device_batch(self, local: dict[str, np.ndarray], global_batch: int):
-        return {k: jax.make_array_from_process_local_data(
-                    self.batch_sharding, v, (global_batch,) + v.shape[1:])
-                for k, v in local.items()}
+        return {
+            k: jax.make_array_from_process_local_data(
+                self.batch_sharding, v, (global_batch,) + v.shape[1:]
+            )
+            for k, v in local.items()
+        }
 
     def train_batch(self, step: int):
         """The global batch of 1-based step `step`: a pure function of (seed, step)."""
-        local = self.task.train_batch(seed=self.seed, step=step, batch_size=self.batch_size,
-                                      rows=self.rows)
+        local = self.task.train_batch(
+            seed=self.seed, step=step, batch_size=self.batch_size, rows=self.rows
+        )
         return self.device_batch(local, self.batch_size)
 
     def _eval_batches(self) -> dict[str, list]:
         # Fixed held-out batches, the same at every evaluation and for every run seed, so
         # eval curves of different runs are measured on identical data.
-        return {split: [self.device_batch(
-                    self.task.eval_batch(split, seed=self.eval_seed, index=i,
-                                         batch_size=self.eval_batch_size, rows=self.eval_rows),
-                    self.eval_batch_size) for i in range(self.eval_batches)]
-                for split in self.eval_splits}
+        return {
+            split: [
+                self.device_batch(
+                    self.task.eval_batch(
+                        split,
+                        seed=self.eval_seed,
+                        index=i,
+                        batch_size=self.eval_batch_size,
+                        rows=self.eval_rows,
+                    ),
+                    self.eval_batch_size,
+                )
+                for i in range(self.eval_batches)
+            ]
+            for split in self.eval_splits
+        }
 
     def evaluate(self, state, batches) -> dict[str, float]:
         out = {}
@@ -246,13 +312,16 @@ class Trainer:
         writer = ScalarWriter(self.model_dir, enabled=self.is_chief)
         manager = ocp.CheckpointManager(
             os.path.abspath(os.path.join(self.model_dir, "checkpoints")),
-            options=ocp.CheckpointManagerOptions(max_to_keep=self.keep_checkpoints,
-                                                 create=True))
+            options=ocp.CheckpointManagerOptions(max_to_keep=self.keep_checkpoints, create=True),
+        )
         state, train_time, start = None, 0.0, manager.latest_step()
         if start is not None:
-            restored = manager.restore(start, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(self.abstract_state),
-                meta=ocp.args.JsonRestore()))
+            restored = manager.restore(
+                start,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(self.abstract_state), meta=ocp.args.JsonRestore()
+                ),
+            )
             state, train_time = restored["state"], float(restored["meta"]["train_time_s"])
             writer.restart_at(start)
             self._say(f"resumed from checkpoint at step {start} in {self.model_dir}")
@@ -265,11 +334,9 @@ class Trainer:
         # Compile outside the timed region: steps/s and time-to-target measure training.
         self.train_step.lower(state, self.train_batch(start + 1)).compile()
         if start == 0:  # Static facts of the run, once (a resumed run already has them).
-            writer.write("train", 0, {"slot_bytes": self.slot_bytes,
-                                      "num_params": self.num_params})
+            writer.write("train", 0, {"slot_bytes": self.slot_bytes, "num_params": self.num_params})
 
-        end = self.train_steps if stop_after is None else min(self.train_steps,
-                                                              start + stop_after)
+        end = self.train_steps if stop_after is None else min(self.train_steps, start + stop_after)
         pending, skipped = _Pending(), 0
         interval_start, interval_steps = time.perf_counter(), 0
         final_eval: dict[str, float] = {}
@@ -291,43 +358,61 @@ class Trainer:
                 if bad and not self.skip_nonfinite_steps:
                     writer.close()
                     manager.wait_until_finished()
-                    kept = (f"the last good checkpoint is step {last_good} in "
-                            f"{self.model_dir}/checkpoints" if last_good is not None
-                            else "no checkpoint was written")
+                    kept = (
+                        f"the last good checkpoint is step {last_good} in "
+                        f"{self.model_dir}/checkpoints"
+                        if last_good is not None
+                        else "no checkpoint was written"
+                    )
                     raise TrainingDiverged(
                         f"non-finite loss or gradient at step {bad[0]}; stopping ({kept}). "
-                        "Set train.skip_nonfinite_steps = True to skip such steps instead.")
+                        "Set train.skip_nonfinite_steps = True to skip such steps instead."
+                    )
                 skipped += len(bad)
                 good = [m for m in fetched if m["finite"]] or fetched
-                scalars = {k: float(np.mean([m[k] for m in good]))
-                           for k in ("loss", "accuracy", "grad_norm")}
+                scalars = {
+                    k: float(np.mean([m[k] for m in good]))
+                    for k in ("loss", "accuracy", "grad_norm")
+                }
                 scalars["param_norm"] = float(fetched[-1]["param_norm"])
                 scalars["learning_rate"] = self.opt.learning_rate(step)
                 scalars["steps_per_sec"] = interval_steps / elapsed
-                scalars[f"{self.unit_name}_per_sec"] = (interval_steps * self.units_per_batch
-                                                        / elapsed)
+                scalars[f"{self.unit_name}_per_sec"] = (
+                    interval_steps * self.units_per_batch / elapsed
+                )
                 scalars["train_time_s"] = train_time
                 scalars["slot_bytes"] = self.slot_bytes
                 scalars["skipped_steps"] = skipped
-                scalars.update({k: float(v)
-                                for k, v in jax.device_get(self.diagnostics(state)).items()})
+                scalars.update(
+                    {k: float(v) for k, v in jax.device_get(self.diagnostics(state)).items()}
+                )
                 writer.write("train", step, scalars)
                 if self.progress:
                     left = (self.train_steps - step) / max(scalars["steps_per_sec"], 1e-9)
-                    self._say(f"step {step}/{self.train_steps} | loss {scalars['loss']:.4f} | "
-                              f"{scalars['steps_per_sec']:.1f} steps/s | "
-                              f"left {datetime.timedelta(seconds=round(left))}")
+                    self._say(
+                        f"step {step}/{self.train_steps} | loss {scalars['loss']:.4f} | "
+                        f"{scalars['steps_per_sec']:.1f} steps/s | "
+                        f"left {datetime.timedelta(seconds=round(left))}"
+                    )
                 pending = _Pending()
                 if is_eval:
                     final_eval = self.evaluate(state, eval_batches)
                     final_eval["train_time_s"] = train_time
                     writer.write("eval", step, final_eval)
-                    self._say(f"eval step {step}: " + ", ".join(
-                        f"{k} {v:.4f}" for k, v in final_eval.items() if "time" not in k))
+                    self._say(
+                        f"eval step {step}: "
+                        + ", ".join(
+                            f"{k} {v:.4f}" for k, v in final_eval.items() if "time" not in k
+                        )
+                    )
                 if is_ckpt:
-                    manager.save(step, args=ocp.args.Composite(
-                        state=ocp.args.StandardSave(state),
-                        meta=ocp.args.JsonSave({"train_time_s": train_time})))
+                    manager.save(
+                        step,
+                        args=ocp.args.Composite(
+                            state=ocp.args.StandardSave(state),
+                            meta=ocp.args.JsonSave({"train_time_s": train_time}),
+                        ),
+                    )
                     last_good = step
                 writer.flush()
                 interval_start, interval_steps = time.perf_counter(), 0
@@ -337,12 +422,24 @@ class Trainer:
         if not final_eval and self.is_chief and os.path.exists(writer.jsonl_path):
             # Restarted on a finished checkpoint (e.g. killed before final.json was written):
             # the final evaluation is already on record.
-            final_eval = next((r for r in reversed(read_metrics(self.model_dir))
-                               if r["split"] == "eval" and r["step"] == step), {})
+            final_eval = next(
+                (
+                    r
+                    for r in reversed(read_metrics(self.model_dir))
+                    if r["split"] == "eval" and r["step"] == step
+                ),
+                {},
+            )
             final_eval = {k: v for k, v in final_eval.items() if k not in ("step", "split")}
-        result = {"step": step, "finished": step >= self.train_steps, "eval": final_eval,
-                  "train_time_s": train_time, "slot_bytes": self.slot_bytes,
-                  "num_params": self.num_params, "optimizer": self.opt.name}
+        result = {
+            "step": step,
+            "finished": step >= self.train_steps,
+            "eval": final_eval,
+            "train_time_s": train_time,
+            "slot_bytes": self.slot_bytes,
+            "num_params": self.num_params,
+            "optimizer": self.opt.name,
+        }
         if self.is_chief and result["finished"]:
             with open(os.path.join(self.model_dir, "final.json"), "w") as f:
                 json.dump(result, f, indent=2)
@@ -354,25 +451,51 @@ class Trainer:
 
 
 @gin.configurable("train", denylist=["stop_after", "build_only"])
-def train(*, model_dir: str | None = gin.REQUIRED, seed: int = 0, train_steps: int = gin.REQUIRED,
-          batch_size: int = gin.REQUIRED, model: Callable[..., nn.Module] = gin.REQUIRED,
-          task: Any = gin.REQUIRED, optimizer: Callable[[int], OptimizerSpec] = gin.REQUIRED,
-          eval_every: int = 250, eval_batches: int = 20, eval_batch_size: int | None = None,
-          eval_splits: Sequence[str] = ("val",), eval_seed: int = 0, log_every: int = 50,
-          checkpoint_every: int = 500, keep_checkpoints: int = 3,
-          skip_nonfinite_steps: bool = False, inject_nonfinite_at_steps: Sequence[int] = (),
-          progress: bool = True, stop_after: int | None = None,
-          build_only: bool = False) -> dict[str, Any] | Trainer:
+def train(
+    *,
+    model_dir: str | None = gin.REQUIRED,
+    seed: int = 0,
+    train_steps: int = gin.REQUIRED,
+    batch_size: int = gin.REQUIRED,
+    model: Callable[..., nn.Module] = gin.REQUIRED,
+    task: Any = gin.REQUIRED,
+    optimizer: Callable[[int], OptimizerSpec] = gin.REQUIRED,
+    eval_every: int = 250,
+    eval_batches: int = 20,
+    eval_batch_size: int | None = None,
+    eval_splits: Sequence[str] = ("val",),
+    eval_seed: int = 0,
+    log_every: int = 50,
+    checkpoint_every: int = 500,
+    keep_checkpoints: int = 3,
+    skip_nonfinite_steps: bool = False,
+    inject_nonfinite_at_steps: Sequence[int] = (),
+    progress: bool = True,
+    stop_after: int | None = None,
+    build_only: bool = False,
+) -> dict[str, Any] | Trainer:
     """Trains one configuration into `model_dir` (resuming from its checkpoint if any).
 
     `build_only` returns the Trainer without running it (benchmarks drive its step).
     """
-    trainer = Trainer(model_dir=model_dir, seed=seed, train_steps=train_steps,
-                      batch_size=batch_size, model=model, task=task, optimizer=optimizer,
-                      eval_every=eval_every, eval_batches=eval_batches,
-                      eval_batch_size=eval_batch_size, eval_splits=eval_splits,
-                      eval_seed=eval_seed, log_every=log_every,
-                      checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
-                      skip_nonfinite_steps=skip_nonfinite_steps,
-                      inject_nonfinite_at_steps=inject_nonfinite_at_steps, progress=progress)
+    trainer = Trainer(
+        model_dir=model_dir,
+        seed=seed,
+        train_steps=train_steps,
+        batch_size=batch_size,
+        model=model,
+        task=task,
+        optimizer=optimizer,
+        eval_every=eval_every,
+        eval_batches=eval_batches,
+        eval_batch_size=eval_batch_size,
+        eval_splits=eval_splits,
+        eval_seed=eval_seed,
+        log_every=log_every,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
+        skip_nonfinite_steps=skip_nonfinite_steps,
+        inject_nonfinite_at_steps=inject_nonfinite_at_steps,
+        progress=progress,
+    )
     return trainer if build_only else trainer.run(stop_after=stop_after)

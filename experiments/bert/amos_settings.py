@@ -46,49 +46,51 @@ RELPOS_EMBEDDING = r"relpos_embedding$"
 
 
 def eta_fn(config: BertConfig) -> amos.ParamsFn:
-  """``eta`` for every variable of ``BertMlm(config)``, equal to the reference table."""
-  del config  # Every value follows from the variable's shape; kept for a uniform API.
-  return amos.default_eta_fn(
-      gains={MLP_OUTPUT_KERNEL: 2.0},  # GELU before it: sqrt(2 / F).
-      overrides={RELPOS_EMBEDDING: 0.5},  # An additive logit bias, as any bias.
-  )
+    """``eta`` for every variable of ``BertMlm(config)``, equal to the reference table."""
+    del config  # Every value follows from the variable's shape; kept for a uniform API.
+    return amos.default_eta_fn(
+        gains={MLP_OUTPUT_KERNEL: 2.0},  # GELU before it: sqrt(2 / F).
+        overrides={RELPOS_EMBEDDING: 0.5},  # An additive logit bias, as any bias.
+    )
 
 
 def shape_fn(config: BertConfig) -> amos.ParamsFn:
-  """Slot shapes: kernels ``(1, out)``, embeddings ``(rows, 1)``, vectors ``()``."""
-  del config
-  # The general rule already reduces an embedding's last axis; the override spells out
-  # the table's (buckets, 1) for the relative-position table.
-  return amos.default_shape_fn(overrides={RELPOS_EMBEDDING: "(SHAPE[0], 1)"})
+    """Slot shapes: kernels ``(1, out)``, embeddings ``(rows, 1)``, vectors ``()``."""
+    del config
+    # The general rule already reduces an embedding's last axis; the override spells out
+    # the table's (buckets, 1) for the relative-position table.
+    return amos.default_shape_fn(overrides={RELPOS_EMBEDDING: "(SHAPE[0], 1)"})
 
 
-def reference_eta_and_slot(config: BertConfig, path: tuple[str, ...],
-                           shape: tuple[int, ...]) -> tuple[float, tuple[int, ...]] | None:
-  """The reference table's ``(eta, slot)`` for a variable it lists, else ``None``.
+def reference_eta_and_slot(
+    config: BertConfig, path: tuple[str, ...], shape: tuple[int, ...]
+) -> tuple[float, tuple[int, ...]] | None:
+    """The reference table's ``(eta, slot)`` for a variable it lists, else ``None``.
 
-  Written from the table alone, independently of the library's rule, for tests.
-  """
-  name = "/".join(path)
-  h, f = config.hidden_size, config.mlp_dim
-  if name.endswith("layer_norm/scale"):
-    return 1.0, ()
-  if name.endswith("bias"):
-    return 0.5, ()
-  if name == "token_embedder/embedding":
-    return math.sqrt(2 / h), (shape[0], 1)
-  if name.endswith("relpos_embedding"):
-    return 0.5, (shape[0], 1)
-  if name.endswith("mlp/wo/kernel"):
-    return math.sqrt(2 / f), (1, h)
-  if name.endswith("kernel") and not name.startswith("mlm_head/"):
-    return math.sqrt(1 / h), (1, shape[-1])
-  return None
+    Written from the table alone, independently of the library's rule, for tests.
+    """
+    name = "/".join(path)
+    h, f = config.hidden_size, config.mlp_dim
+    if name.endswith("layer_norm/scale"):
+        return 1.0, ()
+    if name.endswith("bias"):
+        return 0.5, ()
+    if name == "token_embedder/embedding":
+        return math.sqrt(2 / h), (shape[0], 1)
+    if name.endswith("relpos_embedding"):
+        return 0.5, (shape[0], 1)
+    if name.endswith("mlp/wo/kernel"):
+        return math.sqrt(2 / f), (1, h)
+    if name.endswith("kernel") and not name.startswith("mlm_head/"):
+        return math.sqrt(1 / h), (1, shape[-1])
+    return None
 
 
-def optimizer(config: BertConfig, learning_rate: float = LEARNING_RATE,
-              **kwargs: Any) -> optax.GradientTransformation:
-  """Amos with the paper's BERT-base settings (xi, beta, momentum, clip) and this family's
-  ``eta`` and slots; ``kwargs`` override any setting of ``amos.amos``."""
-  settings = dict(beta=BETA, momentum=MOMENTUM, clip_value=CLIP_VALUE)
-  settings.update(kwargs)
-  return amos.amos(learning_rate, eta_fn(config), shape_fn(config), **settings)
+def optimizer(
+    config: BertConfig, learning_rate: float = LEARNING_RATE, **kwargs: Any
+) -> optax.GradientTransformation:
+    """Amos with the paper's BERT-base settings (xi, beta, momentum, clip) and this family's
+    ``eta`` and slots; ``kwargs`` override any setting of ``amos.amos``."""
+    settings = dict(beta=BETA, momentum=MOMENTUM, clip_value=CLIP_VALUE)
+    settings.update(kwargs)
+    return amos.amos(learning_rate, eta_fn(config), shape_fn(config), **settings)

@@ -82,8 +82,11 @@ def generated_text(num_chars: int = 200_000, seed: int = 0) -> str:
     while total < num_chars:
         sentence = []
         for _ in range(rng.integers(4, 12)):
-            w = successors[w, rng.integers(0, 4)] if rng.random() < 0.9 else rng.integers(
-                0, len(words))
+            w = (
+                successors[w, rng.integers(0, 4)]
+                if rng.random() < 0.9
+                else rng.integers(0, len(words))
+            )
             sentence.append(words[w])
         s = " ".join(sentence).capitalize() + rng.choice([".", ".", "!", "?"]) + "\n"
         out.append(s)
@@ -91,20 +94,27 @@ def generated_text(num_chars: int = 200_000, seed: int = 0) -> str:
     return "".join(out)[:num_chars]
 
 
-
-def window_starts(n_tokens: int, block_size: int, batch_size: int, seed: int, stream: int,
-                  index: int) -> np.ndarray:
+def window_starts(
+    n_tokens: int, block_size: int, batch_size: int, seed: int, stream: int, index: int
+) -> np.ndarray:
     """Start offsets of the `batch_size` windows of batch number `index` of a stream."""
     if n_tokens <= block_size:
-        raise DataConfigError(
-            f"split has {n_tokens} tokens, not more than block_size={block_size}")
+        raise DataConfigError(f"split has {n_tokens} tokens, not more than block_size={block_size}")
     rng = np.random.default_rng([seed, stream, index])
     return rng.integers(0, n_tokens - block_size, size=batch_size)
 
 
-def get_batch(corpus: CharCorpus, split: str, *, seed: int, index: int, batch_size: int,
-              block_size: int, purpose: str = "train",
-              rows: slice | None = None) -> dict[str, np.ndarray]:
+def get_batch(
+    corpus: CharCorpus,
+    split: str,
+    *,
+    seed: int,
+    index: int,
+    batch_size: int,
+    block_size: int,
+    purpose: str = "train",
+    rows: slice | None = None,
+) -> dict[str, np.ndarray]:
     """Batch `index` of `split` ('train' or 'val') drawn for `purpose` ('train' or 'eval'):
     inputs and next-character targets, int32 (B, T).
 
@@ -139,7 +149,8 @@ class WindowedLMTask(CausalLMLoss):
         if self.block_size >= min(len(self.corpus.train), len(self.corpus.val)):
             raise DataConfigError(
                 f"{name}={self.block_size} does not fit the splits "
-                f"({len(self.corpus.train)} train / {len(self.corpus.val)} val tokens)")
+                f"({len(self.corpus.train)} train / {len(self.corpus.val)} val tokens)"
+            )
 
     @property
     def units_per_example(self) -> int:
@@ -149,22 +160,46 @@ class WindowedLMTask(CausalLMLoss):
     def num_train_tokens(self) -> int:
         return len(self.corpus.train)
 
-    def train_batch(self, *, seed: int, step: int, batch_size: int,
-                    rows: slice | None = None) -> dict[str, np.ndarray]:
-        return get_batch(self.corpus, "train", seed=seed, index=step, batch_size=batch_size,
-                         block_size=self.block_size, purpose="train", rows=rows)
+    def train_batch(
+        self, *, seed: int, step: int, batch_size: int, rows: slice | None = None
+    ) -> dict[str, np.ndarray]:
+        return get_batch(
+            self.corpus,
+            "train",
+            seed=seed,
+            index=step,
+            batch_size=batch_size,
+            block_size=self.block_size,
+            purpose="train",
+            rows=rows,
+        )
 
-    def eval_batch(self, split: str, *, seed: int, index: int, batch_size: int,
-                   rows: slice | None = None) -> dict[str, np.ndarray]:
-        return get_batch(self.corpus, split, seed=seed, index=index, batch_size=batch_size,
-                         block_size=self.block_size, purpose="eval", rows=rows)
+    def eval_batch(
+        self, split: str, *, seed: int, index: int, batch_size: int, rows: slice | None = None
+    ) -> dict[str, np.ndarray]:
+        return get_batch(
+            self.corpus,
+            split,
+            seed=seed,
+            index=index,
+            batch_size=batch_size,
+            block_size=self.block_size,
+            purpose="eval",
+            rows=rows,
+        )
 
 
 class CharTextTask(WindowedLMTask):
     """Next-character prediction on a corpus file or on `generated_text`."""
 
-    def __init__(self, corpus_path: str | None = None, *, block_size: int = 64,
-                 generated_chars: int = 0, generated_seed: int = 0):
+    def __init__(
+        self,
+        corpus_path: str | None = None,
+        *,
+        block_size: int = 64,
+        generated_chars: int = 0,
+        generated_seed: int = 0,
+    ):
         if generated_chars:
             self.corpus = corpus_from_text(generated_text(generated_chars, generated_seed))
             self.source = f"generated_text(num_chars={generated_chars}, seed={generated_seed})"

@@ -51,8 +51,13 @@ def load_digits(val_fraction: float = 0.2, seed: int = 0) -> ImageSplits:
     order = np.random.default_rng(seed).permutation(len(images))
     n_val = int(len(images) * val_fraction)
     val, train = order[:n_val], order[n_val:]
-    return ImageSplits(images[train], data.target[train].astype(np.int32), images[val],
-                       data.target[val].astype(np.int32), num_classes=10)
+    return ImageSplits(
+        images[train],
+        data.target[train].astype(np.int32),
+        images[val],
+        data.target[val].astype(np.int32),
+        num_classes=10,
+    )
 
 
 def _tfds_builder(name: str, data_dir: str):
@@ -61,16 +66,20 @@ def _tfds_builder(name: str, data_dir: str):
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # tfds raises several types for unknown names.
-        raise DataConfigError(f"tfds dataset {name!r} is unknown or unreadable in data_dir "
-                              f"{data_dir!r}: {e}") from None
+        raise DataConfigError(
+            f"tfds dataset {name!r} is unknown or unreadable in data_dir {data_dir!r}: {e}"
+        ) from None
     if not builder.is_prepared():
-        raise DataConfigError(f"tfds dataset {name!r} is not prepared in data_dir {data_dir!r}; "
-                              "prepare it there first (nothing is downloaded at run time).")
+        raise DataConfigError(
+            f"tfds dataset {name!r} is not prepared in data_dir {data_dir!r}; "
+            "prepare it there first (nothing is downloaded at run time)."
+        )
     return builder
 
 
-def load_tfds_images(name: str, data_dir: str, train_split: str = "train",
-                     val_split: str = "test") -> ImageSplits:
+def load_tfds_images(
+    name: str, data_dir: str, train_split: str = "train", val_split: str = "test"
+) -> ImageSplits:
     """A prepared tfds image dataset (features ``image``, ``label``) held in memory."""
     import tensorflow_datasets as tfds
 
@@ -78,12 +87,17 @@ def load_tfds_images(name: str, data_dir: str, train_split: str = "train",
     arrays = {}
     for split in (train_split, val_split):
         if split not in builder.info.splits:
-            raise DataConfigError(f"tfds dataset {name!r} in {data_dir!r} has no split "
-                                  f"{split!r}; it has {sorted(builder.info.splits)}")
+            raise DataConfigError(
+                f"tfds dataset {name!r} in {data_dir!r} has no split "
+                f"{split!r}; it has {sorted(builder.info.splits)}"
+            )
         data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
         arrays[split] = (np.asarray(data["image"]), np.asarray(data["label"], np.int32))
-    return ImageSplits(*arrays[train_split], *arrays[val_split],
-                       num_classes=builder.info.features["label"].num_classes)
+    return ImageSplits(
+        *arrays[train_split],
+        *arrays[val_split],
+        num_classes=builder.info.features["label"].num_classes,
+    )
 
 
 def augment(images: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
@@ -91,8 +105,10 @@ def augment(images: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarr
     if kind == "none":
         return images
     if kind not in ("cifar", "digits"):
-        raise DataConfigError(f"augmentation {kind!r} runs only when streaming; in memory use "
-                              "'cifar', 'digits' or 'none'")
+        raise DataConfigError(
+            f"augmentation {kind!r} runs only when streaming; in memory use "
+            "'cifar', 'digits' or 'none'"
+        )
     pad = 4 if kind == "cifar" else 1
     b, h, w, _ = images.shape
     padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
@@ -121,23 +137,37 @@ class ImageClassificationTask:
     units_per_example = 1
     reports_perplexity = False
 
-    def __init__(self, dataset: str = "digits", *, data_dir: str | None = None,
-                 augmentation: str = "digits", train_split: str = "train",
-                 val_split: str = "test", in_memory: bool = True, image_size: int = 224):
+    def __init__(
+        self,
+        dataset: str = "digits",
+        *,
+        data_dir: str | None = None,
+        augmentation: str = "digits",
+        train_split: str = "train",
+        val_split: str = "test",
+        in_memory: bool = True,
+        image_size: int = 224,
+    ):
         if augmentation not in AUGMENTATIONS:
-            raise DataConfigError(f"augmentation must be one of {AUGMENTATIONS}, "
-                                  f"got {augmentation!r}")
+            raise DataConfigError(
+                f"augmentation must be one of {AUGMENTATIONS}, got {augmentation!r}"
+            )
         self.augmentation, self.in_memory, self.image_size = augmentation, in_memory, image_size
         if dataset != "digits" and not data_dir:
-            raise DataConfigError(f"tfds dataset {dataset!r} needs a data_dir (gin binding "
-                                  "DATA_DIR)")
+            raise DataConfigError(
+                f"tfds dataset {dataset!r} needs a data_dir (gin binding DATA_DIR)"
+            )
         if not in_memory:
-            self._stream = _ImageStream(_tfds_builder(dataset, data_dir), train_split,
-                                        val_split, augmentation, image_size)
+            self._stream = _ImageStream(
+                _tfds_builder(dataset, data_dir), train_split, val_split, augmentation, image_size
+            )
             self.num_classes = self._stream.num_classes
             return
-        self.splits = load_digits() if dataset == "digits" else load_tfds_images(
-            dataset, data_dir, train_split, val_split)
+        self.splits = (
+            load_digits()
+            if dataset == "digits"
+            else load_tfds_images(dataset, data_dir, train_split, val_split)
+        )
         self.num_classes = self.splits.num_classes
         train = self.splits.train_images.astype(np.float32)
         self.mean = train.mean(axis=(0, 1, 2))
@@ -156,33 +186,45 @@ class ImageClassificationTask:
             batch = augment(batch, self.augmentation, rng)
         return {"images": (batch - self.mean) / self.std, "labels": labels[picks]}
 
-    def train_batch(self, *, seed: int, step: int, batch_size: int,
-                    rows: slice | None = None) -> dict[str, np.ndarray]:
+    def train_batch(
+        self, *, seed: int, step: int, batch_size: int, rows: slice | None = None
+    ) -> dict[str, np.ndarray]:
         if not self.in_memory:
             return self._stream.train_batch(seed, step, batch_size, rows)
         s = self.splits
-        return self._batch(s.train_images, s.train_labels, seed, _TRAIN_STREAM, step,
-                           batch_size, rows, train=True)
+        return self._batch(
+            s.train_images, s.train_labels, seed, _TRAIN_STREAM, step, batch_size, rows, train=True
+        )
 
-    def eval_batch(self, split: str, *, seed: int, index: int, batch_size: int,
-                   rows: slice | None = None) -> dict[str, np.ndarray]:
+    def eval_batch(
+        self, split: str, *, seed: int, index: int, batch_size: int, rows: slice | None = None
+    ) -> dict[str, np.ndarray]:
         if not self.in_memory:
             return self._stream.eval_batch(split, seed, index, batch_size, rows)
         s = self.splits
-        images, labels = ((s.val_images, s.val_labels) if split == "val"
-                          else (s.train_images, s.train_labels))
-        return self._batch(images, labels, seed, _EVAL_STREAM, index, batch_size, rows,
-                           train=False)
+        images, labels = (
+            (s.val_images, s.val_labels) if split == "val" else (s.train_images, s.train_labels)
+        )
+        return self._batch(images, labels, seed, _EVAL_STREAM, index, batch_size, rows, train=False)
 
-    def init_variables(self, model: nn.Module, rng: jax.Array,
-                       batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    def init_variables(
+        self, model: nn.Module, rng: jax.Array, batch: dict[str, np.ndarray]
+    ) -> dict[str, Any]:
         return dict(model.init(rng, batch["images"][:1], train=False))
 
-    def loss(self, model: nn.Module, variables: dict[str, Any], batch: dict[str, np.ndarray], *,
-             train: bool, rng: jax.Array):
+    def loss(
+        self,
+        model: nn.Module,
+        variables: dict[str, Any],
+        batch: dict[str, np.ndarray],
+        *,
+        train: bool,
+        rng: jax.Array,
+    ):
         if train:
-            logits, updated = model.apply(variables, batch["images"], train=True,
-                                          mutable=["batch_stats"])
+            logits, updated = model.apply(
+                variables, batch["images"], train=True, mutable=["batch_stats"]
+            )
         else:
             logits, updated = model.apply(variables, batch["images"], train=False), {}
         loss, accuracy = cross_entropy(logits, batch["labels"])
@@ -198,8 +240,9 @@ class _ImageStream:
     sees the same batches. Iterators are kept while steps arrive in order.
     """
 
-    def __init__(self, builder, train_split: str, val_split: str, augmentation: str,
-                 image_size: int):
+    def __init__(
+        self, builder, train_split: str, val_split: str, augmentation: str, image_size: int
+    ):
         self.builder, self.augmentation, self.image_size = builder, augmentation, image_size
         self.splits = {"train": train_split, "val": val_split}
         self.num_classes = builder.info.features["label"].num_classes
@@ -210,8 +253,10 @@ class _ImageStream:
         import tensorflow_datasets as tfds
 
         ds = self.builder.as_dataset(
-            split=self.splits[split], shuffle_files=train,
-            read_config=tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=1))
+            split=self.splits[split],
+            shuffle_files=train,
+            read_config=tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=1),
+        )
         ds = ds.repeat()
         if train:
             ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
@@ -223,9 +268,14 @@ class _ImageStream:
             if train and kind == "imagenet":
                 key = tf.stack([tf.cast(seed, tf.int64), index])
                 begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
-                    tf.shape(image), tf.zeros([0, 0, 4]), seed=key, area_range=(0.08, 1.0),
-                    aspect_ratio_range=(3 / 4, 4 / 3), min_object_covered=0.0,
-                    use_image_if_no_bounding_boxes=True)
+                    tf.shape(image),
+                    tf.zeros([0, 0, 4]),
+                    seed=key,
+                    area_range=(0.08, 1.0),
+                    aspect_ratio_range=(3 / 4, 4 / 3),
+                    min_object_covered=0.0,
+                    use_image_if_no_bounding_boxes=True,
+                )
                 image = tf.image.resize(tf.slice(image, begin, crop), [size, size])
                 image = tf.image.stateless_random_flip_left_right(image, key)
             else:
@@ -233,8 +283,10 @@ class _ImageStream:
                 scale = size * 256 / 224 / short
                 shape = tf.cast(tf.cast(tf.shape(image)[:2], tf.float32) * scale, tf.int32)
                 image = tf.image.resize_with_crop_or_pad(tf.image.resize(image, shape), size, size)
-            return {"images": (image - IMAGENET_MEAN) / IMAGENET_STD,
-                    "labels": tf.cast(example["label"], tf.int32)}
+            return {
+                "images": (image - IMAGENET_MEAN) / IMAGENET_STD,
+                "labels": tf.cast(example["label"], tf.int32),
+            }
 
         options = tf.data.Options()
         options.deterministic = True

@@ -46,7 +46,8 @@ def check_tokenizer(tokenizer: Tokenizer) -> None:
     if tokenizer.mask_id is None:
         raise MlmConfigError(
             "masked LM needs a [MASK] token; this tokenizer has none (train the sentencepiece "
-            "model with user_defined_symbols including '[MASK]')")
+            "model with user_defined_symbols including '[MASK]')"
+        )
 
 
 def separator_id(tokenizer: Tokenizer) -> int:
@@ -74,15 +75,16 @@ def packed_examples(windows: np.ndarray, tokenizer: Tokenizer) -> np.ndarray:
     return np.concatenate([cls, windows], axis=1)
 
 
-def truncated_examples(token_docs: Sequence[np.ndarray], tokenizer: Tokenizer,
-                       seq_length: int) -> np.ndarray:
+def truncated_examples(
+    token_docs: Sequence[np.ndarray], tokenizer: Tokenizer, seq_length: int
+) -> np.ndarray:
     """One example per document: ``[CLS] doc... [SEP]`` truncated, then padding."""
     head = [] if tokenizer.cls_id is None else [tokenizer.cls_id]
     room = seq_length - len(head) - 1
     out = np.full((len(token_docs), seq_length), tokenizer.pad_id, np.int32)
     for i, doc in enumerate(token_docs):
         ids = head + list(np.asarray(doc)[:room]) + [separator_id(tokenizer)]
-        out[i, :len(ids)] = ids
+        out[i, : len(ids)] = ids
     return out
 
 
@@ -93,17 +95,25 @@ def segment_ids(tokens: np.ndarray, tokenizer: Tokenizer) -> np.ndarray:
     return np.where(tokens == tokenizer.pad_id, 0, seg).astype(np.int32)
 
 
-def mask_tokens(tokens: np.ndarray, tokenizer: Tokenizer, rng: np.random.Generator, *,
-                mask_rate: float = MASK_RATE, mask_token_rate: float = MASK_TOKEN_RATE,
-                random_token_rate: float = RANDOM_TOKEN_RATE,
-                max_predictions: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def mask_tokens(
+    tokens: np.ndarray,
+    tokenizer: Tokenizer,
+    rng: np.random.Generator,
+    *,
+    mask_rate: float = MASK_RATE,
+    mask_token_rate: float = MASK_TOKEN_RATE,
+    random_token_rate: float = RANDOM_TOKEN_RATE,
+    max_predictions: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """BERT's masking of ``(B, L)`` ids: returns ``(input_ids, targets, weights)``."""
     check_tokenizer(tokenizer)
     if not 0.0 < mask_rate < 1.0:
         raise MlmConfigError(f"mask_rate={mask_rate} must be in (0, 1)")
     if mask_token_rate < 0 or random_token_rate < 0 or mask_token_rate + random_token_rate > 1:
-        raise MlmConfigError(f"mask_token_rate={mask_token_rate} and random_token_rate="
-                             f"{random_token_rate} must be >= 0 and sum to at most 1")
+        raise MlmConfigError(
+            f"mask_token_rate={mask_token_rate} and random_token_rate="
+            f"{random_token_rate} must be >= 0 and sum to at most 1"
+        )
     tokens = np.asarray(tokens, np.int32)
     maskable = ~tokenizer.is_special(tokens) & (tokens != tokenizer.pad_id)
     n = maskable.sum(axis=-1)
@@ -125,8 +135,9 @@ def mask_tokens(tokens: np.ndarray, tokenizer: Tokenizer, rng: np.random.Generat
     return inputs.astype(np.int32), targets, chosen.astype(np.float32)
 
 
-def mlm_batch(tokens: np.ndarray, tokenizer: Tokenizer, rng: np.random.Generator,
-              **mask_kwargs) -> dict[str, np.ndarray]:
+def mlm_batch(
+    tokens: np.ndarray, tokenizer: Tokenizer, rng: np.random.Generator, **mask_kwargs
+) -> dict[str, np.ndarray]:
     """The model's batch from ``(B, L)`` examples: input ids, segment ids, attention mask,
     targets and weights, all ``(B, L)``."""
     tokens = np.asarray(tokens, np.int32)

@@ -36,31 +36,40 @@ from experiments.data.sources import tfds_builder
 from experiments.data.tokenizers import NUM_SENTINELS
 
 
-def span_corruption_preprocessor(dataset, sequence_length, output_features, *,
-                                 noise_density: float = span_corruption.NOISE_DENSITY,
-                                 mean_noise_span_length: float =
-                                 span_corruption.MEAN_NOISE_SPAN_LENGTH):
+def span_corruption_preprocessor(
+    dataset,
+    sequence_length,
+    output_features,
+    *,
+    noise_density: float = span_corruption.NOISE_DENSITY,
+    mean_noise_span_length: float = span_corruption.MEAN_NOISE_SPAN_LENGTH,
+):
     """Tokenized ``targets`` documents -> span-corrupted ``inputs`` / ``targets`` (no EOS)."""
     import seqio
     import tensorflow as tf
 
     tokens_length, _ = span_corruption.random_spans_helper(
-        sequence_length["inputs"], noise_density, mean_noise_span_length)
+        sequence_length["inputs"], noise_density, mean_noise_span_length
+    )
     vocab_size = output_features["targets"].vocabulary.vocab_size
 
     chunks = dataset.map(lambda x: x["targets"]).unbatch().batch(tokens_length)
 
     def corrupt_np(tokens: np.ndarray, seed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([int(s) % 2**32 for s in seed])
-        mask = span_corruption.random_spans_noise_mask(len(tokens), rng, noise_density,
-                                                       mean_noise_span_length)
-        return (span_corruption.noise_span_to_unique_sentinel(tokens, mask, vocab_size),
-                span_corruption.nonnoise_span_to_unique_sentinel(tokens, mask, vocab_size))
+        mask = span_corruption.random_spans_noise_mask(
+            len(tokens), rng, noise_density, mean_noise_span_length
+        )
+        return (
+            span_corruption.noise_span_to_unique_sentinel(tokens, mask, vocab_size),
+            span_corruption.nonnoise_span_to_unique_sentinel(tokens, mask, vocab_size),
+        )
 
     @seqio.map_over_dataset(num_seeds=1)
     def corrupt(tokens, seed):
-        inputs, targets = tf.numpy_function(corrupt_np, [tokens, seed], [tf.int32, tf.int32],
-                                            stateful=False)
+        inputs, targets = tf.numpy_function(
+            corrupt_np, [tokens, seed], [tf.int32, tf.int32], stateful=False
+        )
         inputs.set_shape([None])
         targets.set_shape([None])
         return {"inputs": inputs, "targets": targets}
@@ -72,14 +81,19 @@ def _lines_to_targets(dataset):
     return dataset.map(lambda line: {"targets": line})
 
 
-def register_span_corruption_task(name: str, *, vocabulary_path: str,
-                                  text_files: dict[str, str] | None = None,
-                                  tfds_name: str | None = None, tfds_data_dir: str | None = None,
-                                  tfds_splits: dict[str, str] | None = None,
-                                  text_feature: str = "text", num_sentinels: int = NUM_SENTINELS,
-                                  noise_density: float = span_corruption.NOISE_DENSITY,
-                                  mean_noise_span_length: float =
-                                  span_corruption.MEAN_NOISE_SPAN_LENGTH) -> Any:
+def register_span_corruption_task(
+    name: str,
+    *,
+    vocabulary_path: str,
+    text_files: dict[str, str] | None = None,
+    tfds_name: str | None = None,
+    tfds_data_dir: str | None = None,
+    tfds_splits: dict[str, str] | None = None,
+    text_feature: str = "text",
+    num_sentinels: int = NUM_SENTINELS,
+    noise_density: float = span_corruption.NOISE_DENSITY,
+    mean_noise_span_length: float = span_corruption.MEAN_NOISE_SPAN_LENGTH,
+) -> Any:
     """Registers (or re-registers) the Task ``name`` and returns it.
 
     Give either ``text_files`` (split name -> path or file pattern, e.g.
@@ -89,11 +103,13 @@ def register_span_corruption_task(name: str, *, vocabulary_path: str,
     import seqio
 
     if (text_files is None) == (tfds_name is None):
-        raise ValueError(f"register_span_corruption_task({name!r}): give exactly one of "
-                         f"text_files and tfds_name")
+        raise ValueError(
+            f"register_span_corruption_task({name!r}): give exactly one of text_files and tfds_name"
+        )
     if not os.path.isfile(vocabulary_path):
-        raise FileNotFoundError(f"sentencepiece model not found: {vocabulary_path!r} "
-                                f"(vocabulary_path)")
+        raise FileNotFoundError(
+            f"sentencepiece model not found: {vocabulary_path!r} (vocabulary_path)"
+        )
     if text_files is not None:
         for split, path in text_files.items():
             if not any(c in path for c in "*?[") and not os.path.isfile(path):
@@ -102,10 +118,12 @@ def register_span_corruption_task(name: str, *, vocabulary_path: str,
         to_targets = [_lines_to_targets]
     else:
         tfds_builder(tfds_name, tfds_data_dir)  # A clear error if it is not prepared.
-        source = seqio.TfdsDataSource(tfds_name=tfds_name, tfds_data_dir=tfds_data_dir,
-                                      splits=tfds_splits, read_only=True)
-        to_targets = [functools.partial(seqio.preprocessors.rekey,
-                                        key_map={"targets": text_feature})]
+        source = seqio.TfdsDataSource(
+            tfds_name=tfds_name, tfds_data_dir=tfds_data_dir, splits=tfds_splits, read_only=True
+        )
+        to_targets = [
+            functools.partial(seqio.preprocessors.rekey, key_map={"targets": text_feature})
+        ]
 
     vocabulary = seqio.SentencePieceVocabulary(vocabulary_path, extra_ids=num_sentinels)
     output_features = {
@@ -115,22 +133,43 @@ def register_span_corruption_task(name: str, *, vocabulary_path: str,
     preprocessors = to_targets + [
         seqio.preprocessors.tokenize,
         seqio.CacheDatasetPlaceholder(),
-        functools.partial(span_corruption_preprocessor, noise_density=noise_density,
-                          mean_noise_span_length=mean_noise_span_length),
+        functools.partial(
+            span_corruption_preprocessor,
+            noise_density=noise_density,
+            mean_noise_span_length=mean_noise_span_length,
+        ),
         seqio.preprocessors.append_eos_after_trim,
     ]
     if name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
-    return seqio.TaskRegistry.add(name, source=source, preprocessors=preprocessors,
-                                  output_features=output_features, metric_fns=[])
+    return seqio.TaskRegistry.add(
+        name,
+        source=source,
+        preprocessors=preprocessors,
+        output_features=output_features,
+        metric_fns=[],
+    )
 
 
-def get_dataset(name: str, *, split: str, inputs_length: int, targets_length: int,
-                seed: int | None = 0, shuffle: bool = False, pack: bool = False):
+def get_dataset(
+    name: str,
+    *,
+    split: str,
+    inputs_length: int,
+    targets_length: int,
+    seed: int | None = 0,
+    shuffle: bool = False,
+    pack: bool = False,
+):
     """The encoder-decoder features of a registered Task (or Mixture), as T5X feeds them."""
     import seqio
 
     return seqio.get_dataset(
-        name, {"inputs": inputs_length, "targets": targets_length},
-        feature_converter=seqio.EncDecFeatureConverter(pack=pack), dataset_split=split,
-        use_cached=False, shuffle=shuffle, seed=seed)
+        name,
+        {"inputs": inputs_length, "targets": targets_length},
+        feature_converter=seqio.EncDecFeatureConverter(pack=pack),
+        dataset_split=split,
+        use_cached=False,
+        shuffle=shuffle,
+        seed=seed,
+    )

@@ -52,11 +52,17 @@ class InMemorySource:
 
     in_memory = True
 
-    def __init__(self, documents: Sequence[str], *,
-                 validation_fraction: float = VALIDATION_FRACTION, name: str = "in-memory text"):
+    def __init__(
+        self,
+        documents: Sequence[str],
+        *,
+        validation_fraction: float = VALIDATION_FRACTION,
+        name: str = "in-memory text",
+    ):
         if not 0.0 < validation_fraction < 1.0:
-            raise SourceError(f"{name}: validation_fraction={validation_fraction} must be in "
-                              f"(0, 1)")
+            raise SourceError(
+                f"{name}: validation_fraction={validation_fraction} must be in (0, 1)"
+            )
         self.name = name
         documents = list(documents)
         if len(documents) == 1:
@@ -69,8 +75,10 @@ class InMemorySource:
             self._splits = {"train": documents[:n], "validation": documents[n:]}
         for split, docs in self._splits.items():
             if not any(docs):
-                raise SourceError(f"{name}: the {split} split is empty ({len(documents)} "
-                                  f"documents, validation_fraction={validation_fraction})")
+                raise SourceError(
+                    f"{name}: the {split} split is empty ({len(documents)} "
+                    f"documents, validation_fraction={validation_fraction})"
+                )
 
     def documents(self, split: str) -> list[str]:
         _check_split(split, self.name)
@@ -88,8 +96,9 @@ class TextFileSource(InMemorySource):
     """A plain UTF-8 text file: one document per line (``mode='lines'``), per paragraph
     (``'paragraphs'``, blank-line separated), or the whole file as one (``'whole'``)."""
 
-    def __init__(self, path: str, *, mode: str = "lines",
-                 validation_fraction: float = VALIDATION_FRACTION):
+    def __init__(
+        self, path: str, *, mode: str = "lines", validation_fraction: float = VALIDATION_FRACTION
+    ):
         if mode not in TEXT_FILE_MODES:
             raise SourceError(f"TextFileSource: mode={mode!r} is not one of {TEXT_FILE_MODES}")
         if not path:
@@ -100,18 +109,27 @@ class TextFileSource(InMemorySource):
             text = f.read()
         self.path = path
         self.mode = mode
-        super().__init__(split_documents(text, mode), validation_fraction=validation_fraction,
-                         name=f"text file {path!r}")
+        super().__init__(
+            split_documents(text, mode),
+            validation_fraction=validation_fraction,
+            name=f"text file {path!r}",
+        )
 
 
 class GeneratedTextSource(InMemorySource):
     """``char_text.generated_text``, one sentence per document: runs without any corpus."""
 
-    def __init__(self, num_chars: int = 200_000, seed: int = 0,
-                 validation_fraction: float = VALIDATION_FRACTION):
-        super().__init__(split_documents(generated_text(num_chars, seed), "lines"),
-                         validation_fraction=validation_fraction,
-                         name=f"generated_text(num_chars={num_chars}, seed={seed})")
+    def __init__(
+        self,
+        num_chars: int = 200_000,
+        seed: int = 0,
+        validation_fraction: float = VALIDATION_FRACTION,
+    ):
+        super().__init__(
+            split_documents(generated_text(num_chars, seed), "lines"),
+            validation_fraction=validation_fraction,
+            name=f"generated_text(num_chars={num_chars}, seed={seed})",
+        )
 
 
 def default_tfds_data_dir(data_dir: str | None) -> str:
@@ -135,7 +153,8 @@ def tfds_builder(name: str, data_dir: str | None):
     missing = SourceError(
         f"TFDS dataset {name!r} is not prepared under data_dir={data_dir!r}; this source "
         f"never downloads: prepare it first, e.g. `tfds build {name.split('/')[0]} "
-        f"--data_dir={data_dir}`")
+        f"--data_dir={data_dir}`"
+    )
     if not os.path.isdir(data_dir):
         raise missing
     try:
@@ -161,9 +180,16 @@ class TfdsSource:
     ``max_documents`` each) into lists, for small datasets.
     """
 
-    def __init__(self, name: str, data_dir: str | None = None, *, feature: str = "text",
-                 split_names: dict[str, str] | None = None, in_memory: bool = False,
-                 max_documents: int | None = None):
+    def __init__(
+        self,
+        name: str,
+        data_dir: str | None = None,
+        *,
+        feature: str = "text",
+        split_names: dict[str, str] | None = None,
+        in_memory: bool = False,
+        max_documents: int | None = None,
+    ):
         split_names = dict(split_names or {"train": "train", "validation": "validation"})
         for split in SPLITS:
             if split not in split_names:
@@ -177,14 +203,17 @@ class TfdsSource:
         self.builder = tfds_builder(name, self.data_dir)
         features = self.builder.info.features
         if feature not in features:
-            raise SourceError(f"TFDS dataset {name!r} has no feature {feature!r} (feature "
-                              f"option); it has {sorted(features.keys())}")
+            raise SourceError(
+                f"TFDS dataset {name!r} has no feature {feature!r} (feature "
+                f"option); it has {sorted(features.keys())}"
+            )
         for split, tfds_split in split_names.items():
             base = tfds_split.split("[")[0]
             if base not in self.builder.info.splits:
                 raise SourceError(
                     f"TFDS dataset {name!r} under {self.data_dir!r} has no split {base!r} "
-                    f"(split_names[{split!r}]); it has {sorted(self.builder.info.splits)}")
+                    f"(split_names[{split!r}]); it has {sorted(self.builder.info.splits)}"
+                )
         self._cache: dict[str, list[str]] = {}
 
     def _tfds_split(self, split: str) -> str:
@@ -199,8 +228,11 @@ class TfdsSource:
         import tensorflow_datasets as tfds
 
         # No auto-cache: a streaming reader stops part-way, which a cache would warn about.
-        ds = self.builder.as_dataset(split=self._tfds_split(split), shuffle_files=False,
-                                     read_config=tfds.ReadConfig(try_autocache=False))
+        ds = self.builder.as_dataset(
+            split=self._tfds_split(split),
+            shuffle_files=False,
+            read_config=tfds.ReadConfig(try_autocache=False),
+        )
         feature = self.feature
         return ds.map(lambda x: x[feature])
 
@@ -213,8 +245,10 @@ class TfdsSource:
 
     def documents(self, split: str) -> list[str]:
         if not self.in_memory:
-            raise SourceError(f"TfdsSource({self.name!r}) streams (in_memory=False); use "
-                              f"iter_documents, or in_memory=True with max_documents")
+            raise SourceError(
+                f"TfdsSource({self.name!r}) streams (in_memory=False); use "
+                f"iter_documents, or in_memory=True with max_documents"
+            )
         if split not in self._cache:
             ds = self.tf_dataset(split)
             self._cache[split] = [t.decode("utf-8") for t in ds.as_numpy_iterator()]

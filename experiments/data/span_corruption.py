@@ -29,8 +29,9 @@ class SpanCorruptionError(ValueError):
     """A span-corruption setting that cannot work (lengths, too few sentinels)."""
 
 
-def _lengths_after_corruption(tokens_length: int, noise_density: float,
-                              mean_noise_span_length: float) -> tuple[int, int]:
+def _lengths_after_corruption(
+    tokens_length: int, noise_density: float, mean_noise_span_length: float
+) -> tuple[int, int]:
     num_noise_tokens = int(round(tokens_length * noise_density))
     num_nonnoise_tokens = tokens_length - num_noise_tokens
     num_noise_spans = int(round(num_noise_tokens / mean_noise_span_length))
@@ -39,24 +40,28 @@ def _lengths_after_corruption(tokens_length: int, noise_density: float,
     return (num_nonnoise_tokens + num_noise_spans + 1, num_noise_tokens + num_noise_spans + 1)
 
 
-def random_spans_helper(inputs_length: int, noise_density: float = NOISE_DENSITY,
-                        mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH
-                        ) -> tuple[int, int]:
+def random_spans_helper(
+    inputs_length: int,
+    noise_density: float = NOISE_DENSITY,
+    mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
+) -> tuple[int, int]:
     """``(tokens_length, targets_length)``: the longest raw chunk whose corrupted inputs are
     at most ``inputs_length`` long (with EOS), and its targets' length (with EOS)."""
     if inputs_length < 3:
         raise SpanCorruptionError(f"inputs_length={inputs_length} must be at least 3")
     tokens_length = inputs_length - 1
-    while _lengths_after_corruption(tokens_length + 1, noise_density,
-                                    mean_noise_span_length)[0] <= inputs_length:
+    while (
+        _lengths_after_corruption(tokens_length + 1, noise_density, mean_noise_span_length)[0]
+        <= inputs_length
+    ):
         tokens_length += 1
-    _, targets_length = _lengths_after_corruption(tokens_length, noise_density,
-                                                  mean_noise_span_length)
+    _, targets_length = _lengths_after_corruption(
+        tokens_length, noise_density, mean_noise_span_length
+    )
     return tokens_length, targets_length
 
 
-def _random_segmentation(num_items: int, num_segments: int,
-                         rng: np.random.Generator) -> np.ndarray:
+def _random_segmentation(num_items: int, num_segments: int, rng: np.random.Generator) -> np.ndarray:
     """Lengths of ``num_segments`` non-empty segments of ``num_items`` items, at random."""
     first_in_segment = np.zeros(num_items, np.int64)
     starts = rng.permutation(np.arange(num_items - 1) < num_segments - 1)
@@ -65,9 +70,12 @@ def _random_segmentation(num_items: int, num_segments: int,
     return np.bincount(segment_id, minlength=num_segments)
 
 
-def random_spans_noise_mask(length: int, rng: np.random.Generator,
-                            noise_density: float = NOISE_DENSITY,
-                            mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH) -> np.ndarray:
+def random_spans_noise_mask(
+    length: int,
+    rng: np.random.Generator,
+    noise_density: float = NOISE_DENSITY,
+    mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
+) -> np.ndarray:
     """T5's noise mask: a bool array of ``length``, True on noise tokens."""
     orig_length = length
     length = max(length, 2)  # A noise span and a non-noise span need two tokens.
@@ -85,8 +93,9 @@ def random_spans_noise_mask(length: int, rng: np.random.Generator,
     return is_noise[:orig_length]
 
 
-def noise_span_to_unique_sentinel(tokens: np.ndarray, noise_mask: np.ndarray,
-                                  vocab_size: int) -> np.ndarray:
+def noise_span_to_unique_sentinel(
+    tokens: np.ndarray, noise_mask: np.ndarray, vocab_size: int
+) -> np.ndarray:
     """Each noise span replaced by one sentinel, ``vocab_size - 1`` for the first."""
     tokens = np.asarray(tokens)
     prev = np.concatenate([[False], noise_mask[:-1]])
@@ -97,15 +106,21 @@ def noise_span_to_unique_sentinel(tokens: np.ndarray, noise_mask: np.ndarray,
     return out[~subsequent_noise].astype(np.int32)
 
 
-def nonnoise_span_to_unique_sentinel(tokens: np.ndarray, noise_mask: np.ndarray,
-                                     vocab_size: int) -> np.ndarray:
+def nonnoise_span_to_unique_sentinel(
+    tokens: np.ndarray, noise_mask: np.ndarray, vocab_size: int
+) -> np.ndarray:
     return noise_span_to_unique_sentinel(tokens, ~noise_mask, vocab_size)
 
 
-def span_corrupt(tokens: np.ndarray, tokenizer: Tokenizer, rng: np.random.Generator, *,
-                 noise_density: float = NOISE_DENSITY,
-                 mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
-                 add_eos: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def span_corrupt(
+    tokens: np.ndarray,
+    tokenizer: Tokenizer,
+    rng: np.random.Generator,
+    *,
+    noise_density: float = NOISE_DENSITY,
+    mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
+    add_eos: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """``(inputs, targets)`` of one chunk of ids (unpadded, with EOS if ``add_eos``)."""
     tokens = np.asarray(tokens, np.int32)
     if len(tokens) == 0:
@@ -115,7 +130,8 @@ def span_corrupt(tokens: np.ndarray, tokenizer: Tokenizer, rng: np.random.Genera
     if num_spans > tokenizer.num_sentinels:
         raise SpanCorruptionError(
             f"{num_spans} noise spans need as many sentinels; the tokenizer has "
-            f"num_sentinels={tokenizer.num_sentinels}")
+            f"num_sentinels={tokenizer.num_sentinels}"
+        )
     inputs = noise_span_to_unique_sentinel(tokens, mask, tokenizer.vocab_size)
     targets = nonnoise_span_to_unique_sentinel(tokens, mask, tokenizer.vocab_size)
     if add_eos:
@@ -124,11 +140,16 @@ def span_corrupt(tokens: np.ndarray, tokenizer: Tokenizer, rng: np.random.Genera
     return inputs, targets
 
 
-def span_corruption_batch(chunks: list[np.ndarray] | np.ndarray, tokenizer: Tokenizer,
-                          rng: np.random.Generator, *, inputs_length: int, targets_length: int,
-                          noise_density: float = NOISE_DENSITY,
-                          mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH
-                          ) -> dict[str, np.ndarray]:
+def span_corruption_batch(
+    chunks: list[np.ndarray] | np.ndarray,
+    tokenizer: Tokenizer,
+    rng: np.random.Generator,
+    *,
+    inputs_length: int,
+    targets_length: int,
+    noise_density: float = NOISE_DENSITY,
+    mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
+) -> dict[str, np.ndarray]:
     """The encoder-decoder batch of chunks, padded with 0 to the given lengths.
 
     ``decoder_input_tokens`` are the targets shifted right with 0 (the pad id) as the start
@@ -139,15 +160,21 @@ def span_corruption_batch(chunks: list[np.ndarray] | np.ndarray, tokenizer: Toke
     enc = np.zeros((n, inputs_length), np.int32)
     tgt = np.zeros((n, targets_length), np.int32)
     for i, chunk in enumerate(chunks):
-        inputs, targets = span_corrupt(chunk, tokenizer, rng, noise_density=noise_density,
-                                       mean_noise_span_length=mean_noise_span_length)
+        inputs, targets = span_corrupt(
+            chunk,
+            tokenizer,
+            rng,
+            noise_density=noise_density,
+            mean_noise_span_length=mean_noise_span_length,
+        )
         if len(inputs) > inputs_length or len(targets) > targets_length:
             raise SpanCorruptionError(
                 f"a chunk of {len(chunk)} tokens corrupts to {len(inputs)} inputs / "
                 f"{len(targets)} targets, more than inputs_length={inputs_length} / "
-                f"targets_length={targets_length}")
-        enc[i, :len(inputs)] = inputs
-        tgt[i, :len(targets)] = targets
+                f"targets_length={targets_length}"
+            )
+        enc[i, : len(inputs)] = inputs
+        tgt[i, : len(targets)] = targets
     dec_in = np.zeros_like(tgt)
     dec_in[:, 1:] = tgt[:, :-1]
     return {
@@ -162,11 +189,12 @@ def reconstruct(inputs, targets, tokenizer: Tokenizer) -> list[int]:
     """The original chunk from corrupted ``inputs`` and ``targets`` (padding and EOS
     ignored): each sentinel of the inputs replaced by the span that follows it in the
     targets."""
+
     def strip(ids):
         ids = [int(i) for i in ids]
         for end in (tokenizer.eos_id, tokenizer.pad_id):
             if end in ids:
-                ids = ids[:ids.index(end)]
+                ids = ids[: ids.index(end)]
         return ids
 
     spans: dict[int, list[int]] = {}

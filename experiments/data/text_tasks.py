@@ -72,19 +72,25 @@ def resolve_tokenizer(tokenizer, source) -> Tokenizer:
         return ByteTokenizer()
     if tokenizer == "char":
         if not isinstance(source, InMemorySource):
-            raise TaskConfigError("tokenizer='char' builds its alphabet from the text, which "
-                                  "needs an in-memory source; give a sentencepiece model")
+            raise TaskConfigError(
+                "tokenizer='char' builds its alphabet from the text, which "
+                "needs an in-memory source; give a sentencepiece model"
+            )
         return CharTokenizer.from_text(source.text())
     if isinstance(tokenizer, str) and tokenizer.endswith(".model"):
         return SentencePieceTokenizer(tokenizer)
-    raise TaskConfigError(f"tokenizer={tokenizer!r}: expected a Tokenizer, 'char', 'byte' or a "
-                          f"sentencepiece .model path")
+    raise TaskConfigError(
+        f"tokenizer={tokenizer!r}: expected a Tokenizer, 'char', 'byte' or a "
+        f"sentencepiece .model path"
+    )
 
 
 def _check_split(split: str, purpose: str) -> int:
     if (split, purpose) not in _STREAM:
-        raise TaskConfigError(f"no batches for split={split!r}, purpose={purpose!r}; eval "
-                              f"splits are 'val' and 'train'")
+        raise TaskConfigError(
+            f"no batches for split={split!r}, purpose={purpose!r}; eval "
+            f"splits are 'val' and 'train'"
+        )
     return _STREAM[(split, purpose)]
 
 
@@ -105,6 +111,7 @@ class _StreamReader:
                     yield example
                 if empty:
                     raise TaskConfigError("the split yields no complete example")
+
         self._it, self._next = forever(), 0
 
     def read(self, start: int, count: int) -> list[np.ndarray]:
@@ -121,8 +128,7 @@ class _TextTask:
 
     unit_name = "tokens"
 
-    def __init__(self, source, tokenizer, *, window: int, separator: int | None,
-                 packing: bool):
+    def __init__(self, source, tokenizer, *, window: int, separator: int | None, packing: bool):
         self.source = resolve_source(source)
         self.tokenizer = resolve_tokenizer(tokenizer, self.source)
         self.window = window
@@ -157,10 +163,12 @@ class _TextTask:
                 raise TaskConfigError(
                     f"the {_SOURCE_SPLIT[split]} split of {self.source.name} has "
                     f"{len(stream)} tokens, fewer than one example needs ({self.window}); "
-                    f"use a shorter sequence length or more text")
+                    f"use a shorter sequence length or more text"
+                )
             if not self.packing and not self._split_docs(split):
-                raise TaskConfigError(f"the {_SOURCE_SPLIT[split]} split of "
-                                      f"{self.source.name} has no documents")
+                raise TaskConfigError(
+                    f"the {_SOURCE_SPLIT[split]} split of {self.source.name} has no documents"
+                )
             self._streams[split] = stream
         return self._streams[split]
 
@@ -189,8 +197,9 @@ class _TextTask:
             self._readers[key] = _StreamReader(lambda: self._examples_of_one_pass(split))
         return self._readers[key]
 
-    def _raw_examples(self, split: str, purpose: str, *, seed: int, index: int,
-                      batch_size: int, first: int) -> tuple[list[np.ndarray], np.random.Generator]:
+    def _raw_examples(
+        self, split: str, purpose: str, *, seed: int, index: int, batch_size: int, first: int
+    ) -> tuple[list[np.ndarray], np.random.Generator]:
         """``batch_size`` windows (packing) or documents, and the Generator that then draws
         the objective's randomness; ``first`` is the first example's position in a stream."""
         stream_id = _check_split(split, purpose)
@@ -204,10 +213,20 @@ class _TextTask:
         starts = rng.integers(0, len(stream) - self.window + 1, size=batch_size)
         return list(stream[starts[:, None] + np.arange(self.window)[None, :]]), rng
 
-    def _batch(self, split: str, purpose: str, *, seed: int, index: int, batch_size: int,
-               first: int, rows: slice | None) -> Batch:
-        examples, rng = self._raw_examples(split, purpose, seed=seed, index=index,
-                                           batch_size=batch_size, first=first)
+    def _batch(
+        self,
+        split: str,
+        purpose: str,
+        *,
+        seed: int,
+        index: int,
+        batch_size: int,
+        first: int,
+        rows: slice | None,
+    ) -> Batch:
+        examples, rng = self._raw_examples(
+            split, purpose, seed=seed, index=index, batch_size=batch_size, first=first
+        )
         batch = self._objective(examples, rng)
         if rows is not None:
             batch = {k: v[rows] for k, v in batch.items()}
@@ -228,15 +247,31 @@ class _TextTask:
     def model_kwargs(self) -> dict[str, Any]:
         return {"vocab_size": self.tokenizer.vocab_size}
 
-    def train_batch(self, *, seed: int, step: int, batch_size: int,
-                    rows: slice | None = None) -> Batch:
-        return self._batch("train", "train", seed=seed, index=step, batch_size=batch_size,
-                           first=(step - 1) * batch_size, rows=rows)
+    def train_batch(
+        self, *, seed: int, step: int, batch_size: int, rows: slice | None = None
+    ) -> Batch:
+        return self._batch(
+            "train",
+            "train",
+            seed=seed,
+            index=step,
+            batch_size=batch_size,
+            first=(step - 1) * batch_size,
+            rows=rows,
+        )
 
-    def eval_batch(self, split: str, *, seed: int, index: int, batch_size: int,
-                   rows: slice | None = None) -> Batch:
-        return self._batch(split, "eval", seed=seed, index=index, batch_size=batch_size,
-                           first=index * batch_size, rows=rows)
+    def eval_batch(
+        self, split: str, *, seed: int, index: int, batch_size: int, rows: slice | None = None
+    ) -> Batch:
+        return self._batch(
+            split,
+            "eval",
+            seed=seed,
+            index=index,
+            batch_size=batch_size,
+            first=index * batch_size,
+            rows=rows,
+        )
 
 
 def _rngs(train: bool, rng: jax.Array) -> dict[str, jax.Array] | None:
@@ -255,23 +290,34 @@ class MaskedLMTask(_TextTask):
 
     reports_perplexity = True
 
-    def __init__(self, source, tokenizer="char", seq_length: int = 128, *,
-                 packing: bool = True, mask_rate: float = mlm.MASK_RATE,
-                 mask_token_rate: float = mlm.MASK_TOKEN_RATE,
-                 random_token_rate: float = mlm.RANDOM_TOKEN_RATE,
-                 max_predictions: int | None = None):
+    def __init__(
+        self,
+        source,
+        tokenizer="char",
+        seq_length: int = 128,
+        *,
+        packing: bool = True,
+        mask_rate: float = mlm.MASK_RATE,
+        mask_token_rate: float = mlm.MASK_TOKEN_RATE,
+        random_token_rate: float = mlm.RANDOM_TOKEN_RATE,
+        max_predictions: int | None = None,
+    ):
         if seq_length < 4:
             raise TaskConfigError(f"MaskedLMTask: seq_length={seq_length} must be at least 4")
         source = resolve_source(source)
         tok = resolve_tokenizer(tokenizer, source)
         mlm.check_tokenizer(tok)
         self.seq_length = seq_length
-        self.mask_kwargs = dict(mask_rate=mask_rate, mask_token_rate=mask_token_rate,
-                                random_token_rate=random_token_rate,
-                                max_predictions=max_predictions)
+        self.mask_kwargs = dict(
+            mask_rate=mask_rate,
+            mask_token_rate=mask_token_rate,
+            random_token_rate=random_token_rate,
+            max_predictions=max_predictions,
+        )
         window = mlm.window_length(tok, seq_length) if packing else seq_length
-        super().__init__(source, tok, window=window, separator=mlm.separator_id(tok),
-                         packing=packing)
+        super().__init__(
+            source, tok, window=window, separator=mlm.separator_id(tok), packing=packing
+        )
         self.units_per_example = seq_length
 
     def _objective(self, examples: list[np.ndarray], rng: np.random.Generator) -> Batch:
@@ -283,16 +329,32 @@ class MaskedLMTask(_TextTask):
 
     def init_variables(self, model: nn.Module, rng: jax.Array, batch: Batch) -> dict[str, Any]:
         params_rng, dropout_rng = jax.random.split(rng)
-        variables = model.init({"params": params_rng, "dropout": dropout_rng},
-                               batch["input_ids"], batch["segment_ids"], batch["attention_mask"],
-                               deterministic=True)
+        variables = model.init(
+            {"params": params_rng, "dropout": dropout_rng},
+            batch["input_ids"],
+            batch["segment_ids"],
+            batch["attention_mask"],
+            deterministic=True,
+        )
         return dict(variables)
 
-    def loss(self, model: nn.Module, variables: dict[str, Any], batch: Batch, *, train: bool,
-             rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
-        logits = model.apply(variables, batch["input_ids"], batch["segment_ids"],
-                             batch["attention_mask"], deterministic=not train,
-                             rngs=_rngs(train, rng))
+    def loss(
+        self,
+        model: nn.Module,
+        variables: dict[str, Any],
+        batch: Batch,
+        *,
+        train: bool,
+        rng: jax.Array,
+    ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
+        logits = model.apply(
+            variables,
+            batch["input_ids"],
+            batch["segment_ids"],
+            batch["attention_mask"],
+            deterministic=not train,
+            rngs=_rngs(train, rng),
+        )
         ce, correct = token_cross_entropy(logits, batch["targets"])
         weights = jnp.asarray(batch["weights"], jnp.float32)
         denom = jnp.maximum(weights.sum(), 1.0)
@@ -323,25 +385,39 @@ class SpanCorruptionTask(_TextTask):
     tokens seen); each example is cut from ``tokens_length`` tokens of text (568 for 512).
     """
 
-    def __init__(self, source, tokenizer, inputs_length: int = 512, targets_length: int = 114,
-                 *, noise_density: float = span_corruption.NOISE_DENSITY,
-                 mean_noise_span_length: float = span_corruption.MEAN_NOISE_SPAN_LENGTH,
-                 loss_normalization: str = "sum"):
+    def __init__(
+        self,
+        source,
+        tokenizer,
+        inputs_length: int = 512,
+        targets_length: int = 114,
+        *,
+        noise_density: float = span_corruption.NOISE_DENSITY,
+        mean_noise_span_length: float = span_corruption.MEAN_NOISE_SPAN_LENGTH,
+        loss_normalization: str = "sum",
+    ):
         if loss_normalization not in LOSS_NORMALIZATIONS:
-            raise TaskConfigError(f"SpanCorruptionTask: loss_normalization="
-                                  f"{loss_normalization!r} is not one of {LOSS_NORMALIZATIONS}")
+            raise TaskConfigError(
+                f"SpanCorruptionTask: loss_normalization="
+                f"{loss_normalization!r} is not one of {LOSS_NORMALIZATIONS}"
+            )
         if not 0.0 < noise_density < 1.0:
-            raise TaskConfigError(f"SpanCorruptionTask: noise_density={noise_density} must be "
-                                  f"in (0, 1)")
+            raise TaskConfigError(
+                f"SpanCorruptionTask: noise_density={noise_density} must be in (0, 1)"
+            )
         if mean_noise_span_length < 1.0:
-            raise TaskConfigError(f"SpanCorruptionTask: mean_noise_span_length="
-                                  f"{mean_noise_span_length} must be at least 1")
+            raise TaskConfigError(
+                f"SpanCorruptionTask: mean_noise_span_length="
+                f"{mean_noise_span_length} must be at least 1"
+            )
         tokens_length, needed = span_corruption.random_spans_helper(
-            inputs_length, noise_density, mean_noise_span_length)
+            inputs_length, noise_density, mean_noise_span_length
+        )
         if needed > targets_length:
             raise TaskConfigError(
                 f"SpanCorruptionTask: targets_length={targets_length} is too short; "
-                f"inputs_length={inputs_length} makes targets of {needed} tokens")
+                f"inputs_length={inputs_length} makes targets of {needed} tokens"
+            )
         self.inputs_length = inputs_length
         self.targets_length = targets_length
         self.tokens_length = tokens_length
@@ -353,33 +429,59 @@ class SpanCorruptionTask(_TextTask):
         super().__init__(source, tokenizer, window=tokens_length, separator=None, packing=True)
         spans = int(round(round(tokens_length * noise_density) / mean_noise_span_length))
         if spans > self.tokenizer.num_sentinels:
-            raise TaskConfigError(f"SpanCorruptionTask: {spans} noise spans per example need "
-                                  f"as many sentinels; the tokenizer has "
-                                  f"{self.tokenizer.num_sentinels}")
+            raise TaskConfigError(
+                f"SpanCorruptionTask: {spans} noise spans per example need "
+                f"as many sentinels; the tokenizer has "
+                f"{self.tokenizer.num_sentinels}"
+            )
 
     def _objective(self, examples: list[np.ndarray], rng: np.random.Generator) -> Batch:
         return span_corruption.span_corruption_batch(
-            examples, self.tokenizer, rng, inputs_length=self.inputs_length,
-            targets_length=self.targets_length, noise_density=self.noise_density,
-            mean_noise_span_length=self.mean_noise_span_length)
+            examples,
+            self.tokenizer,
+            rng,
+            inputs_length=self.inputs_length,
+            targets_length=self.targets_length,
+            noise_density=self.noise_density,
+            mean_noise_span_length=self.mean_noise_span_length,
+        )
 
     def init_variables(self, model: nn.Module, rng: jax.Array, batch: Batch) -> dict[str, Any]:
         params_rng, dropout_rng = jax.random.split(rng)
-        variables = model.init({"params": params_rng, "dropout": dropout_rng},
-                               batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-                               batch["decoder_target_tokens"], deterministic=True)
+        variables = model.init(
+            {"params": params_rng, "dropout": dropout_rng},
+            batch["encoder_input_tokens"],
+            batch["decoder_input_tokens"],
+            batch["decoder_target_tokens"],
+            deterministic=True,
+        )
         return dict(variables)
 
-    def loss(self, model: nn.Module, variables: dict[str, Any], batch: Batch, *, train: bool,
-             rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
-        logits = model.apply(variables, batch["encoder_input_tokens"],
-                             batch["decoder_input_tokens"], batch["decoder_target_tokens"],
-                             deterministic=not train, rngs=_rngs(train, rng))
+    def loss(
+        self,
+        model: nn.Module,
+        variables: dict[str, Any],
+        batch: Batch,
+        *,
+        train: bool,
+        rng: jax.Array,
+    ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
+        logits = model.apply(
+            variables,
+            batch["encoder_input_tokens"],
+            batch["decoder_input_tokens"],
+            batch["decoder_target_tokens"],
+            deterministic=not train,
+            rngs=_rngs(train, rng),
+        )
         ce, correct = token_cross_entropy(logits, batch["decoder_target_tokens"])
         weights = jnp.asarray(batch["decoder_loss_weights"], jnp.float32)
         total = (ce * weights).sum()
         count = jnp.maximum(weights.sum(), 1.0)
         loss = total if self.loss_normalization == "sum" else total / count
-        metrics = {"accuracy": (correct * weights).sum() / count, "token_loss": total / count,
-                   "num_targets": weights.sum()}
+        metrics = {
+            "accuracy": (correct * weights).sum() / count,
+            "token_loss": total / count,
+            "num_targets": weights.sum(),
+        }
         return loss, metrics, {}

@@ -184,7 +184,8 @@ class SentencePieceTokenizer(Tokenizer):
         if self.sp.pad_id() != PAD_ID:
             raise TokenizerError(
                 f"sentencepiece model {model_path!r} has pad_id={self.sp.pad_id()}, "
-                f"expected {PAD_ID} (train with pad_id=0, as train_sentencepiece does)")
+                f"expected {PAD_ID} (train with pad_id=0, as train_sentencepiece does)"
+            )
         if self.sp.eos_id() < 0:
             raise TokenizerError(f"sentencepiece model {model_path!r} has no EOS piece")
         self.eos_id = self.sp.eos_id()
@@ -197,8 +198,7 @@ class SentencePieceTokenizer(Tokenizer):
             i = self.sp.piece_to_id(piece)
             return None if i == self.unk_id and piece != self.sp.id_to_piece(i) else i
 
-        self.cls_id, self.sep_id, self.mask_id = (piece_id(p) for p in ("[CLS]", "[SEP]",
-                                                                          "[MASK]"))
+        self.cls_id, self.sep_id, self.mask_id = (piece_id(p) for p in ("[CLS]", "[SEP]", "[MASK]"))
 
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text)
@@ -223,8 +223,13 @@ class SentencePieceTokenizer(Tokenizer):
 TOKENIZER_KINDS = ("char", "byte", "sentencepiece")
 
 
-def make_tokenizer(kind: str, *, text: str | None = None, model_path: str | None = None,
-                   num_sentinels: int = NUM_SENTINELS) -> Tokenizer:
+def make_tokenizer(
+    kind: str,
+    *,
+    text: str | None = None,
+    model_path: str | None = None,
+    num_sentinels: int = NUM_SENTINELS,
+) -> Tokenizer:
     """The tokenizer named by ``kind``: 'char' (alphabet of ``text``), 'byte', or
     'sentencepiece' (``model_path``). For gin configs and command lines."""
     if kind == "char":

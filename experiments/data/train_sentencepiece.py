@@ -23,12 +23,19 @@ MODEL_TYPES = ("unigram", "bpe", "char", "word")
 BERT_SYMBOLS = ("[CLS]", "[SEP]", "[MASK]")
 
 
-def train_sentencepiece(input_files: Sequence[str], model_prefix: str, *, vocab_size: int = 32000,
-                        model_type: str = "unigram",
-                        user_defined_symbols: Sequence[str] = BERT_SYMBOLS,
-                        input_sentence_size: int = 1_000_000, character_coverage: float = 1.0,
-                        max_sentence_length: int = 4192, seed_sentencepiece_size: int = 1_000_000,
-                        num_threads: int = 2) -> str:
+def train_sentencepiece(
+    input_files: Sequence[str],
+    model_prefix: str,
+    *,
+    vocab_size: int = 32000,
+    model_type: str = "unigram",
+    user_defined_symbols: Sequence[str] = BERT_SYMBOLS,
+    input_sentence_size: int = 1_000_000,
+    character_coverage: float = 1.0,
+    max_sentence_length: int = 4192,
+    seed_sentencepiece_size: int = 1_000_000,
+    num_threads: int = 2,
+) -> str:
     """Trains the model and returns the path of ``<model_prefix>.model``."""
     import sentencepiece as spm
 
@@ -40,11 +47,14 @@ def train_sentencepiece(input_files: Sequence[str], model_prefix: str, *, vocab_
         if not os.path.isfile(path):
             raise FileNotFoundError(f"train_sentencepiece: input file not found: {path!r}")
     if model_type not in MODEL_TYPES:
-        raise ValueError(f"train_sentencepiece: model_type={model_type!r} is not one of "
-                         f"{MODEL_TYPES}")
+        raise ValueError(
+            f"train_sentencepiece: model_type={model_type!r} is not one of {MODEL_TYPES}"
+        )
     if vocab_size < 4 + len(user_defined_symbols):
-        raise ValueError(f"train_sentencepiece: vocab_size={vocab_size} is too small for the "
-                         f"3 fixed pieces and {len(user_defined_symbols)} user-defined symbols")
+        raise ValueError(
+            f"train_sentencepiece: vocab_size={vocab_size} is too small for the "
+            f"3 fixed pieces and {len(user_defined_symbols)} user-defined symbols"
+        )
     out_dir = os.path.dirname(os.path.abspath(model_prefix))
     os.makedirs(out_dir, exist_ok=True)
     spm.SentencePieceTrainer.train(
@@ -52,7 +62,10 @@ def train_sentencepiece(input_files: Sequence[str], model_prefix: str, *, vocab_
         model_prefix=model_prefix,
         vocab_size=vocab_size,
         model_type=model_type,
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
         user_defined_symbols=list(user_defined_symbols),
         input_sentence_size=input_sentence_size,
         shuffle_input_sentence=True,
@@ -70,22 +83,38 @@ def train_sentencepiece(input_files: Sequence[str], model_prefix: str, *, vocab_
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", required=True, action="append",
-                        help="a text file, one sentence per line (repeat for several)")
+    parser.add_argument(
+        "--input",
+        required=True,
+        action="append",
+        help="a text file, one sentence per line (repeat for several)",
+    )
     parser.add_argument("--model_prefix", required=True)
     parser.add_argument("--vocab_size", type=int, default=32000)
     parser.add_argument("--model_type", default="unigram", choices=MODEL_TYPES)
-    parser.add_argument("--user_defined_symbols", default=",".join(BERT_SYMBOLS),
-                        help="comma-separated pieces kept whole, e.g. '[CLS],[SEP],[MASK]'")
-    parser.add_argument("--input_sentence_size", type=int, default=1_000_000,
-                        help="lines sampled from the input (0: all of them)")
+    parser.add_argument(
+        "--user_defined_symbols",
+        default=",".join(BERT_SYMBOLS),
+        help="comma-separated pieces kept whole, e.g. '[CLS],[SEP],[MASK]'",
+    )
+    parser.add_argument(
+        "--input_sentence_size",
+        type=int,
+        default=1_000_000,
+        help="lines sampled from the input (0: all of them)",
+    )
     parser.add_argument("--character_coverage", type=float, default=1.0)
     args = parser.parse_args(argv)
     symbols = [s for s in args.user_defined_symbols.split(",") if s]
-    path = train_sentencepiece(args.input, args.model_prefix, vocab_size=args.vocab_size,
-                               model_type=args.model_type, user_defined_symbols=symbols,
-                               input_sentence_size=args.input_sentence_size,
-                               character_coverage=args.character_coverage)
+    path = train_sentencepiece(
+        args.input,
+        args.model_prefix,
+        vocab_size=args.vocab_size,
+        model_type=args.model_type,
+        user_defined_symbols=symbols,
+        input_sentence_size=args.input_sentence_size,
+        character_coverage=args.character_coverage,
+    )
     print(path)
 
 

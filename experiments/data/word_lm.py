@@ -37,8 +37,9 @@ class Vocabulary:
 
     def __post_init__(self):
         if self.words[:2] != (UNK, EOS):
-            raise DataConfigError(f"a vocabulary must start with {UNK!r}, {EOS!r}; "
-                                  f"got {self.words[:2]!r}")
+            raise DataConfigError(
+                f"a vocabulary must start with {UNK!r}, {EOS!r}; got {self.words[:2]!r}"
+            )
         object.__setattr__(self, "_ids", {w: i for i, w in enumerate(self.words)})
 
     def __len__(self) -> int:
@@ -56,12 +57,12 @@ class Vocabulary:
             f.write("\n".join(self.words) + "\n")
 
 
-def build_vocabulary(words: list[str], max_size: int | None = None,
-                     min_count: int = 1) -> Vocabulary:
+def build_vocabulary(
+    words: list[str], max_size: int | None = None, min_count: int = 1
+) -> Vocabulary:
     """Most frequent words first (ties alphabetical), after ``<unk>`` and ``<eos>``."""
     counts = collections.Counter(w for w in words if w not in (UNK, EOS))
-    ranked = sorted((w for w, c in counts.items() if c >= min_count),
-                    key=lambda w: (-counts[w], w))
+    ranked = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
     if max_size is not None:
         ranked = ranked[: max(0, max_size - 2)]
     return Vocabulary((UNK, EOS, *ranked))
@@ -92,9 +93,16 @@ class WordLMTask(WindowedLMTask):
       seq_length: words per example.
     """
 
-    def __init__(self, corpus_path: str, *, seq_length: int = 64, valid_path: str | None = None,
-                 vocab_path: str | None = None, max_vocab: int | None = 10_000,
-                 save_vocab_path: str | None = None):
+    def __init__(
+        self,
+        corpus_path: str,
+        *,
+        seq_length: int = 64,
+        valid_path: str | None = None,
+        vocab_path: str | None = None,
+        max_vocab: int | None = 10_000,
+        save_vocab_path: str | None = None,
+    ):
         train_text, valid_text = _read(corpus_path, "CORPUS_PATH"), None
         if valid_path:
             valid_text = _read(valid_path, "VALID_PATH")

@@ -41,8 +41,12 @@ class CausalSelfAttention(nn.Module):
         att = nn.softmax(scores, axis=-1)
         att = nn.Dropout(self.dropout)(att, deterministic=deterministic)
         y = jnp.einsum("bhqk,bkhd->bqhd", att, v).reshape(b, t, c)
-        y = nn.Dense(c, use_bias=self.use_bias,
-                     kernel_init=nn.initializers.normal(self.residual_init_std), name="c_proj")(y)
+        y = nn.Dense(
+            c,
+            use_bias=self.use_bias,
+            kernel_init=nn.initializers.normal(self.residual_init_std),
+            name="c_proj",
+        )(y)
         return nn.Dropout(self.dropout)(y, deterministic=deterministic)
 
 
@@ -54,11 +58,16 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
         c = x.shape[-1]
-        h = nn.Dense(4 * c, use_bias=self.use_bias, kernel_init=nn.initializers.normal(0.02),
-                     name="c_fc")(x)
+        h = nn.Dense(
+            4 * c, use_bias=self.use_bias, kernel_init=nn.initializers.normal(0.02), name="c_fc"
+        )(x)
         h = nn.gelu(h, approximate=False)  # PyTorch nn.GELU() default, as in nanoGPT.
-        h = nn.Dense(c, use_bias=self.use_bias,
-                     kernel_init=nn.initializers.normal(self.residual_init_std), name="c_proj")(h)
+        h = nn.Dense(
+            c,
+            use_bias=self.use_bias,
+            kernel_init=nn.initializers.normal(self.residual_init_std),
+            name="c_proj",
+        )(h)
         return nn.Dropout(self.dropout)(h, deterministic=deterministic)
 
 
@@ -71,10 +80,12 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
         ln = lambda name: nn.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, name=name)  # noqa: E731
-        x = x + CausalSelfAttention(self.num_heads, self.residual_init_std, self.use_bias,
-                                    self.dropout, name="attn")(ln("ln_1")(x), deterministic)
-        x = x + MLP(self.residual_init_std, self.use_bias, self.dropout,
-                    name="mlp")(ln("ln_2")(x), deterministic)
+        x = x + CausalSelfAttention(
+            self.num_heads, self.residual_init_std, self.use_bias, self.dropout, name="attn"
+        )(ln("ln_1")(x), deterministic)
+        x = x + MLP(self.residual_init_std, self.use_bias, self.dropout, name="mlp")(
+            ln("ln_2")(x), deterministic
+        )
         return x
 
 
@@ -101,8 +112,9 @@ class GPT(nn.Module):
         x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
         residual_std = 0.02 / math.sqrt(2 * self.num_layers)
         for i in range(self.num_layers):
-            x = Block(self.num_heads, residual_std, self.use_bias, self.dropout,
-                      name=f"h_{i}")(x, deterministic)
+            x = Block(self.num_heads, residual_std, self.use_bias, self.dropout, name=f"h_{i}")(
+                x, deterministic
+            )
         x = nn.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, name="ln_f")(x)
         return wte.attend(x)  # Tied output embedding, as nanoGPT.
 

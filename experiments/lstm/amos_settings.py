@@ -27,13 +27,15 @@ PTB_ADAM = dict(learning_rate=5e-4, b1=0.9, b2=0.99)
 
 def eta_fn(hidden: int) -> amos.ParamsFn:
     quarter = hidden**-0.25
-    return amos.default_eta_fn(overrides={
-        r"lstm_\d+/core/kernel$": "prod(SHAPE[:-1]) ** -0.25",
-        r"^output/kernel$": f"({hidden} * SHAPE[0]) ** -0.25",
-        r"^output/bias$": 0.5 * quarter,
-        r"^output_norm/bias$": 0.5 * quarter,
-        r"^embed/embedding$": quarter,
-    })
+    return amos.default_eta_fn(
+        overrides={
+            r"lstm_\d+/core/kernel$": "prod(SHAPE[:-1]) ** -0.25",
+            r"^output/kernel$": f"({hidden} * SHAPE[0]) ** -0.25",
+            r"^output/bias$": 0.5 * quarter,
+            r"^output_norm/bias$": 0.5 * quarter,
+            r"^embed/embedding$": quarter,
+        }
+    )
 
 
 def shape_fn() -> amos.ParamsFn:

@@ -56,11 +56,20 @@ class LSTMLanguageModel(nn.Module):
     @nn.compact
     def __call__(self, input_ids: jax.Array, *, deterministic: bool = True) -> jax.Array:
         cfg = self.config
-        x = nn.Embed(cfg.vocab_size, cfg.hidden, name="embed",
-                     embedding_init=nn.initializers.normal(cfg.hidden**-0.5))(input_ids)
+        x = nn.Embed(
+            cfg.vocab_size,
+            cfg.hidden,
+            name="embed",
+            embedding_init=nn.initializers.normal(cfg.hidden**-0.5),
+        )(input_ids)
         x = nn.Dropout(cfg.embedding_dropout)(x, deterministic=deterministic)
-        scan_cell = nn.scan(LSTMCell, variable_broadcast="params", split_rngs={"params": False},
-                            in_axes=1, out_axes=1)
+        scan_cell = nn.scan(
+            LSTMCell,
+            variable_broadcast="params",
+            split_rngs={"params": False},
+            in_axes=1,
+            out_axes=1,
+        )
         batch = input_ids.shape[0]
         for layer in range(cfg.num_layers):
             zeros = jnp.zeros((batch, cfg.hidden), x.dtype)

@@ -68,12 +68,19 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
         cfg = self.config
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=cfg.bn_momentum,
-                       epsilon=1e-5)
+        norm = partial(
+            nn.BatchNorm, use_running_average=not train, momentum=cfg.bn_momentum, epsilon=1e-5
+        )
         x = images.astype(jnp.float32)
         if cfg.stem == "imagenet":
-            x = nn.Conv(cfg.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False,
-                        name="stem_conv")(x)
+            x = nn.Conv(
+                cfg.width,
+                (7, 7),
+                (2, 2),
+                padding=[(3, 3), (3, 3)],
+                use_bias=False,
+                name="stem_conv",
+            )(x)
             x = nn.relu(norm(name="stem_norm")(x))
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         elif cfg.stem == "cifar":
@@ -83,9 +90,13 @@ class ResNet(nn.Module):
             raise ValueError(f"Unknown ResNet stem {cfg.stem!r}; use 'cifar' or 'imagenet'.")
         for stage, blocks in enumerate(cfg.stage_sizes):
             for block in range(blocks):
-                x = ResidualBlock(cfg.width * 2**stage, strides=2 if stage and not block else 1,
-                                  bottleneck=cfg.bottleneck, norm=norm,
-                                  name=f"stage_{stage}_block_{block}")(x)
+                x = ResidualBlock(
+                    cfg.width * 2**stage,
+                    strides=2 if stage and not block else 1,
+                    bottleneck=cfg.bottleneck,
+                    norm=norm,
+                    name=f"stage_{stage}_block_{block}",
+                )(x)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(cfg.num_classes, name="head")(x)
 

@@ -40,32 +40,32 @@ RELPOS_EMBEDDING = r"relpos_embedding$"
 
 
 def clip_value(batch_size: int, target_length: int) -> float:
-  """The paper's gradient clip for T5's summed loss: ``sqrt(batch * target_length)``."""
-  return math.sqrt(batch_size * target_length)
+    """The paper's gradient clip for T5's summed loss: ``sqrt(batch * target_length)``."""
+    return math.sqrt(batch_size * target_length)
 
 
 def eta_fn(config: T5Config) -> amos.ParamsFn:
-  """``eta`` for every variable of ``T5(config)``."""
-  return amos.default_eta_fn(
-      gains={MLP_OUTPUT_KERNEL: 2.0},
-      overrides={
-          QUERY_KERNEL: math.sqrt(1.0 / (config.d_model * config.d_kv)),
-          RELPOS_EMBEDDING: 0.5,
-      },
-  )
+    """``eta`` for every variable of ``T5(config)``."""
+    return amos.default_eta_fn(
+        gains={MLP_OUTPUT_KERNEL: 2.0},
+        overrides={
+            QUERY_KERNEL: math.sqrt(1.0 / (config.d_model * config.d_kv)),
+            RELPOS_EMBEDDING: 0.5,
+        },
+    )
 
 
 def shape_fn(config: T5Config) -> amos.ParamsFn:
-  """Slot shapes; the relative attention bias ``(buckets, heads)`` reduces its heads axis."""
-  del config  # Every slot follows from the variable's shape; kept for a uniform API.
-  return amos.default_shape_fn(overrides={RELPOS_EMBEDDING: "(SHAPE[0], 1)"})
+    """Slot shapes; the relative attention bias ``(buckets, heads)`` reduces its heads axis."""
+    del config  # Every slot follows from the variable's shape; kept for a uniform API.
+    return amos.default_shape_fn(overrides={RELPOS_EMBEDDING: "(SHAPE[0], 1)"})
 
 
-def optimizer(config: T5Config, learning_rate: Any, batch_size: int, target_length: int,
-              **kwargs: Any) -> optax.GradientTransformation:
-  """Amos with the paper's T5 settings, for a loss summed over ``batch * target_length``
-  tokens; ``kwargs`` override any setting of ``amos.amos``."""
-  settings = dict(beta=BETA, momentum=MOMENTUM,
-                  clip_value=clip_value(batch_size, target_length))
-  settings.update(kwargs)
-  return amos.amos(learning_rate, eta_fn(config), shape_fn(config), **settings)
+def optimizer(
+    config: T5Config, learning_rate: Any, batch_size: int, target_length: int, **kwargs: Any
+) -> optax.GradientTransformation:
+    """Amos with the paper's T5 settings, for a loss summed over ``batch * target_length``
+    tokens; ``kwargs`` override any setting of ``amos.amos``."""
+    settings = dict(beta=BETA, momentum=MOMENTUM, clip_value=clip_value(batch_size, target_length))
+    settings.update(kwargs)
+    return amos.amos(learning_rate, eta_fn(config), shape_fn(config), **settings)

@@ -33,38 +33,54 @@ PAD_ID = 0
 
 @dataclasses.dataclass(frozen=True)
 class T5Config:
-  """Sizes and options of a T5 1.1 model. Build the released sizes with :meth:`from_size`."""
+    """Sizes and options of a T5 1.1 model. Build the released sizes with :meth:`from_size`."""
 
-  vocab_size: int = 32_128
-  d_model: int = 768
-  num_heads: int = 12
-  d_kv: int = 64
-  d_ff: int = 2048
-  num_encoder_layers: int = 12
-  num_decoder_layers: int = 12
-  dropout_rate: float = 0.0  # T5 1.1 pre-trains without dropout; 0.1 to fine-tune.
-  relpos_num_buckets: int = 32
-  relpos_max_distance: int = 128
-  layer_norm_epsilon: float = 1e-6
-  dtype: Any = jnp.float32
+    vocab_size: int = 32_128
+    d_model: int = 768
+    num_heads: int = 12
+    d_kv: int = 64
+    d_ff: int = 2048
+    num_encoder_layers: int = 12
+    num_decoder_layers: int = 12
+    dropout_rate: float = 0.0  # T5 1.1 pre-trains without dropout; 0.1 to fine-tune.
+    relpos_num_buckets: int = 32
+    relpos_max_distance: int = 128
+    layer_norm_epsilon: float = 1e-6
+    dtype: Any = jnp.float32
 
-  @classmethod
-  def from_size(cls, size: str, **overrides: Any) -> T5Config:
-    """``tiny``, ``small``, ``base`` or ``large``, with any field overridden."""
-    if size not in SIZES:
-      raise ValueError(f"Unknown size {size!r}; choose from {sorted(SIZES)}")
-    return cls(**{**SIZES[size], **overrides})
+    @classmethod
+    def from_size(cls, size: str, **overrides: Any) -> T5Config:
+        """``tiny``, ``small``, ``base`` or ``large``, with any field overridden."""
+        if size not in SIZES:
+            raise ValueError(f"Unknown size {size!r}; choose from {sorted(SIZES)}")
+        return cls(**{**SIZES[size], **overrides})
 
 
-def _size(d_model: int, layers: int, heads: int, d_kv: int, d_ff: int,
-          vocab_size: int = 32_128, **kwargs: Any) -> dict[str, Any]:
-  return dict(d_model=d_model, num_encoder_layers=layers, num_decoder_layers=layers,
-              num_heads=heads, d_kv=d_kv, d_ff=d_ff, vocab_size=vocab_size, **kwargs)
+def _size(
+    d_model: int,
+    layers: int,
+    heads: int,
+    d_kv: int,
+    d_ff: int,
+    vocab_size: int = 32_128,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    return dict(
+        d_model=d_model,
+        num_encoder_layers=layers,
+        num_decoder_layers=layers,
+        num_heads=heads,
+        d_kv=d_kv,
+        d_ff=d_ff,
+        vocab_size=vocab_size,
+        **kwargs,
+    )
 
 
 SIZES: dict[str, dict[str, Any]] = {
-    "tiny": _size(128, 2, 2, 64, 256, vocab_size=128, relpos_num_buckets=16,
-                  relpos_max_distance=32),
+    "tiny": _size(
+        128, 2, 2, 64, 256, vocab_size=128, relpos_num_buckets=16, relpos_max_distance=32
+    ),
     "small": _size(512, 8, 6, 64, 1024),
     "base": _size(768, 12, 12, 64, 2048),
     "large": _size(1024, 24, 16, 64, 2816),
@@ -72,176 +88,218 @@ SIZES: dict[str, dict[str, Any]] = {
 
 
 def shift_right(tokens: jnp.ndarray, bos_id: int = PAD_ID) -> jnp.ndarray:
-  """Decoder inputs from targets: shift right by one along the last axis, start with BOS.
+    """Decoder inputs from targets: shift right by one along the last axis, start with BOS.
 
-  T5 uses the padding id 0 as BOS.
-  """
-  shifted = jnp.roll(tokens, 1, axis=-1)
-  return shifted.at[..., 0].set(bos_id)
+    T5 uses the padding id 0 as BOS.
+    """
+    shifted = jnp.roll(tokens, 1, axis=-1)
+    return shifted.at[..., 0].set(bos_id)
 
 
 def _fan_in_init(scale: float = 1.0) -> nn.initializers.Initializer:
-  # T5's default: truncated normal with variance scale / fan_in.
-  return nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal")
+    # T5's default: truncated normal with variance scale / fan_in.
+    return nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal")
 
 
 def _dense(cfg: T5Config, features: int, name: str, scale: float = 1.0) -> nn.Dense:
-  return nn.Dense(features, use_bias=False, dtype=cfg.dtype, kernel_init=_fan_in_init(scale),
-                  name=name)
+    return nn.Dense(
+        features, use_bias=False, dtype=cfg.dtype, kernel_init=_fan_in_init(scale), name=name
+    )
 
 
 def _norm(cfg: T5Config, name: str) -> nn.RMSNorm:
-  return nn.RMSNorm(epsilon=cfg.layer_norm_epsilon, dtype=cfg.dtype, name=name)
+    return nn.RMSNorm(epsilon=cfg.layer_norm_epsilon, dtype=cfg.dtype, name=name)
 
 
 def _mask_bias(mask: jnp.ndarray) -> jnp.ndarray:
-  """Boolean ``(batch, 1, q, k)`` mask to an additive float32 logit bias."""
-  return jnp.where(mask, 0.0, -1e9).astype(jnp.float32)
+    """Boolean ``(batch, 1, q, k)`` mask to an additive float32 logit bias."""
+    return jnp.where(mask, 0.0, -1e9).astype(jnp.float32)
 
 
 class Attention(nn.Module):
-  """Multi-head attention without biases and without ``1/sqrt(d_kv)`` on the logits."""
+    """Multi-head attention without biases and without ``1/sqrt(d_kv)`` on the logits."""
 
-  config: T5Config
+    config: T5Config
 
-  @nn.compact
-  def __call__(self, inputs_q: jnp.ndarray, inputs_kv: jnp.ndarray, bias: jnp.ndarray,
-               deterministic: bool) -> jnp.ndarray:
-    cfg = self.config
-    inner = cfg.num_heads * cfg.d_kv
-    split = lambda a: a.reshape(a.shape[:-1] + (cfg.num_heads, cfg.d_kv))  # noqa: E731
-    # The query kernel starts 1/sqrt(d_kv) smaller: the logit scaling lives in its init.
-    q = split(_dense(cfg, inner, "query", scale=1.0 / cfg.d_kv)(inputs_q))
-    k = split(_dense(cfg, inner, "key")(inputs_kv))
-    v = split(_dense(cfg, inner, "value")(inputs_kv))
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) + bias
-    weights = jax.nn.softmax(logits, axis=-1).astype(cfg.dtype)
-    weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=deterministic)
-    y = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
-    return _dense(cfg, cfg.d_model, "out")(y.reshape(y.shape[:2] + (inner,)))
+    @nn.compact
+    def __call__(
+        self, inputs_q: jnp.ndarray, inputs_kv: jnp.ndarray, bias: jnp.ndarray, deterministic: bool
+    ) -> jnp.ndarray:
+        cfg = self.config
+        inner = cfg.num_heads * cfg.d_kv
+        split = lambda a: a.reshape(a.shape[:-1] + (cfg.num_heads, cfg.d_kv))  # noqa: E731
+        # The query kernel starts 1/sqrt(d_kv) smaller: the logit scaling lives in its init.
+        q = split(_dense(cfg, inner, "query", scale=1.0 / cfg.d_kv)(inputs_q))
+        k = split(_dense(cfg, inner, "key")(inputs_kv))
+        v = split(_dense(cfg, inner, "value")(inputs_kv))
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) + bias
+        weights = jax.nn.softmax(logits, axis=-1).astype(cfg.dtype)
+        weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=deterministic)
+        y = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        return _dense(cfg, cfg.d_model, "out")(y.reshape(y.shape[:2] + (inner,)))
 
 
 class GatedGeluMlp(nn.Module):
-  """``wo(gelu(wi_0(x)) * wi_1(x))``; ``mlp/wo/kernel`` reads gated-GELU outputs."""
+    """``wo(gelu(wi_0(x)) * wi_1(x))``; ``mlp/wo/kernel`` reads gated-GELU outputs."""
 
-  config: T5Config
+    config: T5Config
 
-  @nn.compact
-  def __call__(self, x: jnp.ndarray, deterministic: bool) -> jnp.ndarray:
-    cfg = self.config
-    h = nn.gelu(_dense(cfg, cfg.d_ff, "wi_0")(x), approximate=True) * _dense(
-        cfg, cfg.d_ff, "wi_1")(x)
-    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
-    return _dense(cfg, cfg.d_model, "wo")(h)
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, deterministic: bool) -> jnp.ndarray:
+        cfg = self.config
+        h = nn.gelu(_dense(cfg, cfg.d_ff, "wi_0")(x), approximate=True) * _dense(
+            cfg, cfg.d_ff, "wi_1"
+        )(x)
+        h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+        return _dense(cfg, cfg.d_model, "wo")(h)
 
 
 class EncoderLayer(nn.Module):
-  config: T5Config
+    config: T5Config
 
-  @nn.compact
-  def __call__(self, x: jnp.ndarray, bias: jnp.ndarray, deterministic: bool) -> jnp.ndarray:
-    cfg = self.config
-    drop = lambda a: nn.Dropout(cfg.dropout_rate)(a, deterministic=deterministic)  # noqa: E731
-    h = _norm(cfg, "pre_attention_layer_norm")(x)
-    x = x + drop(Attention(cfg, name="attention")(h, h, bias, deterministic))
-    h = _norm(cfg, "pre_mlp_layer_norm")(x)
-    return x + drop(GatedGeluMlp(cfg, name="mlp")(h, deterministic))
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, bias: jnp.ndarray, deterministic: bool) -> jnp.ndarray:
+        cfg = self.config
+        drop = lambda a: nn.Dropout(cfg.dropout_rate)(a, deterministic=deterministic)  # noqa: E731
+        h = _norm(cfg, "pre_attention_layer_norm")(x)
+        x = x + drop(Attention(cfg, name="attention")(h, h, bias, deterministic))
+        h = _norm(cfg, "pre_mlp_layer_norm")(x)
+        return x + drop(GatedGeluMlp(cfg, name="mlp")(h, deterministic))
 
 
 class DecoderLayer(nn.Module):
-  config: T5Config
+    config: T5Config
 
-  @nn.compact
-  def __call__(self, y: jnp.ndarray, encoded: jnp.ndarray, self_bias: jnp.ndarray,
-               cross_bias: jnp.ndarray, deterministic: bool) -> jnp.ndarray:
-    cfg = self.config
-    drop = lambda a: nn.Dropout(cfg.dropout_rate)(a, deterministic=deterministic)  # noqa: E731
-    h = _norm(cfg, "pre_self_attention_layer_norm")(y)
-    y = y + drop(Attention(cfg, name="self_attention")(h, h, self_bias, deterministic))
-    h = _norm(cfg, "pre_cross_attention_layer_norm")(y)
-    y = y + drop(Attention(cfg, name="encoder_decoder_attention")(h, encoded, cross_bias,
-                                                                  deterministic))
-    h = _norm(cfg, "pre_mlp_layer_norm")(y)
-    return y + drop(GatedGeluMlp(cfg, name="mlp")(h, deterministic))
+    @nn.compact
+    def __call__(
+        self,
+        y: jnp.ndarray,
+        encoded: jnp.ndarray,
+        self_bias: jnp.ndarray,
+        cross_bias: jnp.ndarray,
+        deterministic: bool,
+    ) -> jnp.ndarray:
+        cfg = self.config
+        drop = lambda a: nn.Dropout(cfg.dropout_rate)(a, deterministic=deterministic)  # noqa: E731
+        h = _norm(cfg, "pre_self_attention_layer_norm")(y)
+        y = y + drop(Attention(cfg, name="self_attention")(h, h, self_bias, deterministic))
+        h = _norm(cfg, "pre_cross_attention_layer_norm")(y)
+        y = y + drop(
+            Attention(cfg, name="encoder_decoder_attention")(h, encoded, cross_bias, deterministic)
+        )
+        h = _norm(cfg, "pre_mlp_layer_norm")(y)
+        return y + drop(GatedGeluMlp(cfg, name="mlp")(h, deterministic))
 
 
-def _relpos_bias(cfg: T5Config, length_q: int, length_k: int, bidirectional: bool,
-                 name: str) -> jnp.ndarray:
-  """``(1, heads, q, k)`` learned bias of bucketed relative positions for one stack."""
-  module = RelativePositionBias(cfg.relpos_num_buckets, cfg.relpos_max_distance, cfg.num_heads,
-                                bidirectional=bidirectional, dtype=jnp.float32, name=name)
-  return module(jnp.arange(length_q)[None], jnp.arange(length_k)[None])
+def _relpos_bias(
+    cfg: T5Config, length_q: int, length_k: int, bidirectional: bool, name: str
+) -> jnp.ndarray:
+    """``(1, heads, q, k)`` learned bias of bucketed relative positions for one stack."""
+    module = RelativePositionBias(
+        cfg.relpos_num_buckets,
+        cfg.relpos_max_distance,
+        cfg.num_heads,
+        bidirectional=bidirectional,
+        dtype=jnp.float32,
+        name=name,
+    )
+    return module(jnp.arange(length_q)[None], jnp.arange(length_k)[None])
 
 
 class Encoder(nn.Module):
-  config: T5Config
+    config: T5Config
 
-  @nn.compact
-  def __call__(self, x: jnp.ndarray, tokens: jnp.ndarray, deterministic: bool) -> jnp.ndarray:
-    cfg = self.config
-    t = tokens.shape[-1]
-    valid = tokens > PAD_ID
-    bias = _mask_bias(valid[:, None, :, None] & valid[:, None, None, :])
-    bias = bias + _relpos_bias(cfg, t, t, True, "relpos_bias")
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-    for i in range(cfg.num_encoder_layers):
-      x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, deterministic)
-    x = _norm(cfg, "encoder_norm")(x)
-    return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, tokens: jnp.ndarray, deterministic: bool) -> jnp.ndarray:
+        cfg = self.config
+        t = tokens.shape[-1]
+        valid = tokens > PAD_ID
+        bias = _mask_bias(valid[:, None, :, None] & valid[:, None, None, :])
+        bias = bias + _relpos_bias(cfg, t, t, True, "relpos_bias")
+        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        for i in range(cfg.num_encoder_layers):
+            x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, deterministic)
+        x = _norm(cfg, "encoder_norm")(x)
+        return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
 
 class Decoder(nn.Module):
-  config: T5Config
+    config: T5Config
 
-  @nn.compact
-  def __call__(self, y: jnp.ndarray, encoded: jnp.ndarray, encoder_tokens: jnp.ndarray,
-               decoder_valid: jnp.ndarray, deterministic: bool) -> jnp.ndarray:
-    cfg = self.config
-    t = y.shape[1]
-    causal = jnp.tril(jnp.ones((t, t), dtype=bool))[None, None]
-    self_bias = _mask_bias(causal & decoder_valid[:, None, :, None]
-                           & decoder_valid[:, None, None, :])
-    self_bias = self_bias + _relpos_bias(cfg, t, t, False, "relpos_bias")
-    cross_bias = _mask_bias(decoder_valid[:, None, :, None]
-                            & (encoder_tokens > PAD_ID)[:, None, None, :])
-    y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
-    for i in range(cfg.num_decoder_layers):
-      y = DecoderLayer(cfg, name=f"layers_{i}")(y, encoded, self_bias, cross_bias,
-                                                deterministic)
-    y = _norm(cfg, "decoder_norm")(y)
-    y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
-    # T5 1.1: untied output logits, and hence no 1/sqrt(d_model) rescaling before them.
-    return _dense(cfg, cfg.vocab_size, "logits_dense")(y)
+    @nn.compact
+    def __call__(
+        self,
+        y: jnp.ndarray,
+        encoded: jnp.ndarray,
+        encoder_tokens: jnp.ndarray,
+        decoder_valid: jnp.ndarray,
+        deterministic: bool,
+    ) -> jnp.ndarray:
+        cfg = self.config
+        t = y.shape[1]
+        causal = jnp.tril(jnp.ones((t, t), dtype=bool))[None, None]
+        self_bias = _mask_bias(
+            causal & decoder_valid[:, None, :, None] & decoder_valid[:, None, None, :]
+        )
+        self_bias = self_bias + _relpos_bias(cfg, t, t, False, "relpos_bias")
+        cross_bias = _mask_bias(
+            decoder_valid[:, None, :, None] & (encoder_tokens > PAD_ID)[:, None, None, :]
+        )
+        y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+        for i in range(cfg.num_decoder_layers):
+            y = DecoderLayer(cfg, name=f"layers_{i}")(
+                y, encoded, self_bias, cross_bias, deterministic
+            )
+        y = _norm(cfg, "decoder_norm")(y)
+        y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+        # T5 1.1: untied output logits, and hence no 1/sqrt(d_model) rescaling before them.
+        return _dense(cfg, cfg.vocab_size, "logits_dense")(y)
 
 
 class T5(nn.Module):
-  """Encoder tokens ``(batch, in_len)`` and decoder tokens ``(batch, out_len)`` to logits."""
+    """Encoder tokens ``(batch, in_len)`` and decoder tokens ``(batch, out_len)`` to logits."""
 
-  config: T5Config
+    config: T5Config
 
-  @nn.compact
-  def __call__(self, encoder_input_tokens: jnp.ndarray, decoder_input_tokens: jnp.ndarray,
-               decoder_target_tokens: jnp.ndarray | None = None, *,
-               deterministic: bool = True) -> jnp.ndarray:
-    """Decoder logits ``(batch, out_len, vocab_size)``.
+    @nn.compact
+    def __call__(
+        self,
+        encoder_input_tokens: jnp.ndarray,
+        decoder_input_tokens: jnp.ndarray,
+        decoder_target_tokens: jnp.ndarray | None = None,
+        *,
+        deterministic: bool = True,
+    ) -> jnp.ndarray:
+        """Decoder logits ``(batch, out_len, vocab_size)``.
 
-    Args:
-      encoder_input_tokens: int ids; 0 is padding and is never attended to.
-      decoder_input_tokens: int ids, usually ``shift_right(decoder_target_tokens)``; they
-        start with 0 (BOS), so padding of the decoder is read off the targets instead.
-      decoder_target_tokens: int ids whose 0s mark decoder padding; without them every
-        decoder position counts as real (e.g. when decoding step by step).
-      deterministic: disables dropout when True; otherwise needs a ``'dropout'`` rng.
-    """
-    cfg = self.config
-    # T5 initializes embeddings with unit variance; RMS norm handles the scale.
-    embedder = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype,
-                        embedding_init=nn.initializers.normal(1.0), name="token_embedder")
-    encoded = Encoder(cfg, name="encoder")(embedder(encoder_input_tokens),
-                                           encoder_input_tokens, deterministic)
-    if decoder_target_tokens is None:
-      decoder_valid = jnp.ones(decoder_input_tokens.shape, dtype=bool)
-    else:
-      decoder_valid = decoder_target_tokens > PAD_ID
-    return Decoder(cfg, name="decoder")(embedder(decoder_input_tokens), encoded,
-                                        encoder_input_tokens, decoder_valid, deterministic)
+        Args:
+          encoder_input_tokens: int ids; 0 is padding and is never attended to.
+          decoder_input_tokens: int ids, usually ``shift_right(decoder_target_tokens)``; they
+            start with 0 (BOS), so padding of the decoder is read off the targets instead.
+          decoder_target_tokens: int ids whose 0s mark decoder padding; without them every
+            decoder position counts as real (e.g. when decoding step by step).
+          deterministic: disables dropout when True; otherwise needs a ``'dropout'`` rng.
+        """
+        cfg = self.config
+        # T5 initializes embeddings with unit variance; RMS norm handles the scale.
+        embedder = nn.Embed(
+            cfg.vocab_size,
+            cfg.d_model,
+            dtype=cfg.dtype,
+            embedding_init=nn.initializers.normal(1.0),
+            name="token_embedder",
+        )
+        encoded = Encoder(cfg, name="encoder")(
+            embedder(encoder_input_tokens), encoder_input_tokens, deterministic
+        )
+        if decoder_target_tokens is None:
+            decoder_valid = jnp.ones(decoder_input_tokens.shape, dtype=bool)
+        else:
+            decoder_valid = decoder_target_tokens > PAD_ID
+        return Decoder(cfg, name="decoder")(
+            embedder(decoder_input_tokens),
+            encoded,
+            encoder_input_tokens,
+            decoder_valid,
+            deterministic,
+        )

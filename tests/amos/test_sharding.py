@@ -19,21 +19,24 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_specs_follow_the_parameters_with_reduced_axes_unsharded():
-  params = {"dense": {"kernel": jnp.zeros((16, 32)), "bias": jnp.zeros(32)},
-            "emb": {"embedding": jnp.zeros((64, 16))}}
-  specs = {"dense": {"kernel": P("x", "y"), "bias": None}, "emb": {"embedding": P("x")}}
-  tx = amos.amos(0.01, amos.default_eta_fn(), amos.default_shape_fn(), momentum=0.9)
-  got = amos.slot_partition_specs(jax.eval_shape(tx.init, params), params, specs)
-  assert got.count == P()
-  assert got.v["dense"]["kernel"] == P(None, "y")
-  assert got.b["emb"]["embedding"] == P("x", None)
-  assert got.v["dense"]["bias"] == P()
-  assert got.m["dense"]["kernel"] == P("x", "y")
-  assert got.m["emb"]["embedding"] == P("x", None)
-  # Works for any optax state, e.g. AdamW's moments.
-  adam = amos.slot_partition_specs(jax.eval_shape(
-      __import__("optax").adamw(1e-3).init, params), params, specs)
-  assert adam[0].mu["dense"]["kernel"] == P("x", "y")
+    params = {
+        "dense": {"kernel": jnp.zeros((16, 32)), "bias": jnp.zeros(32)},
+        "emb": {"embedding": jnp.zeros((64, 16))},
+    }
+    specs = {"dense": {"kernel": P("x", "y"), "bias": None}, "emb": {"embedding": P("x")}}
+    tx = amos.amos(0.01, amos.default_eta_fn(), amos.default_shape_fn(), momentum=0.9)
+    got = amos.slot_partition_specs(jax.eval_shape(tx.init, params), params, specs)
+    assert got.count == P()
+    assert got.v["dense"]["kernel"] == P(None, "y")
+    assert got.b["emb"]["embedding"] == P("x", None)
+    assert got.v["dense"]["bias"] == P()
+    assert got.m["dense"]["kernel"] == P("x", "y")
+    assert got.m["emb"]["embedding"] == P("x", None)
+    # Works for any optax state, e.g. AdamW's moments.
+    adam = amos.slot_partition_specs(
+        jax.eval_shape(__import__("optax").adamw(1e-3).init, params), params, specs
+    )
+    assert adam[0].mu["dense"]["kernel"] == P("x", "y")
 
 
 SCRIPT = textwrap.dedent("""
@@ -90,14 +93,24 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_sharded_update_on_8_cpu_devices_equals_single_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-  result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=300, cwd=REPO)
-  assert result.returncode == 0, result.stderr[-3000:]
-  out = json.loads(result.stdout.strip().splitlines()[-1])
-  assert out["error"] < 1e-6
-  assert out["m_kernel"] == str(P("x", "y"))
-  assert out["v_kernel"] == str(P(None, "y"))
-  assert out["v_embedding"] == str(P("x", None))
-  assert out["kernel_shards"] == 8 and out["m_shard_shape"] == [4, 16]
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(REPO),
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["error"] < 1e-6
+    assert out["m_kernel"] == str(P("x", "y"))
+    assert out["v_kernel"] == str(P(None, "y"))
+    assert out["v_embedding"] == str(P("x", None))
+    assert out["kernel_shards"] == 8 and out["m_shard_shape"] == [4, 16]

@@ -15,8 +15,9 @@ from experiments.data.char_text import (
     load_corpus,
 )
 
-SHAKESPEARE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / \
-    "tinyshakespeare" / "input.txt"
+SHAKESPEARE = (
+    Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+)
 
 
 def test_split_and_vocab_small_text():

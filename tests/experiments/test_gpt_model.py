@@ -19,8 +19,9 @@ def _init(model, t=8):
 def test_shapes_names_and_parameter_count():
     model = GPT(vocab_size=65, block_size=64, num_layers=4, num_heads=4, width=128)
     params = _init(model)
-    flat = {"/".join(k.key for k in path): v
-            for path, v in jax.tree_util.tree_leaves_with_path(params)}
+    flat = {
+        "/".join(k.key for k in path): v for path, v in jax.tree_util.tree_leaves_with_path(params)
+    }
     assert flat["wte/embedding"].shape == (65, 128)
     assert flat["h_0/attn/c_attn/kernel"].shape == (128, 384)
     assert flat["h_3/mlp/c_proj/kernel"].shape == (512, 128)
@@ -51,9 +52,11 @@ def test_amos_eta_uses_the_gelu_gain():
     if not hasattr(amos, "default_eta_fn"):
         pytest.skip("amos.default_eta_fn not available yet")
     eta = amos.default_eta_fn(gains=GPT_AMOS_GAINS)
-    assert math.isclose(eta(("h_0", "mlp", "c_proj", "kernel"), (512, 128)),
-                        math.sqrt(2 / 512), rel_tol=1e-6)
-    assert math.isclose(eta(("h_0", "attn", "c_proj", "kernel"), (128, 128)),
-                        math.sqrt(1 / 128), rel_tol=1e-6)
+    assert math.isclose(
+        eta(("h_0", "mlp", "c_proj", "kernel"), (512, 128)), math.sqrt(2 / 512), rel_tol=1e-6
+    )
+    assert math.isclose(
+        eta(("h_0", "attn", "c_proj", "kernel"), (128, 128)), math.sqrt(1 / 128), rel_tol=1e-6
+    )
     assert math.isclose(eta(("wte", "embedding"), (65, 128)), math.sqrt(2 / 128), rel_tol=1e-6)
     assert math.isclose(eta(("ln_f", "scale"), (128,)), 1.0)

@@ -17,15 +17,20 @@ def test_crop_augmentation_is_a_shift_of_the_padded_image():
     assert out.shape == images.shape
     for original, shifted in zip(images, out):
         padded = np.pad(original, ((1, 1), (1, 1), (0, 0)))
-        matches = [(dy, dx) for dy in range(3) for dx in range(3)
-                   if np.array_equal(padded[dy:dy + 8, dx:dx + 8], shifted)]
+        matches = [
+            (dy, dx)
+            for dy in range(3)
+            for dx in range(3)
+            if np.array_equal(padded[dy : dy + 8, dx : dx + 8], shifted)
+        ]
         assert matches, "every output is one crop of the padded image"
 
 
 def test_cifar_augmentation_flips_about_half():
     images = np.random.default_rng(0).random((400, 4, 4, 3)).astype(np.float32)
-    out = augment(np.pad(images, ((0, 0), (0, 0), (0, 0), (0, 0))), "cifar",
-                  np.random.default_rng(1))
+    out = augment(
+        np.pad(images, ((0, 0), (0, 0), (0, 0), (0, 0))), "cifar", np.random.default_rng(1)
+    )
     assert out.shape == images.shape
     with pytest.raises(DataConfigError, match="augmentation 'imagenet' runs only when streaming"):
         augment(images, "imagenet", np.random.default_rng(0))
@@ -36,17 +41,20 @@ def test_digits_task_batches():
     assert task.model_kwargs() == {"num_classes": 10}
     batch = task.train_batch(seed=0, step=3, batch_size=16)
     assert batch["images"].shape == (16, 8, 8, 1) and batch["labels"].shape == (16,)
-    np.testing.assert_array_equal(batch["images"],
-                                  task.train_batch(seed=0, step=3, batch_size=16)["images"])
-    assert not np.array_equal(batch["images"],
-                              task.train_batch(seed=0, step=4, batch_size=16)["images"])
+    np.testing.assert_array_equal(
+        batch["images"], task.train_batch(seed=0, step=3, batch_size=16)["images"]
+    )
+    assert not np.array_equal(
+        batch["images"], task.train_batch(seed=0, step=4, batch_size=16)["images"]
+    )
     val = task.eval_batch("val", seed=0, index=0, batch_size=400)
     # Normalized by training statistics: roughly zero mean, unit variance.
     assert abs(float(val["images"].mean())) < 0.2 and 0.7 < float(val["images"].std()) < 1.3
     model = resnet_model(10, "tiny")
     variables = task.init_variables(model, jax.random.PRNGKey(0), batch)
-    loss, metrics, updated = task.loss(model, variables, batch, train=True,
-                                       rng=jax.random.PRNGKey(1))
+    loss, metrics, updated = task.loss(
+        model, variables, batch, train=True, rng=jax.random.PRNGKey(1)
+    )
     assert abs(float(loss) - np.log(10)) < 1.0 and "batch_stats" in updated
     eval_loss, _, none = task.loss(model, variables, val, train=False, rng=jax.random.PRNGKey(1))
     assert np.isfinite(float(eval_loss)) and none == {}
@@ -60,9 +68,15 @@ def tiny_image_tfds(tmp_path_factory):
         VERSION = tfds.core.Version("1.0.0")
 
         def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(40, 48, 3)),
-                "label": tfds.features.ClassLabel(num_classes=3)}))
+            return tfds.core.DatasetInfo(
+                builder=self,
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Image(shape=(40, 48, 3)),
+                        "label": tfds.features.ClassLabel(num_classes=3),
+                    }
+                ),
+            )
 
         def _split_generators(self, dl_manager):
             return {"train": self._generate_examples(0, 60), "test": self._generate_examples(1, 12)}
@@ -72,7 +86,8 @@ def tiny_image_tfds(tmp_path_factory):
             for i in range(n):
                 label = i % 3
                 image = np.full((40, 48, 3), 60 * label, np.uint8) + rng.integers(
-                    0, 40, (40, 48, 3), dtype=np.uint8)
+                    0, 40, (40, 48, 3), dtype=np.uint8
+                )
                 yield i, {"image": image, "label": label}
 
     data_dir = str(tmp_path_factory.mktemp("tfds"))
@@ -88,12 +103,22 @@ def test_tfds_images_in_memory(tiny_image_tfds):
 
 
 def test_tfds_images_streaming_resumes_exactly(tiny_image_tfds):
-    task = ImageClassificationTask("tiny_images", data_dir=tiny_image_tfds,
-                                   augmentation="imagenet", in_memory=False, image_size=32)
+    task = ImageClassificationTask(
+        "tiny_images",
+        data_dir=tiny_image_tfds,
+        augmentation="imagenet",
+        in_memory=False,
+        image_size=32,
+    )
     in_order = [task.train_batch(seed=0, step=s, batch_size=8) for s in (1, 2, 3)]
     assert in_order[0]["images"].shape == (8, 32, 32, 3)
-    resumed = ImageClassificationTask("tiny_images", data_dir=tiny_image_tfds,
-                                      augmentation="imagenet", in_memory=False, image_size=32)
+    resumed = ImageClassificationTask(
+        "tiny_images",
+        data_dir=tiny_image_tfds,
+        augmentation="imagenet",
+        in_memory=False,
+        image_size=32,
+    )
     third = resumed.train_batch(seed=0, step=3, batch_size=8)
     np.testing.assert_allclose(third["images"], in_order[2]["images"], rtol=1e-6)
     np.testing.assert_array_equal(third["labels"], in_order[2]["labels"])
@@ -102,8 +127,11 @@ def test_tfds_images_streaming_resumes_exactly(tiny_image_tfds):
 
 
 def test_missing_tfds_dataset_names_data_dir_and_dataset(tmp_path):
-    with pytest.raises(DataConfigError, match=rf"'cifar10' is not prepared in data_dir "
-                       rf"'{tmp_path}'"):
+    with pytest.raises(
+        DataConfigError,
+        match=rf"'cifar10' is not prepared in data_dir "
+        rf"'{tmp_path}'",
+    ):
         ImageClassificationTask("cifar10", data_dir=str(tmp_path), augmentation="cifar")
     with pytest.raises(DataConfigError, match="needs a data_dir"):
         ImageClassificationTask("cifar10", augmentation="cifar")

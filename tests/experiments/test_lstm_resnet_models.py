@@ -28,8 +28,9 @@ def check_every_variable(params, eta_fn, shape_fn):
         eta = eta_fn(path, leaf.shape)
         assert np.isfinite(eta) and eta > 0, path_name(path)
         slot = tuple(shape_fn(path, leaf.shape))
-        assert slot == () or (len(slot) == len(leaf.shape) and all(
-            s in (1, d) for s, d in zip(slot, leaf.shape))), (path_name(path), slot)
+        assert slot == () or (
+            len(slot) == len(leaf.shape) and all(s in (1, d) for s, d in zip(slot, leaf.shape))
+        ), (path_name(path), slot)
 
 
 def test_lstm_ptb_size_and_the_reference_table():
@@ -39,8 +40,9 @@ def test_lstm_ptb_size_and_the_reference_table():
     assert count_parameters(params) == expected
     eta_fn, shape_fn = lstm_amos.eta_fn(h), lstm_amos.shape_fn()
     check_every_variable(params, eta_fn, shape_fn)
-    table = {path_name(p): (eta_fn(p, x.shape), shape_fn(p, x.shape))
-             for p, x in named_leaves(params)[0]}
+    table = {
+        path_name(p): (eta_fn(p, x.shape), shape_fn(p, x.shape)) for p, x in named_leaves(params)[0]
+    }
     assert table["lstm_0/core/kernel"] == (pytest.approx((2 * h) ** -0.25), (1, 4 * h))
     assert table["lstm_1/core/bias"] == (0.5, ())
     assert table["output/kernel"] == (pytest.approx((h * h) ** -0.25), (1, vocab))
@@ -54,10 +56,13 @@ def test_lstm_ptb_size_and_the_reference_table():
     assert amos.compare_slot_memory(with_momentum, params)["ratio"] <= 0.51
 
 
-@pytest.mark.parametrize("size,classes,shape,expected", [
-    ("resnet18", 10, (1, 32, 32, 3), 11_173_962),
-    ("resnet50", 1000, (1, 224, 224, 3), 25_557_032),
-])
+@pytest.mark.parametrize(
+    "size,classes,shape,expected",
+    [
+        ("resnet18", 10, (1, 32, 32, 3), 11_173_962),
+        ("resnet50", 1000, (1, 224, 224, 3), 25_557_032),
+    ],
+)
 def test_resnet_sizes_and_every_variable_has_settings(size, classes, shape, expected):
     variables = abstract_variables(resnet_model(classes, size), jnp.zeros(shape))
     params = variables["params"]
@@ -68,7 +73,8 @@ def test_resnet_sizes_and_every_variable_has_settings(size, classes, shape, expe
     eta_fn = resnet_amos.eta_fn()
     assert eta_fn(("stem_conv", "kernel"), (3, 3, 3, 64)) == pytest.approx((1 / 27) ** 0.5)
     assert eta_fn(("stage_1_block_0", "shortcut_conv", "kernel"), (1, 1, 64, 128)) == (
-        pytest.approx((2 / 64) ** 0.5))
+        pytest.approx((2 / 64) ** 0.5)
+    )
     assert eta_fn(("head", "kernel"), (512, 10)) == pytest.approx((2 / 512) ** 0.5)
     tx = amos.amos(0.01, eta_fn, resnet_amos.shape_fn(), momentum=0.9)
     assert amos.compare_slot_memory(tx, params)["ratio"] <= 0.51
@@ -132,8 +138,12 @@ def test_tiny_resnet_learns_digits_with_amos():
     variables = model.init(jax.random.PRNGKey(0), x[:1], train=False)
 
     def loss_fn(p):
-        logits, _ = model.apply({"params": p, "batch_stats": variables["batch_stats"]}, x,
-                                train=True, mutable=["batch_stats"])
+        logits, _ = model.apply(
+            {"params": p, "batch_stats": variables["batch_stats"]},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+        )
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     tx = amos.amos(0.05, resnet_amos.eta_fn(), resnet_amos.shape_fn(), beta=0.95, momentum=0.9)

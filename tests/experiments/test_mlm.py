@@ -14,8 +14,7 @@ TOK = CharTokenizer.from_text(TEXT)
 
 
 def _examples(n: int, length: int, seed: int = 0) -> np.ndarray:
-    stream = mlm.document_stream([np.array(TOK.encode(line)) for line in TEXT.splitlines()],
-                                 TOK)
+    stream = mlm.document_stream([np.array(TOK.encode(line)) for line in TEXT.splitlines()], TOK)
     rng = np.random.default_rng(seed)
     starts = rng.integers(0, len(stream) - length, size=n)
     windows = stream[starts[:, None] + np.arange(mlm.window_length(TOK, length))]
@@ -66,8 +65,7 @@ def test_packed_examples_segments_and_mask():
     assert tokens.shape == (1, 17) and tokens[0, 0] == TOK.cls_id
     batch = mlm.mlm_batch(tokens, TOK, np.random.default_rng(0))
     # [CLS] Ab cd.[SEP] -> 0, Ef.[SEP] -> 1, Gh ij ... -> 0
-    np.testing.assert_array_equal(batch["segment_ids"][0],
-                                  [0] * 8 + [1] * 4 + [0] * 5)
+    np.testing.assert_array_equal(batch["segment_ids"][0], [0] * 8 + [1] * 4 + [0] * 5)
     assert batch["attention_mask"].all()
     assert set(batch) == {"input_ids", "segment_ids", "attention_mask", "targets", "weights"}
     assert all(v.shape == (1, 17) for v in batch.values())

@@ -33,7 +33,8 @@ def test_text_file_held_out_fraction(tmp_path):
     whole = TextFileSource(str(path), mode="whole")
     train, val = whole.documents("train")[0], whole.documents("validation")[0]
     assert train + val == path.read_text() and len(val) == len(path.read_text()) - int(
-        len(path.read_text()) * 0.9)
+        len(path.read_text()) * 0.9
+    )
     with pytest.raises(SourceError, match="split 'test'"):
         source.documents("test")
 
@@ -67,13 +68,16 @@ class TinyAmosText(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
 
     def _info(self):
-        return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(
-            {"text": tfds.features.Text(), "id": np.int64}))
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict({"text": tfds.features.Text(), "id": np.int64})
+        )
 
     def _split_generators(self, dl_manager):
         del dl_manager
-        return {"train": self._generate_examples("t", 60),
-                "validation": self._generate_examples("v", 12)}
+        return {
+            "train": self._generate_examples("t", 60),
+            "validation": self._generate_examples("v", 12),
+        }
 
     def _generate_examples(self, tag, n):
         for i in range(n):
@@ -84,7 +88,8 @@ class TinyAmosText(tfds.core.GeneratorBasedBuilder):
 def data_dir(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("tfds"))
     TinyAmosText(data_dir=path).download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+    )
     return path
 
 
@@ -99,8 +104,13 @@ def test_tfds_source_streams_and_loads(data_dir):
     assert len(list(source.iter_documents("validation"))) == 12
     with pytest.raises(SourceError, match="in_memory=False"):
         source.documents("train")
-    small = TfdsSource("tiny_amos_text", data_dir, in_memory=True, max_documents=5,
-                       split_names={"train": "train", "validation": "train[50:]"})
+    small = TfdsSource(
+        "tiny_amos_text",
+        data_dir,
+        in_memory=True,
+        max_documents=5,
+        split_names={"train": "train", "validation": "train[50:]"},
+    )
     assert len(small.documents("train")) == 5 and len(small.documents("validation")) == 10
 
 
@@ -118,8 +128,7 @@ def test_tfds_errors_name_data_dir_and_dataset(data_dir, tmp_path):
     with pytest.raises(SourceError, match="feature 'content'"):
         TfdsSource("tiny_amos_text", data_dir, feature="content")
     with pytest.raises(SourceError, match="no split 'test'"):
-        TfdsSource("tiny_amos_text", data_dir,
-                   split_names={"train": "train", "validation": "test"})
+        TfdsSource("tiny_amos_text", data_dir, split_names={"train": "train", "validation": "test"})
 
 
 def test_tasks_over_tfds(data_dir):
@@ -134,6 +143,10 @@ def test_tasks_over_tfds(data_dir):
     for k, v in fresh.train_batch(seed=0, step=2, batch_size=4).items():
         np.testing.assert_array_equal(v, b2[k])
     assert task.eval_batch("val", seed=0, index=0, batch_size=4)["input_ids"].shape == (4, 32)
-    span = SpanCorruptionTask(TfdsSource("tiny_amos_text", data_dir, in_memory=True),
-                              ByteTokenizer(), inputs_length=32, targets_length=8)
+    span = SpanCorruptionTask(
+        TfdsSource("tiny_amos_text", data_dir, in_memory=True),
+        ByteTokenizer(),
+        inputs_length=32,
+        targets_length=8,
+    )
     assert span.train_batch(seed=0, step=1, batch_size=3)["encoder_input_tokens"].shape == (3, 32)

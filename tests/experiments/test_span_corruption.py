@@ -17,8 +17,9 @@ def test_random_spans_helper_matches_t5():
     assert sc.random_spans_helper(512) == (568, 114)  # T5's span-corruption lengths
     assert sc.random_spans_helper(128) == (141, 29)
     tokens_length, targets_length = sc.random_spans_helper(64)
-    inputs, targets = sc.span_corrupt(np.arange(10, 10 + tokens_length), TOK,
-                                      np.random.default_rng(0))
+    inputs, targets = sc.span_corrupt(
+        np.arange(10, 10 + tokens_length), TOK, np.random.default_rng(0)
+    )
     assert len(inputs) == 64 and len(targets) == targets_length
 
 
@@ -44,14 +45,15 @@ def test_round_trip_reconstructs_text_exactly():
     tokens_length, targets_length = sc.random_spans_helper(128)
     rng = np.random.default_rng(5)
     for start in range(0, 20_000, 997):
-        text = TEXT[start:start + tokens_length]
+        text = TEXT[start : start + tokens_length]
         inputs, targets = sc.span_corrupt(np.array(TOK.encode(text)), TOK, rng)
         assert inputs[-1] == TOK.eos_id and targets[-1] == TOK.eos_id
         assert len(inputs) <= 128 and len(targets) <= targets_length
         # Sentinels appear in order <extra_id_0>, <extra_id_1>, ... in both.
         in_sentinels = inputs[TOK.is_sentinel(inputs)]
-        np.testing.assert_array_equal(in_sentinels,
-                                      TOK.vocab_size - 1 - np.arange(len(in_sentinels)))
+        np.testing.assert_array_equal(
+            in_sentinels, TOK.vocab_size - 1 - np.arange(len(in_sentinels))
+        )
         np.testing.assert_array_equal(targets[TOK.is_sentinel(targets)], in_sentinels)
         assert targets[0] == TOK.sentinel_id(0)
         assert TOK.decode(sc.reconstruct(inputs, targets, TOK)) == text
@@ -59,10 +61,11 @@ def test_round_trip_reconstructs_text_exactly():
 
 def test_batch_padding_and_decoder_shift():
     tokens_length, _ = sc.random_spans_helper(64)
-    chunks = [np.array(TOK.encode(TEXT[i:i + tokens_length])) for i in (0, 500)]
+    chunks = [np.array(TOK.encode(TEXT[i : i + tokens_length])) for i in (0, 500)]
     chunks.append(np.array(TOK.encode(TEXT[:30])))  # a short final chunk gets padding
-    batch = sc.span_corruption_batch(chunks, TOK, np.random.default_rng(0), inputs_length=64,
-                                     targets_length=16)
+    batch = sc.span_corruption_batch(
+        chunks, TOK, np.random.default_rng(0), inputs_length=64, targets_length=16
+    )
     assert batch["encoder_input_tokens"].shape == (3, 64)
     tgt, dec_in = batch["decoder_target_tokens"], batch["decoder_input_tokens"]
     assert tgt.shape == dec_in.shape == (3, 16)
@@ -73,8 +76,9 @@ def test_batch_padding_and_decoder_shift():
         rebuilt = sc.reconstruct(batch["encoder_input_tokens"][i], tgt[i], TOK)
         np.testing.assert_array_equal(rebuilt, chunk)
     with pytest.raises(sc.SpanCorruptionError, match="targets_length=8"):
-        sc.span_corruption_batch(chunks, TOK, np.random.default_rng(0), inputs_length=64,
-                                 targets_length=8)
+        sc.span_corruption_batch(
+            chunks, TOK, np.random.default_rng(0), inputs_length=64, targets_length=8
+        )
 
 
 def test_too_few_sentinels():

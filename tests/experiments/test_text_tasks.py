@@ -17,8 +17,9 @@ from experiments.data.text_tasks import MaskedLMTask, SpanCorruptionTask, TaskCo
 from experiments.data.tokenizers import ByteTokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
-SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare" / \
-    "input.txt"
+SHAKESPEARE = (
+    Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare" / "input.txt"
+)
 
 
 class DummyMlm(nn.Module):
@@ -37,8 +38,14 @@ class DummyEncDec(nn.Module):
     vocab_size: int
 
     @nn.compact
-    def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, *,
-                 deterministic=True):
+    def __call__(
+        self,
+        encoder_input_tokens,
+        decoder_input_tokens,
+        decoder_target_tokens,
+        *,
+        deterministic=True,
+    ):
         del decoder_target_tokens  # T5X passes it (for packing/segment masks); unused here.
         embed = nn.Embed(self.vocab_size, 8)
         context = embed(encoder_input_tokens).mean(axis=1, keepdims=True)
@@ -64,16 +71,22 @@ def mlm_task() -> MaskedLMTask:
 def test_mlm_batches_are_pure(mlm_task):
     b1 = mlm_task.train_batch(seed=0, step=1, batch_size=8)
     _assert_same(b1, mlm_task.train_batch(seed=0, step=1, batch_size=8))
-    _assert_same(b1, MaskedLMTask(GeneratedTextSource(60_000), "char", seq_length=64)
-                 .train_batch(seed=0, step=1, batch_size=8))
+    _assert_same(
+        b1,
+        MaskedLMTask(GeneratedTextSource(60_000), "char", seq_length=64).train_batch(
+            seed=0, step=1, batch_size=8
+        ),
+    )
     assert _differs(b1, mlm_task.train_batch(seed=0, step=2, batch_size=8))
     assert _differs(b1, mlm_task.train_batch(seed=1, step=1, batch_size=8))
     assert set(b1) == {"input_ids", "segment_ids", "attention_mask", "targets", "weights"}
     assert all(v.shape == (8, 64) for v in b1.values())
     assert b1["input_ids"].dtype == np.int32 and b1["weights"].dtype == np.float32
     # Multi-host: each host's rows are exactly its slice of the global batch.
-    _assert_same({k: v[2:5] for k, v in b1.items()},
-                 mlm_task.train_batch(seed=0, step=1, batch_size=8, rows=slice(2, 5)))
+    _assert_same(
+        {k: v[2:5] for k, v in b1.items()},
+        mlm_task.train_batch(seed=0, step=1, batch_size=8, rows=slice(2, 5)),
+    )
     v0 = mlm_task.eval_batch("val", seed=0, index=0, batch_size=8)
     _assert_same(v0, mlm_task.eval_batch("val", seed=0, index=0, batch_size=8))
     assert _differs(v0, mlm_task.eval_batch("val", seed=0, index=1, batch_size=8))
@@ -81,18 +94,24 @@ def test_mlm_batches_are_pure(mlm_task):
     with pytest.raises(TaskConfigError, match="split='test'"):
         mlm_task.eval_batch("test", seed=0, index=0, batch_size=8)
     assert mlm_task.model_kwargs() == {"vocab_size": mlm_task.tokenizer.vocab_size}
-    assert (mlm_task.unit_name, mlm_task.units_per_example, mlm_task.reports_perplexity) == \
-        ("tokens", 64, True)
+    assert (mlm_task.unit_name, mlm_task.units_per_example, mlm_task.reports_perplexity) == (
+        "tokens",
+        64,
+        True,
+    )
 
 
 def test_mlm_eval_reads_held_out_text():
-    source = InMemorySource([f"train doc {i}." for i in range(90)] +
-                            [f"VALID DOC {i}!" for i in range(10)])
+    source = InMemorySource(
+        [f"train doc {i}." for i in range(90)] + [f"VALID DOC {i}!" for i in range(10)]
+    )
     task = MaskedLMTask(source, "char", seq_length=16, mask_rate=0.01)
-    val = task.tokenizer.decode(task.eval_batch("val", seed=0, index=0, batch_size=4)
-                                ["input_ids"].ravel())
-    train = task.tokenizer.decode(task.train_batch(seed=0, step=1, batch_size=4)
-                                  ["input_ids"].ravel())
+    val = task.tokenizer.decode(
+        task.eval_batch("val", seed=0, index=0, batch_size=4)["input_ids"].ravel()
+    )
+    train = task.tokenizer.decode(
+        task.train_batch(seed=0, step=1, batch_size=4)["input_ids"].ravel()
+    )
     assert "VALID" in val and "train" not in val and "VALID" not in train
 
 
@@ -101,14 +120,15 @@ def test_mlm_loss_finite(mlm_task):
     model = DummyMlm(**mlm_task.model_kwargs())
     variables = mlm_task.init_variables(model, jax.random.PRNGKey(0), batch)
     assert "params" in variables
-    loss, metrics, updates = mlm_task.loss(model, variables, batch, train=True,
-                                           rng=jax.random.PRNGKey(1))
+    loss, metrics, updates = mlm_task.loss(
+        model, variables, batch, train=True, rng=jax.random.PRNGKey(1)
+    )
     assert np.isfinite(loss) and updates == {}
     assert 0.0 <= metrics["accuracy"] <= 1.0
     assert abs(float(loss) - np.log(mlm_task.tokenizer.vocab_size)) < 1.0  # near uniform
-    eval_loss, _, _ = jax.jit(lambda v, b: mlm_task.loss(model, v, b, train=False,
-                                                        rng=jax.random.PRNGKey(0)))(
-        variables, batch)
+    eval_loss, _, _ = jax.jit(
+        lambda v, b: mlm_task.loss(model, v, b, train=False, rng=jax.random.PRNGKey(0))
+    )(variables, batch)
     assert np.isfinite(eval_loss)
 
 
@@ -124,41 +144,49 @@ def test_mlm_on_shakespeare_truncated_by_path():
 
 @pytest.fixture(scope="module")
 def span_task() -> SpanCorruptionTask:
-    return SpanCorruptionTask(GeneratedTextSource(60_000), ByteTokenizer(), inputs_length=64,
-                              targets_length=16)
+    return SpanCorruptionTask(
+        GeneratedTextSource(60_000), ByteTokenizer(), inputs_length=64, targets_length=16
+    )
 
 
 def test_span_batches_are_pure(span_task):
     b1 = span_task.train_batch(seed=0, step=1, batch_size=6)
     _assert_same(b1, span_task.train_batch(seed=0, step=1, batch_size=6))
     assert _differs(b1, span_task.train_batch(seed=0, step=2, batch_size=6))
-    _assert_same({k: v[3:] for k, v in b1.items()},
-                 span_task.train_batch(seed=0, step=1, batch_size=6, rows=slice(3, None)))
+    _assert_same(
+        {k: v[3:] for k, v in b1.items()},
+        span_task.train_batch(seed=0, step=1, batch_size=6, rows=slice(3, None)),
+    )
     assert b1["encoder_input_tokens"].shape == (6, 64)
     assert b1["decoder_target_tokens"].shape == (6, 16)
-    np.testing.assert_array_equal(b1["decoder_input_tokens"][:, 1:],
-                                  b1["decoder_target_tokens"][:, :-1])
+    np.testing.assert_array_equal(
+        b1["decoder_input_tokens"][:, 1:], b1["decoder_target_tokens"][:, :-1]
+    )
     tok = span_task.tokenizer
     assert span_task.tokens_length == 70
     for enc, tgt in zip(b1["encoder_input_tokens"], b1["decoder_target_tokens"]):
         text = tok.decode(sc.reconstruct(enc, tgt, tok))
         # Documents are concatenated without separators (T5's reduce_concat_tokens).
         assert len(text.encode()) == 70 and text in "".join(span_task.source.documents("train"))
-    _assert_same(span_task.eval_batch("val", seed=0, index=2, batch_size=6),
-                 span_task.eval_batch("val", seed=0, index=2, batch_size=6))
+    _assert_same(
+        span_task.eval_batch("val", seed=0, index=2, batch_size=6),
+        span_task.eval_batch("val", seed=0, index=2, batch_size=6),
+    )
 
 
 def test_span_loss_sum_and_mean(span_task):
     batch = span_task.train_batch(seed=0, step=1, batch_size=4)
     model = DummyEncDec(**span_task.model_kwargs())
     variables = span_task.init_variables(model, jax.random.PRNGKey(0), batch)
-    total, metrics, _ = span_task.loss(model, variables, batch, train=False,
-                                       rng=jax.random.PRNGKey(0))
+    total, metrics, _ = span_task.loss(
+        model, variables, batch, train=False, rng=jax.random.PRNGKey(0)
+    )
     assert np.isfinite(total) and not span_task.reports_perplexity
     n = batch["decoder_loss_weights"].sum()
     np.testing.assert_allclose(total, metrics["token_loss"] * n, rtol=1e-5)
-    mean_task = SpanCorruptionTask(span_task.source, span_task.tokenizer, 64, 16,
-                                   loss_normalization="mean")
+    mean_task = SpanCorruptionTask(
+        span_task.source, span_task.tokenizer, 64, 16, loss_normalization="mean"
+    )
     mean, _, _ = mean_task.loss(model, variables, batch, train=True, rng=jax.random.PRNGKey(1))
     assert mean_task.reports_perplexity and np.isfinite(mean) and float(mean) < float(total)
 
@@ -204,10 +232,12 @@ def test_streaming_resumes_by_skipping():
     def original(batch):  # the unmasked ids, without [CLS]
         return np.where(batch["weights"] > 0, batch["targets"], batch["input_ids"])[:, 1:]
 
-    expected = np.concatenate([tok.encode(f"t{i:04d} document text.") + [tok.sep_id]
-                               for i in range(300)])
-    np.testing.assert_array_equal(np.concatenate([original(run[0]), original(run[1])]).ravel(),
-                                  expected[:2 * 4 * 31])
+    expected = np.concatenate(
+        [tok.encode(f"t{i:04d} document text.") + [tok.sep_id] for i in range(300)]
+    )
+    np.testing.assert_array_equal(
+        np.concatenate([original(run[0]), original(run[1])]).ravel(), expected[: 2 * 4 * 31]
+    )
     # Passes repeat: a long run wraps to the start of the split.
     assert task.train_batch(seed=0, step=400, batch_size=4)["input_ids"].shape == (4, 32)
     val = original(task.eval_batch("val", seed=0, index=0, batch_size=4))
@@ -215,7 +245,9 @@ def test_streaming_resumes_by_skipping():
 
 
 def test_importing_the_data_modules_does_not_import_tensorflow():
-    code = ("import sys, amos, experiments.data.text_tasks, experiments.data.seqio_tasks, "
-            "experiments.data.sources, experiments.data.train_sentencepiece; "
-            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+    code = (
+        "import sys, amos, experiments.data.text_tasks, experiments.data.seqio_tasks, "
+        "experiments.data.sources, experiments.data.train_sentencepiece; "
+        "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

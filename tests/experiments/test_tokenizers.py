@@ -16,8 +16,9 @@ from experiments.data.tokenizers import (
     make_tokenizer,
 )
 
-SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare" / \
-    "input.txt"
+SHAKESPEARE = (
+    Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare" / "input.txt"
+)
 
 
 def test_char_round_trip_and_layout():
@@ -25,14 +26,22 @@ def test_char_round_trip_and_layout():
     tok = CharTokenizer.from_text(text, num_sentinels=10)
     ids = tok.encode(text)
     assert tok.decode(ids) == text
-    assert (tok.pad_id, tok.eos_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id) == \
-        (0, 1, 2, 3, 4, 5)
+    assert (tok.pad_id, tok.eos_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id) == (
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+    )
     assert tok.vocab_size == 6 + len(set(text)) + 10
     assert min(ids) == 6 and max(ids) < tok.first_sentinel_id
     # T5: sentinels are the last ids, counting down.
     assert tok.sentinel_id(0) == tok.vocab_size - 1 and tok.sentinel_id(9) == tok.vocab_size - 10
-    assert tok.decode([tok.cls_id, *ids[:2], tok.sentinel_id(1), tok.pad_id, tok.eos_id]) == \
-        "[CLS]To<extra_id_1>"
+    assert (
+        tok.decode([tok.cls_id, *ids[:2], tok.sentinel_id(1), tok.pad_id, tok.eos_id])
+        == "[CLS]To<extra_id_1>"
+    )
     assert tok.encode("Z") == [tok.unk_id]
     with pytest.raises(TokenizerError, match="sentinel 10"):
         tok.sentinel_id(10)
@@ -52,8 +61,7 @@ def test_byte_round_trip_unicode():
     assert len(ids) == len(text.encode("utf-8"))
     assert tok.decode(ids) == text
     assert tok.vocab_size == 6 + 256 + 100
-    assert tok.decode([*tok.encode("é"), tok.sentinel_id(0), *tok.encode("x")]) == \
-        "é<extra_id_0>x"
+    assert tok.decode([*tok.encode("é"), tok.sentinel_id(0), *tok.encode("x")]) == "é<extra_id_0>x"
 
 
 def test_make_tokenizer_errors_name_the_option():
@@ -73,8 +81,13 @@ def spm_path(tmp_path_factory) -> str:
     if not SHAKESPEARE.exists():
         pytest.skip("shared Tiny Shakespeare not present")
     prefix = tmp_path_factory.mktemp("spm") / "shakespeare"
-    return tsp.train_sentencepiece([str(SHAKESPEARE)], str(prefix), vocab_size=1000,
-                                   input_sentence_size=5000, seed_sentencepiece_size=50_000)
+    return tsp.train_sentencepiece(
+        [str(SHAKESPEARE)],
+        str(prefix),
+        vocab_size=1000,
+        input_sentence_size=5000,
+        seed_sentencepiece_size=50_000,
+    )
 
 
 def test_sentencepiece_trained_on_shakespeare(spm_path):
@@ -95,8 +108,9 @@ def test_sentencepiece_trained_on_shakespeare(spm_path):
 def test_sentencepiece_without_bert_symbols_has_no_mask(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("\n".join(f"line {i} of some text" for i in range(200)))
-    path = tsp.train_sentencepiece([str(text)], str(tmp_path / "m"), vocab_size=40,
-                                   user_defined_symbols=())
+    path = tsp.train_sentencepiece(
+        [str(text)], str(tmp_path / "m"), vocab_size=40, user_defined_symbols=()
+    )
     tok = SentencePieceTokenizer(path, num_sentinels=5)
     assert tok.mask_id is None and tok.cls_id is None and tok.vocab_size == tok.num_pieces + 5
     assert tok.decode(tok.encode("line 7 of some text")) == "line 7 of some text"
@@ -105,8 +119,14 @@ def test_sentencepiece_without_bert_symbols_has_no_mask(tmp_path):
 def test_train_sentencepiece_cli_and_errors(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("\n".join(f"another line {i}" for i in range(100)))
-    tsp.main([f"--input={text}", f"--model_prefix={tmp_path / 'cli'}", "--vocab_size=30",
-              "--model_type=bpe"])
+    tsp.main(
+        [
+            f"--input={text}",
+            f"--model_prefix={tmp_path / 'cli'}",
+            "--vocab_size=30",
+            "--model_type=bpe",
+        ]
+    )
     assert (tmp_path / "cli.model").is_file()
     missing = str(tmp_path / "missing.txt")
     with pytest.raises(FileNotFoundError, match="missing.txt"):

@@ -17,8 +17,9 @@ from experiments.data.word_lm import (
     words_of,
 )
 
-SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare" / (
-    "input.txt")
+SHAKESPEARE = (
+    Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare" / ("input.txt")
+)
 
 
 def test_words_and_vocabulary(tmp_path):
@@ -41,8 +42,9 @@ def test_words_and_vocabulary(tmp_path):
 
 def test_task_on_tiny_shakespeare(tmp_path):
     vocab_path = tmp_path / "vocab.txt"
-    task = WordLMTask(str(SHAKESPEARE), seq_length=32, max_vocab=2000,
-                      save_vocab_path=str(vocab_path))
+    task = WordLMTask(
+        str(SHAKESPEARE), seq_length=32, max_vocab=2000, save_vocab_path=str(vocab_path)
+    )
     assert task.model_kwargs() == {"vocab_size": 2000}
     batch = task.train_batch(seed=0, step=1, batch_size=4)
     assert batch["inputs"].shape == (4, 32)

@@ -12,15 +12,28 @@ REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 
 # A tiny configuration on generated text: seconds per run on 2 CPU cores.
-TINY = ["--gin.GENERATED_CHARS=20000", "--gin.BATCH_SIZE=8", "--gin.BLOCK_SIZE=16",
-        "--gin.gpt_model.width=32", "--gin.EVAL_BATCHES=4", "--gin.LOG_EVERY=10"]
+TINY = [
+    "--gin.GENERATED_CHARS=20000",
+    "--gin.BATCH_SIZE=8",
+    "--gin.BLOCK_SIZE=16",
+    "--gin.gpt_model.width=32",
+    "--gin.EVAL_BATCHES=4",
+    "--gin.LOG_EVERY=10",
+]
 
 
-def run_cmd(model_dir, *extra, gin_file="runs/quickstart_adamw.gin", steps=60,
-            tiny=True) -> list[str]:
-    return [PYTHON, str(REPO / "launch" / "run.py"), f"--gin_file={gin_file}",
-            f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}",
-            *(TINY if tiny else []), *extra]
+def run_cmd(
+    model_dir, *extra, gin_file="runs/quickstart_adamw.gin", steps=60, tiny=True
+) -> list[str]:
+    return [
+        PYTHON,
+        str(REPO / "launch" / "run.py"),
+        f"--gin_file={gin_file}",
+        f"--gin.MODEL_DIR='{model_dir}'",
+        f"--gin.TRAIN_STEPS={steps}",
+        *(TINY if tiny else []),
+        *extra,
+    ]
 
 
 def env_with(**kw) -> dict:
@@ -31,8 +44,9 @@ def env_with(**kw) -> dict:
 
 
 def run(cmd, env=None, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=REPO, env=env or env_with(), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        cmd, cwd=REPO, env=env or env_with(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def metrics(model_dir) -> list[dict]:
@@ -46,5 +60,6 @@ TIMING = {"steps_per_sec", "tokens_per_sec", "examples_per_sec", "train_time_s"}
 
 def numbers(model_dir) -> list[tuple]:
     """metrics.jsonl without the timing values: what must repeat exactly."""
-    return [tuple(sorted((k, v) for k, v in r.items() if k not in TIMING))
-            for r in metrics(model_dir)]
+    return [
+        tuple(sorted((k, v) for k, v in r.items() if k not in TIMING)) for r in metrics(model_dir)
+    ]

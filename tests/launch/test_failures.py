@@ -16,8 +16,10 @@ CASES = [
     (["--gin.no_such_configurable.x=1"], "no_such_configurable"),
     (["--gin.BATCH_SIZE=0"], "BATCH_SIZE must be a positive integer"),
     (["--gin.gpt_model.num_heads=3"], "not divisible by num_heads=3"),
-    (["--gin.CORPUS_PATH='/no/such/corpus.txt'", "--gin_file=runs/nanogpt_cpu_adamw.gin"],
-     "corpus file not found: '/no/such/corpus.txt' (gin binding CORPUS_PATH)"),
+    (
+        ["--gin.CORPUS_PATH='/no/such/corpus.txt'", "--gin_file=runs/nanogpt_cpu_adamw.gin"],
+        "corpus file not found: '/no/such/corpus.txt' (gin binding CORPUS_PATH)",
+    ),
 ]
 
 
@@ -27,8 +29,7 @@ def test_bad_configuration_fails_before_training(tmp_path: Path, capsys, extra, 
     # test below checks the exit status end to end.
     d = tmp_path / "run"
     files = [a for a in extra if a.startswith("--gin_file")]
-    argv = run_cmd(d, *[a for a in extra if a not in files], steps=20,
-                   tiny=not files)[2:]
+    argv = run_cmd(d, *[a for a in extra if a not in files], steps=20, tiny=not files)[2:]
     if files:
         argv = [*files, *argv[1:]]
     assert run_cli.main(argv) == 2

@@ -15,14 +15,24 @@ import pytest
 from tests.launch.harness_helpers import metrics, run, run_cmd
 
 FAMILIES = ["lstm", "resnet", "bert", "rope", "rpe", "t5"]
-SHORT = ["--gin.EVAL_EVERY=15", "--gin.CHECKPOINT_EVERY=15", "--gin.EVAL_BATCHES=2",
-         "--gin.LOG_EVERY=5"]
+SHORT = [
+    "--gin.EVAL_EVERY=15",
+    "--gin.CHECKPOINT_EVERY=15",
+    "--gin.EVAL_BATCHES=2",
+    "--gin.LOG_EVERY=5",
+]
 
 
 def train(family: str, optimizer: str, model_dir: Path, steps: int = 30):
     extra = ["--gin.ADAMW_WARMUP_STEPS=3"] if optimizer == "adamw" else []
-    cmd = run_cmd(model_dir, *SHORT, *extra, gin_file=f"runs/{family}_cpu_{optimizer}.gin",
-                  steps=steps, tiny=False)
+    cmd = run_cmd(
+        model_dir,
+        *SHORT,
+        *extra,
+        gin_file=f"runs/{family}_cpu_{optimizer}.gin",
+        steps=steps,
+        tiny=False,
+    )
     result = run(cmd, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result

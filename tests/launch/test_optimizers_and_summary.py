@@ -21,16 +21,25 @@ def test_nanogpt_schedule_matches_get_lr():
         return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
 
     for it in [0, 1, 50, 99, 100, 101, 1000, 1999, 2000, 2500]:
-        got = float(nanogpt_lr(it, learning_rate=1e-3, warmup_steps=100, decay_steps=2000,
-                               min_learning_rate=1e-4))
+        got = float(
+            nanogpt_lr(
+                it, learning_rate=1e-3, warmup_steps=100, decay_steps=2000, min_learning_rate=1e-4
+            )
+        )
         assert math.isclose(got, get_lr(it), rel_tol=1e-5), it
     spec = adamw_cosine_optimizer(2000)
     assert math.isclose(spec.learning_rate(1), get_lr(0), rel_tol=1e-5)
 
 
 def test_adamw_decays_matrices_only():
-    spec = adamw_cosine_optimizer(10, learning_rate=0.1, warmup_steps=0, min_learning_rate=0.1,
-                                  weight_decay=0.5, clip_global_norm=None)
+    spec = adamw_cosine_optimizer(
+        10,
+        learning_rate=0.1,
+        warmup_steps=0,
+        min_learning_rate=0.1,
+        weight_decay=0.5,
+        clip_global_norm=None,
+    )
     params = {"k": jnp.ones((2, 2)), "scale": jnp.ones((2,))}
     grads = {"k": jnp.zeros((2, 2)), "scale": jnp.zeros((2,))}
     updates, _ = spec.tx.update(grads, spec.tx.init(params), params)
@@ -39,8 +48,11 @@ def test_adamw_decays_matrices_only():
 
 
 def test_first_reach_interpolates():
-    curve = [{"step": 10, "loss": 3.0, "t": 1.0}, {"step": 20, "loss": 2.0, "t": 3.0},
-             {"step": 30, "loss": 1.5, "t": 5.0}]
+    curve = [
+        {"step": 10, "loss": 3.0, "t": 1.0},
+        {"step": 20, "loss": 2.0, "t": 3.0},
+        {"step": 30, "loss": 1.5, "t": 5.0},
+    ]
     assert first_reach(curve, 2.5, "step") == pytest.approx(15.0)
     assert first_reach(curve, 2.5, "t") == pytest.approx(2.0)
     assert first_reach(curve, 1.75, "step") == pytest.approx(25.0)
@@ -49,8 +61,10 @@ def test_first_reach_interpolates():
 
 
 def test_mean_curve_averages_shared_steps():
-    a = [{"step": 10, "loss": 3.0, "train_time_s": 1.0}, {"step": 20, "loss": 2.0,
-                                                          "train_time_s": 2.0}]
+    a = [
+        {"step": 10, "loss": 3.0, "train_time_s": 1.0},
+        {"step": 20, "loss": 2.0, "train_time_s": 2.0},
+    ]
     b = [{"step": 10, "loss": 2.0, "train_time_s": 3.0}]
     assert mean_curve([a, b]) == [{"step": 10, "loss": 2.5, "train_time_s": 2.0}]
 

@@ -31,15 +31,15 @@ def test_outputs_exist_parse_and_loss_falls(reference_run: Path):
     # nanoGPT's schedule: warmup to 1e-3 over 20 steps, cosine to 1e-4 at step 120.
     lr = {r["step"]: r["learning_rate"] for r in train}
     assert math.isclose(lr[10], 1e-3 * 10 / 21, rel_tol=1e-5)
-    assert math.isclose(lr[120], 1e-4 + 0.5 * (1 + math.cos(math.pi * 99 / 100)) * 9e-4,
-                        rel_tol=1e-4)
+    assert math.isclose(
+        lr[120], 1e-4 + 0.5 * (1 + math.cos(math.pi * 99 / 100)) * 9e-4, rel_tol=1e-4
+    )
     # Slot bytes: AdamW keeps two float32 slots per parameter (plus counters).
     final = json.loads((d / "final.json").read_text())
     assert final["finished"] and final["step"] == 120
     assert final["eval"]["loss"] == evals[-1]["loss"]
     assert 2 * 4 * final["num_params"] <= final["slot_bytes"] <= 2 * 4 * final["num_params"] + 64
-    assert math.isclose(final["eval"]["perplexity"], math.exp(final["eval"]["loss"]),
-                        rel_tol=1e-6)
+    assert math.isclose(final["eval"]["perplexity"], math.exp(final["eval"]["loss"]), rel_tol=1e-6)
     # run.json, config.gin, checkpoints.
     info = json.loads((d / "run.json").read_text())
     assert info["status"] == "finished"
@@ -65,22 +65,29 @@ def test_tensorboard_events_match_jsonl(reference_run: Path):
             assert math.isclose(got, exp, rel_tol=1e-6)
     acc = EventAccumulator(str(reference_run / "train"))
     acc.Reload()
-    for tag in ["learning_rate", "grad_norm", "param_norm", "steps_per_sec", "tokens_per_sec",
-                "slot_bytes", "accuracy"]:
+    for tag in [
+        "learning_rate",
+        "grad_norm",
+        "param_norm",
+        "steps_per_sec",
+        "tokens_per_sec",
+        "slot_bytes",
+        "accuracy",
+    ]:
         assert tag in acc.Tags()["scalars"], tag
 
 
 def test_resume_after_sigkill_is_exact(reference_run: Path, tmp_path: Path):
     d = tmp_path / "run"
     cmd = run_cmd(d, "--gin.EVAL_EVERY=20", "--gin.CHECKPOINT_EVERY=20", steps=120)
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env_with(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env_with(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     ckpt = d / "checkpoints"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         # Orbax renames a checkpoint into place once it is complete.
-        if ckpt.exists() and any(p.name.isdigit() and int(p.name) >= 20
-                                 for p in ckpt.iterdir()):
+        if ckpt.exists() and any(p.name.isdigit() and int(p.name) >= 20 for p in ckpt.iterdir()):
             break
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
@@ -112,8 +119,15 @@ def test_eight_device_mesh_matches_one_device(reference_run: Path, tmp_path: Pat
 
 def test_amos_run_logs_diagnostics_and_learns(tmp_path: Path):
     d = tmp_path / "amos"
-    p = run(run_cmd(d, "--gin.EVAL_EVERY=30", "--gin.CHECKPOINT_EVERY=60",
-                    gin_file="runs/quickstart_amos.gin", steps=60))
+    p = run(
+        run_cmd(
+            d,
+            "--gin.EVAL_EVERY=30",
+            "--gin.CHECKPOINT_EVERY=60",
+            gin_file="runs/quickstart_amos.gin",
+            steps=60,
+        )
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     train = [r for r in metrics(d) if r["split"] == "train" and "loss" in r]
     evals = [r for r in metrics(d) if r["split"] == "eval"]
@@ -129,8 +143,15 @@ def test_amos_run_logs_diagnostics_and_learns(tmp_path: Path):
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path):
     d = tmp_path / "nan"
-    p = run(run_cmd(d, "--gin.CHECKPOINT_EVERY=20", "--gin.EVAL_EVERY=20",
-                    "--gin.train.inject_nonfinite_at_steps=[25]", steps=60))
+    p = run(
+        run_cmd(
+            d,
+            "--gin.CHECKPOINT_EVERY=20",
+            "--gin.EVAL_EVERY=20",
+            "--gin.train.inject_nonfinite_at_steps=[25]",
+            steps=60,
+        )
+    )
     assert p.returncode == 3
     assert "non-finite loss or gradient at step 25" in p.stderr
     assert "last good checkpoint is step 20" in p.stderr
@@ -142,8 +163,15 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path):
 
 def test_skip_nonfinite_steps_option(tmp_path: Path):
     d = tmp_path / "skip"
-    p = run(run_cmd(d, "--gin.SKIP_NONFINITE_STEPS=True", "--gin.EVAL_EVERY=30",
-                    "--gin.train.inject_nonfinite_at_steps=[5, 6]", steps=30))
+    p = run(
+        run_cmd(
+            d,
+            "--gin.SKIP_NONFINITE_STEPS=True",
+            "--gin.EVAL_EVERY=30",
+            "--gin.train.inject_nonfinite_at_steps=[5, 6]",
+            steps=30,
+        )
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     last = [r for r in metrics(d) if r["split"] == "train" and "loss" in r][-1]
     assert last["skipped_steps"] == 2 and math.isfinite(last["loss"])
