@@ -27,7 +27,7 @@ class Task(Protocol):
     # What throughput counts: "tokens" (tokens_per_example per example) or "examples".
     unit_name: str
     units_per_example: int
-    # Whether eval reports perplexity = exp(loss) (language models).
+    # Whether eval reports perplexity = exp(per-token eval loss) (language models).
     reports_perplexity: bool
 
     def model_kwargs(self) -> dict[str, Any]:
@@ -55,8 +55,11 @@ class Task(Protocol):
     ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
         """``(mean loss, metrics, updated non-param collections)`` on a batch.
 
-        ``metrics`` holds at least ``"accuracy"``; the updated collections (e.g. batch-norm
-        statistics in training) replace the old ones; return ``{}`` when there are none.
+        ``metrics`` holds at least ``"accuracy"``; a task whose training loss is not a
+        per-token mean (T5's summed loss) also gives ``"token_loss"``, which evaluation
+        then reports as its loss, so eval losses and perplexities compare across tasks and
+        loss normalizations. The updated collections (e.g. batch-norm statistics in
+        training) replace the old ones; return ``{}`` when there are none.
         """
 
 

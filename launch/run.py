@@ -164,7 +164,8 @@ def git_revision() -> dict:
 
     try:
         rev = git("rev-parse", "--verify", "HEAD")  # None before the first commit
-        status = git("status", "--porcelain")
+        # Results written by earlier runs are not code: they do not make the tree dirty.
+        status = git("status", "--porcelain", "--", ".", ":(exclude)results")
         dirty = None if status is None else bool(status)
     except (OSError, subprocess.SubprocessError):
         rev, dirty = None, None

@@ -222,7 +222,8 @@ class Trainer:
                 train=False,
                 rng=base_key,
             )
-            return loss, metrics["accuracy"]
+            # The per-token loss where the objective is a sum (see Task.loss).
+            return metrics.get("token_loss", loss), metrics["accuracy"]
 
         def diagnostics(state):
             if self.opt.diagnostics is None:

@@ -127,6 +127,7 @@ class _TextTask:
     """Tokenized splits and window sampling shared by the two objectives."""
 
     unit_name = "tokens"
+    reports_perplexity = True
 
     def __init__(self, source, tokenizer, *, window: int, separator: int | None, packing: bool):
         self.source = resolve_source(source)
@@ -288,8 +289,6 @@ class MaskedLMTask(_TextTask):
     the masked positions of the batch, accuracy likewise.
     """
 
-    reports_perplexity = True
-
     def __init__(
         self,
         source,
@@ -375,11 +374,11 @@ class SpanCorruptionTask(_TextTask):
     ``loss_normalization``: the paper's T5 loss (T5X with no loss-normalizing factor) is
     the SUM of the target tokens' cross-entropies over the whole batch, "sum" (default);
     its gradient grows with the batch, so Amos' ``clip_value`` must then be about
-    ``sqrt(batch_size * targets_length)``, not 1.0, and the harness should not take
-    ``exp`` of it (``reports_perplexity`` is False). "mean" divides by the number of target
-    tokens (clip 1.0, perplexity reported). Either way the metrics hold the per-token
-    ``token_loss`` and ``accuracy``. Under data parallelism a summed loss must be summed
-    (not averaged) across devices to stay the paper's loss.
+    ``sqrt(batch_size * targets_length)``, not 1.0. "mean" divides by the number of target
+    tokens (clip 1.0). Either way the metrics hold the per-token ``token_loss``, which
+    the harness reports as the eval loss (and its perplexity), and ``accuracy``. Under
+    data parallelism a summed loss must be summed (not averaged) across devices to stay
+    the paper's loss.
 
     ``units_per_example`` counts the encoder's ``inputs_length`` tokens (T5's convention for
     tokens seen); each example is cut from ``tokens_length`` tokens of text (568 for 512).
@@ -424,7 +423,6 @@ class SpanCorruptionTask(_TextTask):
         self.noise_density = noise_density
         self.mean_noise_span_length = mean_noise_span_length
         self.loss_normalization = loss_normalization
-        self.reports_perplexity = loss_normalization == "mean"
         self.units_per_example = inputs_length
         super().__init__(source, tokenizer, window=tokens_length, separator=None, packing=True)
         spans = int(round(round(tokens_length * noise_density) / mean_noise_span_length))

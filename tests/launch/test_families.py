@@ -8,6 +8,7 @@ and Amos' slots stay within the paper's memory claim against AdamW's.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,13 @@ def test_family_trains_evaluates_and_resumes(family: str, tmp_path: Path):
         evals = [r for r in records if r["split"] == "eval"]
         assert [r["step"] for r in evals] == [15, 30]
         assert all(r["loss"] == r["loss"] for r in evals)  # Finite, not NaN.
+        if family != "resnet":
+            # Eval loss is per token whatever the training objective (T5's is a sum over
+            # hundreds of targets), so it stays near or below the uniform loss log(vocab)
+            # (vocabularies here are at most 5000 words) and perplexity is exp(loss).
+            assert all(r["loss"] < math.log(5000) + 1.0 for r in evals), evals
+            for r in evals:
+                assert r["perplexity"] == pytest.approx(math.exp(r["loss"]), rel=1e-6)
         slot_bytes[optimizer] = json.loads((model_dir / "run.json").read_text())["slot_bytes"]
 
     # The Amos run continues from its step-30 checkpoint rather than starting over.
