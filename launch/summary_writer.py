@@ -1,18 +1,47 @@
 """TensorBoard scalars without TensorFlow, plus the same numbers as JSON lines.
 
-`tensorboard`'s own EventFileWriter and protos run on its TF-free compat layer, so a run
-needs only the `tensorboard` package; `tensorboard --logdir PARENT` then compares runs.
+Event files are written with `tensorboard`'s record format and protos through a plain
+file: its own EventFileWriter opens files through `tensorboard.compat.tf`, which imports
+all of TensorFlow whenever it is installed (seconds per run). `tensorboard --logdir
+PARENT` then compares runs.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import socket
 import time
 from collections.abc import Mapping
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.summary.writer.record_writer import RecordWriter
+
+_file_counter = itertools.count()
+
+
+class EventFile:
+    """One TensorBoard event file in `directory`, named as TensorBoard expects."""
+
+    def __init__(self, directory: str):
+        os.makedirs(directory, exist_ok=True)
+        name = (
+            f"events.out.tfevents.{time.time():010.0f}.{socket.gethostname()}."
+            f"{os.getpid()}.{next(_file_counter)}"
+        )
+        self.path = os.path.join(directory, name)
+        self._records = RecordWriter(open(self.path, "wb"))
+        self.add_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def add_event(self, event: event_pb2.Event) -> None:
+        self._records.write(event.SerializeToString())
+
+    def flush(self) -> None:
+        self._records.flush()
+
+    def close(self) -> None:
+        self._records.close()
 
 
 class ScalarWriter:
@@ -21,12 +50,12 @@ class ScalarWriter:
     def __init__(self, model_dir: str, enabled: bool = True):
         self._dir = model_dir
         self._enabled = enabled
-        self._writers: dict[str, EventFileWriter] = {}
+        self._writers: dict[str, EventFile] = {}
         self.jsonl_path = os.path.join(model_dir, "metrics.jsonl")
 
-    def _writer(self, split: str) -> EventFileWriter:
+    def _writer(self, split: str) -> EventFile:
         if split not in self._writers:
-            self._writers[split] = EventFileWriter(os.path.join(self._dir, split))
+            self._writers[split] = EventFile(os.path.join(self._dir, split))
         return self._writers[split]
 
     def restart_at(self, step: int, splits=("train", "eval")) -> None:
