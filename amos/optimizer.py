@@ -68,7 +68,8 @@ def wd_decay_factor(xi: jax.Array, b: jax.Array, c_coef: float = 0.25) -> jax.Ar
 
 
 def _learning_rate_at(learning_rate: ScalarOrSchedule, count: jax.Array) -> jax.Array:
-    return learning_rate(count) if callable(learning_rate) else jnp.asarray(learning_rate)
+    # jnp.asarray: some optax schedules (constant_schedule) return a Python float.
+    return jnp.asarray(learning_rate(count) if callable(learning_rate) else learning_rate)
 
 
 def _scale_by_amos(

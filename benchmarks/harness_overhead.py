@@ -5,7 +5,7 @@ with the same optimizer; the bare loop only reads the loss every LOG_EVERY steps
 metrics, logging, NaN checks or checkpoint bookkeeping. Compile time and evaluation are
 excluded from both.
 
-  .venv/bin/python benchmarks/harness_overhead.py [--gin_file=runs/quickstart_adamw.gin]
+  .venv/bin/python benchmarks/harness_overhead.py [--gin_file=experiments/quickstart.gin]
       [--steps 400] [--repeats 2] [--gin.NAME=VALUE ...]
 
 Prints both rates and the overhead ratio (goal: < 5%).
@@ -87,17 +87,21 @@ def harness_loop(steps: int, model_dir: str) -> float:
     return steps / result["train_time_s"]
 
 
+def _gin_files(args: argparse.Namespace) -> list[str]:
+    files = args.gin_file or ["experiments/quickstart.gin"]
+    return [*files, run_cli.optimizer_file(args.optimizer)]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--gin_file", action="append", default=None)
+    p.add_argument("--optimizer", default="adamw", help="the arm: gin_configs/optimizers/NAME.gin")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", default=None, help="also write the numbers to this JSON file")
     args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
     bindings = [b[len("--gin.") :].replace("=", " = ", 1) for b in rest if b.startswith("--gin.")]
-    run_cli.load_gin(
-        args.gin_file or ["runs/quickstart_adamw.gin"], ["MODEL_DIR = '/unused'", *bindings], []
-    )
+    run_cli.load_gin(_gin_files(args), ["MODEL_DIR = '/unused'", *bindings], [])
     with tempfile.TemporaryDirectory() as tmp:
         ref = train_lib.train(build_only=True, model_dir=tmp, progress=False)
         bare, harness = [], []
@@ -118,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             "git": run_cli.git_revision(),
             "machine": run_cli.describe_machine(),
             "packages": run_cli.package_versions(),
-            "gin_files": args.gin_file or ["runs/quickstart_adamw.gin"],
+            "gin_files": _gin_files(args),
             "bindings": bindings,
             "steps": args.steps,
             "bare_steps_per_sec": bare,

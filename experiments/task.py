@@ -1,14 +1,15 @@
 """What the training harness needs from an experiment: the `Task` protocol.
 
-A task couples a data source with an objective. The harness (launch/train.py) builds the
-model from gin (`train.model`, called with `**task.model_kwargs()`), and then only talks to
-the task through this interface, so every model family (GPT, BERT/RoPE/RPE, T5, LSTM,
-ResNet) runs through the same loop.
+A task is a data module's batches plus an objective (``experiments/objectives.py``). The
+harness (launch/train.py) builds the model from gin (`train.model`, called with
+`**task.model_kwargs()`), and then only talks to the task through this interface, so every
+model family (GPT, BERT/RoPE/RPE, T5, LSTM, ResNet) runs through the same loop.
 
 Batches are dicts of NumPy arrays whose leading axis is the example axis. Every batch is a
 pure function of its arguments (seed, step or index, batch size), so a resumed run sees
 exactly the data an uninterrupted one would; `rows` selects this host's rows of the global
-batch on multi-host runs.
+batch on multi-host runs. Randomly drawn batches take their randomness from `batch_rng`
+below, the one sampler of every data module.
 """
 
 from __future__ import annotations
@@ -17,10 +18,43 @@ from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from experiments.objectives import LossAndMetrics, Objective
+
 Batch = dict[str, np.ndarray]
+
+
+class DataConfigError(ValueError):
+    """A data setting that cannot work (missing corpus, window longer than the split, a
+    split that has no batches)."""
+
+
+# Distinct random streams per (split, purpose): the training batches and the fixed
+# evaluation batches of each split never share draws.
+BATCH_STREAMS: dict[tuple[str, str], int] = {
+    ("train", "train"): 0,
+    ("val", "eval"): 1,
+    ("train", "eval"): 2,
+}
+
+
+def batch_stream(split: str, purpose: str) -> int:
+    """The stream number of batches of ``split`` ('train', 'val') drawn for ``purpose``
+    ('train', 'eval')."""
+    if (split, purpose) not in BATCH_STREAMS:
+        raise DataConfigError(
+            f"no batches for split={split!r}, purpose={purpose!r}; training uses "
+            f"split 'train', evaluation 'val' or 'train'"
+        )
+    return BATCH_STREAMS[(split, purpose)]
+
+
+def batch_rng(*, seed: int, split: str, purpose: str, index: int) -> np.random.Generator:
+    """The NumPy Generator of batch ``index`` (the 1-based step in training, the eval
+    batch number in evaluation): ``np.random.default_rng([seed, stream, index])``, so a
+    batch depends on nothing but these numbers."""
+    return np.random.default_rng([seed, batch_stream(split, purpose), index])
 
 
 class Task(Protocol):
@@ -52,44 +86,30 @@ class Task(Protocol):
         *,
         train: bool,
         rng: jax.Array,
-    ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
-        """``(mean loss, metrics, updated non-param collections)`` on a batch.
+    ) -> LossAndMetrics:
+        """``(training loss, metrics, updated non-param collections)`` on a batch.
 
-        ``metrics`` holds at least ``"accuracy"``; a task whose training loss is not a
-        per-token mean (T5's summed loss) also gives ``"token_loss"``, which evaluation
-        then reports as its loss, so eval losses and perplexities compare across tasks and
-        loss normalizations. The updated collections (e.g. batch-norm statistics in
-        training) replace the old ones; return ``{}`` when there are none.
+        ``metrics`` hold ``"accuracy"`` and ``"token_loss"``, the per-target mean
+        cross-entropy, which evaluation reports as its loss whatever the training loss's
+        normalization (T5's sum, masked LM's sum / sqrt(count)), so eval losses and
+        perplexities compare across tasks. The updated collections (e.g. batch-norm
+        statistics in training) replace the old ones; ``{}`` when there are none.
         """
 
 
-def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-position cross-entropy (in float32) and whether the argmax is the target (0/1)."""
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return nll, (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+class ObjectiveTask:
+    """The objective half of a `Task`: ``init_variables``, ``loss`` and
+    ``reports_perplexity`` come from ``self.objective``; the data class that inherits this
+    makes the batches."""
 
+    objective: Objective
 
-def cross_entropy(
-    logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None
-) -> tuple[jax.Array, jax.Array]:
-    """Weighted mean token cross-entropy and accuracy (weights default to all ones)."""
-    nll, correct = token_cross_entropy(logits, targets)
-    if weights is None:
-        return jnp.mean(nll), jnp.mean(correct)
-    weights = weights.astype(jnp.float32)
-    total = jnp.maximum(jnp.sum(weights), 1.0)
-    return jnp.sum(nll * weights) / total, jnp.sum(correct * weights) / total
-
-
-class CausalLMLoss:
-    """The loss of next-token tasks: ``model.apply(variables, inputs, deterministic=...)``."""
-
-    unit_name = "tokens"
-    reports_perplexity = True
+    @property
+    def reports_perplexity(self) -> bool:
+        return self.objective.reports_perplexity
 
     def init_variables(self, model: nn.Module, rng: jax.Array, batch: Batch) -> dict[str, Any]:
-        return dict(model.init(rng, batch["inputs"][:1]))
+        return self.objective.init_variables(model, rng, batch)
 
     def loss(
         self,
@@ -99,12 +119,5 @@ class CausalLMLoss:
         *,
         train: bool,
         rng: jax.Array,
-    ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
-        logits = model.apply(
-            variables,
-            batch["inputs"],
-            deterministic=not train,
-            rngs={"dropout": rng} if train else None,
-        )
-        loss, accuracy = cross_entropy(logits, batch["targets"])
-        return loss, {"accuracy": accuracy}, {}
+    ) -> LossAndMetrics:
+        return self.objective.loss(model, variables, batch, train=train, rng=rng)

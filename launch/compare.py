@@ -4,7 +4,8 @@
 
 Each (optimizer, seed) is a separate `launch/run.py` process with its own run directory
 PARENT/<optimizer>/seed_<k> (default PARENT = runs/<experiment>), configured by
-gin_configs/runs/<experiment>_<optimizer>.gin. Finished runs are skipped, interrupted ones
+gin_configs/experiments/<experiment>.gin composed with gin_configs/optimizers/<optimizer>.gin
+(`run.py --optimizer=<optimizer>`). Finished runs are skipped, interrupted ones
 resume from their checkpoints. The summary goes to results/<experiment>/: summary.json,
 summary.md and loss_curves.png, with the command, git revision, config and machine.
 `--resummarize` only re-reads existing run directories.
@@ -26,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from launch.run import git_revision, package_versions  # noqa: E402
+from launch.run import OPTIMIZERS, git_revision, package_versions  # noqa: E402
 from launch.summary_writer import read_metrics  # noqa: E402
 
 BASELINE = "adamw"
@@ -36,8 +37,8 @@ def run_dir(parent: Path, optimizer: str, seed: int) -> Path:
     return parent / optimizer / f"seed_{seed}"
 
 
-def gin_file_for(experiment: str, optimizer: str) -> str:
-    return f"runs/{experiment}_{optimizer}.gin"
+def experiment_file(experiment: str) -> str:
+    return f"experiments/{experiment}.gin"
 
 
 def train_one(
@@ -54,7 +55,8 @@ def train_one(
     cmd = [
         sys.executable,
         str(REPO / "launch" / "run.py"),
-        f"--gin_file={gin_file_for(experiment, optimizer)}",
+        f"--gin_file={experiment_file(experiment)}",
+        f"--optimizer={optimizer}",
         f"--gin.MODEL_DIR='{directory}'",
         f"--gin.SEED={seed}",
         *extra,
@@ -81,6 +83,40 @@ def first_reach(curve: list[dict], target: float, key: str) -> float | None:
             frac = (prev["loss"] - target) / (prev["loss"] - r["loss"])
             return float(prev[key] + frac * (r[key] - prev[key]))
         prev = r
+    return None
+
+
+# A run "collapsed" when training did not move it: its eval loss improved by less than
+# COLLAPSE_MIN_IMPROVEMENT (relative) from the first evaluation to the last, or its eval
+# accuracy stayed the same (to COLLAPSE_ACCURACY_TOL) over its last COLLAPSE_EVALS
+# evaluations while the loss stayed within COLLAPSE_MIN_IMPROVEMENT too (a constant
+# guess, e.g. the most frequent token). Such a run is a finding to explain, not a data
+# point to average: the summary flags it and README shows the flag.
+COLLAPSE_MIN_IMPROVEMENT = 0.02
+COLLAPSE_EVALS = 3
+COLLAPSE_ACCURACY_TOL = 1e-4
+
+
+def collapse_reason(curve: list[dict]) -> str | None:
+    """Why an eval curve looks collapsed (see COLLAPSE_*), or None when it learned."""
+    if len(curve) < 2:
+        return None
+    first, last = curve[0]["loss"], curve[-1]["loss"]
+    if not math.isfinite(last):
+        return f"final eval loss is {last}"
+    if last > first * (1 - COLLAPSE_MIN_IMPROVEMENT):
+        return f"eval loss {first:.4f} at step {curve[0]['step']} -> {last:.4f} at the end"
+    tail = curve[-COLLAPSE_EVALS:]
+    accuracies = [r.get("accuracy") for r in tail]
+    if len(tail) == COLLAPSE_EVALS and None not in accuracies:
+        frozen = max(accuracies) - min(accuracies) <= COLLAPSE_ACCURACY_TOL
+        flat = tail[-1]["loss"] > tail[0]["loss"] * (1 - COLLAPSE_MIN_IMPROVEMENT)
+        if frozen and flat and max(accuracies) < 1.0:
+            return (
+                f"eval accuracy frozen at {accuracies[-1]:.4f} and loss flat "
+                f"({tail[0]['loss']:.4f} -> {tail[-1]['loss']:.4f}) over the last "
+                f"{COLLAPSE_EVALS} evaluations"
+            )
     return None
 
 
@@ -157,6 +193,11 @@ def summarize(
             "steps_to_target_mean": "never" if mean_steps is None else mean_steps,
             "time_to_target_s_mean": "never" if mean_time is None else mean_time,
             "slot_bytes": rs[0]["final"]["slot_bytes"],
+            "collapsed_runs": {
+                str(r["seed"]): reason
+                for r in rs
+                if (reason := collapse_reason(r["curve"])) is not None
+            },
         }
     b = per_opt[base]
     for v in per_opt.values():
@@ -243,6 +284,14 @@ def markdown(s: dict) -> str:
             f"{_fmt(v['time_ratio_to_baseline'], '.3f')} | {v['slot_bytes']} | "
             f"{_fmt(v['slot_bytes_ratio_to_baseline'], '.3f')} |"
         )
+    collapsed = [
+        f"- {opt} seed {seed}: {reason}"
+        for opt, v in s["optimizers"].items()
+        for seed, reason in v.get("collapsed_runs", {}).items()
+    ]
+    if collapsed:
+        lines += ["", "COLLAPSED runs (training did not move them; see launch/compare.py):"]
+        lines += collapsed
     if "anchor_check" in s:
         a = s["anchor_check"]
         lines += [
@@ -307,9 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     command = [sys.executable, *sys.argv] if argv is None else ["launch/compare.py", *argv]
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument(
-        "--experiment", required=True, help="name X of gin_configs/runs/X_<optimizer>.gin"
-    )
+    p.add_argument("--experiment", required=True, help="name X of gin_configs/experiments/X.gin")
     p.add_argument("--optimizers", default="amos,adamw")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
     p.add_argument("--parent", default=None, help="run directories (default runs/<exp>)")
@@ -329,10 +376,12 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         p.error(f"unrecognized arguments: {' '.join(bad)}")
     optimizers = [o for o in args.optimizers.split(",") if o]
+    f = REPO / "gin_configs" / experiment_file(args.experiment)
+    if not f.exists():
+        p.error(f"no experiment file {f} for --experiment {args.experiment!r}")
     for opt in optimizers:
-        f = REPO / "gin_configs" / gin_file_for(args.experiment, opt)
-        if not f.exists():
-            p.error(f"no gin file {f} for experiment {args.experiment!r}, optimizer {opt!r}")
+        if opt not in OPTIMIZERS:
+            p.error(f"--optimizers: {opt!r} is none of {OPTIMIZERS} (gin_configs/optimizers/)")
     parent = Path(args.parent or REPO / "runs" / args.experiment).resolve()
     out = Path(args.results or REPO / "results" / args.experiment).resolve()
     seeds = list(range(args.seeds))

@@ -8,19 +8,15 @@ from __future__ import annotations
 import flax.linen as nn
 import gin
 
-from experiments.bert import amos_settings as bert_amos
 from experiments.bert.models import BertConfig, BertMlm
 from experiments.data.char_text import CharTextTask
 from experiments.data.images import ImageClassificationTask
 from experiments.data.sources import TfdsSource
 from experiments.data.text_tasks import MaskedLMTask, SpanCorruptionTask
 from experiments.data.word_lm import WordLMTask
-from experiments.gpt.models import GPT, GPT_AMOS_GAINS
-from experiments.lstm import amos_settings as lstm_amos
+from experiments.gpt.models import GPT
 from experiments.lstm.models import lstm_model
-from experiments.resnet import amos_settings as resnet_amos
 from experiments.resnet.models import resnet_model
-from experiments.t5 import amos_settings as t5_amos
 from experiments.t5.models import T5, T5Config
 from launch import optimizers
 from launch import train as _train  # noqa: F401  (registers `train`)
@@ -61,27 +57,6 @@ def t5_model(vocab_size: int, *, size: str = "tiny", **overrides) -> nn.Module:
     return T5(T5Config.from_size(size, vocab_size=vocab_size, **overrides))
 
 
-@gin.configurable
-def bert_amos_eta_fn():
-    return bert_amos.eta_fn(None)
-
-
-@gin.configurable
-def bert_amos_shape_fn():
-    return bert_amos.shape_fn(None)
-
-
-@gin.configurable
-def t5_amos_eta_fn(size: str = gin.REQUIRED, **overrides):
-    """The T5 family's eta needs d_model and d_kv (for the query kernels)."""
-    return t5_amos.eta_fn(T5Config.from_size(size, **overrides))
-
-
-@gin.configurable
-def t5_amos_shape_fn():
-    return t5_amos.shape_fn(None)
-
-
 for _fn, _name in [
     (CharTextTask, "CharTextTask"),
     (WordLMTask, "WordLMTask"),
@@ -91,17 +66,12 @@ for _fn, _name in [
     (TfdsSource, "TfdsSource"),
     (lstm_model, "lstm_model"),
     (resnet_model, "resnet_model"),
-    (lstm_amos.eta_fn, "lstm_amos_eta_fn"),
-    (lstm_amos.shape_fn, "lstm_amos_shape_fn"),
-    (resnet_amos.eta_fn, "resnet_amos_eta_fn"),
-    (resnet_amos.shape_fn, "resnet_amos_shape_fn"),
 ]:
     gin.external_configurable(_fn, _name)
 gin.external_configurable(optimizers.amos_optimizer, "amos_optimizer")
-gin.external_configurable(optimizers.adamw_baseline_optimizer, "adamw_baseline_optimizer")
-gin.external_configurable(optimizers.adamw_cosine_optimizer, "adamw_cosine_optimizer")
-# Constants that gin files reference (e.g. `AMOS_GAINS = %GPT_AMOS_GAINS`); run.py writes
+gin.external_configurable(optimizers.adamw_optimizer, "adamw_optimizer")
+# Constants that gin files reference (`X = %NAME`; none at present); run.py writes
 # their values into config.gin, which otherwise shows only their names.
-CONSTANTS = {"GPT_AMOS_GAINS": GPT_AMOS_GAINS}
+CONSTANTS: dict[str, object] = {}
 for _name, _value in CONSTANTS.items():
     gin.constant(_name, _value)

@@ -53,101 +53,136 @@ def nanogpt_lr(
     )
 
 
-def adamw_cosine_optimizer(
+ADAMW_SCHEDULES = ("linear_decay", "constant", "nanogpt_cosine")
+ADAMW_DECAY_MASKS = ("paper", "matrices")
+
+
+def adamw_schedule(
     total_steps: int,
     *,
-    learning_rate: float = 1e-3,
-    warmup_steps: int = 100,
-    decay_steps: int | None = None,
-    min_learning_rate: float = 1e-4,
-    b1: float = 0.9,
-    b2: float = 0.99,
-    eps: float = 1e-8,
-    weight_decay: float = 0.1,
-    clip_global_norm: float | None = 1.0,
-) -> OptimizerSpec:
-    """nanoGPT's AdamW: global-norm clipping, decay on matrices only, warmup + cosine."""
-    decay_steps = total_steps if decay_steps is None else decay_steps
+    learning_rate: float,
+    warmup_steps: int,
+    schedule: str,
+    min_learning_rate: float = 0.0,
+) -> optax.Schedule:
+    """AdamW's learning rate at the 0-based update count (optax's convention).
 
-    def schedule(count):  # optax passes the 0-based update count, nanoGPT's `it`.
-        return nanogpt_lr(
+    ``linear_decay``: the paper's (reference section 3), linear warmup to ``learning_rate``
+    then linear decay to ``min_learning_rate`` (0 in the paper) at ``total_steps``.
+    ``constant``: linear warmup, then constant (the paper's Adam baseline for the LSTM).
+    ``nanogpt_cosine``: nanoGPT's ``get_lr`` (linear warmup, cosine to ``min_learning_rate``
+    at ``total_steps``).
+    """
+    if schedule == "linear_decay":
+        import amos
+
+        return amos.warmup_linear_decay_schedule(
+            learning_rate, warmup_steps, total_steps, min_learning_rate
+        )
+    if schedule == "constant":
+        return linear_warmup(learning_rate, warmup_steps)
+    if schedule == "nanogpt_cosine":
+        return lambda count: nanogpt_lr(
             count,
             learning_rate=learning_rate,
             warmup_steps=warmup_steps,
-            decay_steps=decay_steps,
+            decay_steps=total_steps,
             min_learning_rate=min_learning_rate,
         )
-
-    parts = [optax.clip_by_global_norm(clip_global_norm)] if clip_global_norm else []
-    parts.append(
-        optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=_matrices_only)
-    )
-    return OptimizerSpec("adamw", optax.chain(*parts), lambda t: float(schedule(t - 1)))
+    raise ValueError(f"ADAMW_SCHEDULE={schedule!r} is not one of {ADAMW_SCHEDULES}")
 
 
-def adamw_baseline_optimizer(
+def linear_warmup(peak: float, warmup_steps: int) -> optax.Schedule:
+    """``n -> peak * min(1, n / warmup_steps)``; constant ``peak`` when ``warmup_steps=0``.
+
+    Amos calls its schedule with the 1-based step ``t``, which gives the reference's
+    ``xi * min(1, t / warmup_steps)`` (jestimator/models/bert/pretrain.py, ``lr_schedule``);
+    optax's AdamW passes the 0-based update count, as ``amos.warmup_linear_decay_schedule``.
+    """
+    if warmup_steps < 0:
+        raise ValueError(f"WARMUP_STEPS={warmup_steps} must be >= 0")
+    if warmup_steps == 0:
+        return optax.constant_schedule(peak)
+    return optax.linear_schedule(0.0, peak, warmup_steps)
+
+
+def adamw_optimizer(
     total_steps: int,
     *,
-    learning_rate: float = 1e-4,
-    warmup_steps: int = 10_000,
+    learning_rate: float,
+    warmup_steps: int,
+    schedule: str = "linear_decay",
+    min_learning_rate: float = 0.0,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-6,
     weight_decay: float = 0.01,
-    end_learning_rate: float = 0.0,
+    decay_mask: str = "paper",
     clip_global_norm: float | None = None,
 ) -> OptimizerSpec:
-    """The paper's AdamW baseline (reference section 3) from `amos.adamw_baseline`.
+    """AdamW with a schedule of ``adamw_schedule``; the paper's baseline by default.
 
-    `end_learning_rate = learning_rate` with `warmup_steps = 0` gives a constant rate (the
-    paper's Adam baseline for the LSTM).
+    ``decay_mask``: ``paper`` decays all but biases and normalization scales
+    (``amos.adamw_baseline``); ``matrices`` decays tensors of 2+ axes (nanoGPT).
+    ``clip_global_norm`` clips the gradient's global norm first (nanoGPT: 1.0).
     """
     import amos
 
-    schedule = amos.warmup_linear_decay_schedule(
-        learning_rate, warmup_steps, total_steps, end_learning_rate
+    if decay_mask not in ADAMW_DECAY_MASKS:
+        raise ValueError(f"ADAMW_DECAY_MASK={decay_mask!r} is not one of {ADAMW_DECAY_MASKS}")
+    rate = adamw_schedule(
+        total_steps,
+        learning_rate=learning_rate,
+        warmup_steps=warmup_steps,
+        schedule=schedule,
+        min_learning_rate=min_learning_rate,
     )
+    mask = amos.default_weight_decay_mask if decay_mask == "paper" else _matrices_only
     tx = amos.adamw_baseline(
-        schedule, total_steps=total_steps, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay
+        rate,
+        total_steps=total_steps,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        weight_decay=weight_decay,
+        weight_decay_mask=mask,
     )
     if clip_global_norm:
         tx = optax.chain(optax.clip_by_global_norm(clip_global_norm), tx)
-    return OptimizerSpec("adamw", tx, lambda t: float(schedule(t - 1)))
+    return OptimizerSpec("adamw", tx, lambda t: float(rate(t - 1)))
 
 
 def amos_optimizer(
     total_steps: int,
     *,
     xi: float,
+    warmup_steps: int = 0,
     beta: float = 0.999,
     momentum: float | None = None,
     clip_value: float | None = None,
     gains: Mapping[str, float] | None = None,
     eta_overrides: Mapping[str, float | str] | None = None,
     shape_overrides: Mapping[str, str] | None = None,
-    eta_fn: Callable | None = None,
-    shape_fn: Callable | None = None,
     extra_l2: float = 0.0,
     d_coef: float = 0.25,
     c_coef: float = 0.25,
 ) -> OptimizerSpec:
-    """Amos with eta and slot shapes from a model family's `eta_fn` / `shape_fn` (bound by
-    the model's gin file), or else from `amos.default_eta_fn(gains, eta_overrides)` and
-    `amos.default_shape_fn(shape_overrides)`.
+    """Amos with ``xi`` warmed up linearly over ``warmup_steps`` (the reference's
+    ``xi * min(1, step / warmup_steps)``, jestimator/models/bert/pretrain.py), eta from
+    ``amos.default_eta_fn(gains, eta_overrides)`` and slot shapes from
+    ``amos.default_shape_fn(shape_overrides)``: a model family's rules are data, bound in
+    its model gin file.
 
-    `total_steps` is unused: Amos needs no schedule length (its decay comes from `b`).
+    ``total_steps`` is unused: Amos needs no schedule length (its decay comes from ``b``).
     """
     del total_steps
     import amos
 
-    if eta_fn is not None and (gains or eta_overrides):
-        raise ValueError("amos_optimizer: give either eta_fn or gains/eta_overrides, not both")
-    if shape_fn is not None and shape_overrides:
-        raise ValueError("amos_optimizer: give either shape_fn or shape_overrides, not both")
-    eta_fn = eta_fn or amos.default_eta_fn(gains=dict(gains or {}), overrides=eta_overrides)
-    shape_fn = shape_fn or amos.default_shape_fn(shape_overrides)
+    xi_schedule = linear_warmup(xi, warmup_steps)
+    eta_fn = amos.default_eta_fn(gains=dict(gains or {}), overrides=eta_overrides)
+    shape_fn = amos.default_shape_fn(shape_overrides)
     tx = amos.amos(
-        xi,
+        xi_schedule,
         eta_fn,
         shape_fn,
         beta=beta,
@@ -159,9 +194,11 @@ def amos_optimizer(
     )
 
     def diagnostics(opt_state, params):
-        return amos.amos_diagnostics(opt_state, params, xi, eta_fn, d_coef=d_coef, c_coef=c_coef)
+        return amos.amos_diagnostics(
+            opt_state, params, xi_schedule, eta_fn, d_coef=d_coef, c_coef=c_coef
+        )
 
-    return OptimizerSpec("amos", tx, lambda t: float(xi), diagnostics)
+    return OptimizerSpec("amos", tx, lambda t: float(xi_schedule(t)), diagnostics)
 
 
 def slot_bytes(opt_state) -> int:

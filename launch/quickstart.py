@@ -1,8 +1,8 @@
 """`make quickstart`: Amos vs AdamW on a tiny GPT and generated text, in a few minutes.
 
 Needs only the installed packages (no corpus, no network): it runs launch/compare.py on the
-`quickstart` experiment (gin_configs/runs/quickstart_{amos,adamw}.gin, 3 seeds each), prints
-the summary table, and says where the TensorBoard logs are.
+`quickstart` experiment (gin_configs/experiments/quickstart.gin with each optimizer, 3 seeds
+each), prints the summary table, and says where the TensorBoard logs are.
 """
 
 from __future__ import annotations

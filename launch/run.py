@@ -2,9 +2,11 @@
 
 t5x conventions: `--gin_file` may repeat (later files override earlier ones), as may
 `--gin.NAME=VALUE` (applied after all files), and `--gin_search_paths` lists directories
-where `--gin_file` and `include` look (gin_configs/ is always searched). Example:
+where `--gin_file` and `include` look (gin_configs/ is always searched). An experiment file
+(gin_configs/experiments/) holds the model, data, loop and both optimizers' knobs;
+`--optimizer=NAME` adds gin_configs/optimizers/NAME.gin, which picks the arm. Example:
 
-  .venv/bin/python launch/run.py --gin_file=runs/nanogpt_cpu_adamw.gin \\
+  .venv/bin/python launch/run.py --gin_file=experiments/nanogpt_cpu.gin --optimizer=adamw \\
       --gin.MODEL_DIR="'runs/nanogpt_adamw'" --gin.TRAIN_STEPS=2000
 
 Exit codes: 0 done, 2 configuration error (nothing trained), 3 training diverged.
@@ -31,6 +33,15 @@ if str(REPO) not in sys.path:  # Scripts run as files; make `launch`/`experiment
 import gin  # noqa: E402
 
 DEFAULT_SEARCH_PATH = str(REPO / "gin_configs")
+# The arms an experiment file can be run with: gin_configs/optimizers/<name>.gin.
+OPTIMIZERS = sorted(p.stem for p in (REPO / "gin_configs" / "optimizers").glob("*.gin"))
+
+
+def optimizer_file(name: str) -> str:
+    """The gin file of an arm; it binds `train.optimizer` and sets no macro of its own."""
+    return f"optimizers/{name}.gin"
+
+
 PACKAGES = [
     "jax",
     "jaxlib",
@@ -67,6 +78,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         help="gin config file; repeat, later files override earlier ones",
     )
     parser.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default=None,
+        help="the arm: adds gin_configs/optimizers/NAME.gin after the --gin_file files",
+    )
+    parser.add_argument(
         "--gin_search_paths",
         default="",
         help="comma-separated directories for --gin_file and include",
@@ -97,6 +114,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
             unknown.append(item)
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.optimizer:
+        args.gin_file.append(optimizer_file(args.optimizer))
     return args, args.gin_bindings
 
 
@@ -155,6 +174,13 @@ def load_gin(files: list[str], bindings: list[str], search_paths: list[str]) -> 
         logging.disable(logging.NOTSET)
     _check_macros(bindings)
     gin.parse_config_files_and_bindings(None, bindings, finalize_config=True)
+    try:
+        gin.query_parameter("train.optimizer")
+    except ValueError:
+        raise ValueError(
+            f"no optimizer: pass --optimizer={'|'.join(OPTIMIZERS)} (an experiment file "
+            f"sets both arms' knobs; gin_configs/optimizers/NAME.gin picks one)"
+        ) from None
 
 
 def git_revision() -> dict:

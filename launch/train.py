@@ -138,6 +138,12 @@ class Trainer:
         self.unit_name = task.unit_name
         self.units_per_batch = batch_size * task.units_per_example
         self.reports_perplexity = task.reports_perplexity
+        # A task whose model carries a recurrent state from batch to batch (consecutive
+        # segments, e.g. experiments/data/word_lm.py) names the collections holding it;
+        # its state is sized by the whole global batch, and its evaluation reads
+        # `task.eval_num_batches(split, batch_size)` consecutive batches per split in
+        # order, threading the state from zero (see `evaluate`).
+        self.state_collections = tuple(getattr(task, "state_collections", ()))
 
         # Each host feeds its own rows of the global batch.
         per_host = batch_size // n_proc
@@ -153,9 +159,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ functions
     def _init_state(self, seed: int):
-        sample = self.task.train_batch(
-            seed=seed, step=1, batch_size=self.batch_size, rows=slice(0, 1)
-        )
+        rows = slice(0, self.batch_size) if self.state_collections else slice(0, 1)
+        sample = self.task.train_batch(seed=seed, step=1, batch_size=self.batch_size, rows=rows)
         variables = dict(self.task.init_variables(self.model, jax.random.key(seed), sample))
         params = variables.pop("params")
         # Non-parameter collections (e.g. batch_stats) travel in the state, unoptimized.
@@ -182,11 +187,13 @@ class Trainer:
                 )
                 # Testing hook (train.inject_nonfinite_at_steps): poison chosen steps.
                 loss = jnp.where(jnp.any(inject == step), jnp.nan, loss)
-                return loss, (metrics["accuracy"], model_state)
+                # The per-token loss, whatever the training loss's normalization.
+                token_loss = metrics.get("token_loss", loss)
+                return loss, (metrics["accuracy"], token_loss, model_state)
 
-            (loss, (acc, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                state["params"]
-            )
+            (loss, (acc, token_loss, model_state)), grads = jax.value_and_grad(
+                loss_fn, has_aux=True
+            )(state["params"])
             model_state = {**state["model_state"], **model_state}
             grad_norm = tree_norm(grads)
             updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -207,6 +214,7 @@ class Trainer:
             }
             metrics = {
                 "loss": loss,
+                "token_loss": token_loss,
                 "accuracy": acc,
                 "grad_norm": grad_norm,
                 "param_norm": tree_norm(params),
@@ -224,6 +232,22 @@ class Trainer:
             )
             # The per-token loss where the objective is a sum (see Task.loss).
             return metrics.get("token_loss", loss), metrics["accuracy"]
+
+        def eval_carry_step(state, carried, batch):
+            # `carried`: the state collections after the previous batch (zeros, or {} for
+            # the model to make them, at the first); the training state's are left out.
+            others = {
+                k: v for k, v in state["model_state"].items() if k not in self.state_collections
+            }
+            loss, metrics, updated = task.loss(
+                model,
+                {"params": state["params"], **others, **carried},
+                batch,
+                train=False,
+                rng=base_key,
+            )
+            carried = {k: updated[k] for k in self.state_collections}
+            return metrics["token_loss"], metrics["accuracy"], metrics["num_targets"], carried
 
         def diagnostics(state):
             if self.opt.diagnostics is None:
@@ -249,6 +273,7 @@ class Trainer:
             in_shardings=(self.state_sharding, self.batch_sharding),
             out_shardings=self.replicated,
         )
+        self.eval_carry_step = jax.jit(eval_carry_step)
         self.diagnostics = jax.jit(
             diagnostics, in_shardings=(self.state_sharding,), out_shardings=self.replicated
         )
@@ -288,20 +313,43 @@ class Trainer:
                     ),
                     self.eval_batch_size,
                 )
-                for i in range(self.eval_batches)
+                for i in range(self._num_eval_batches(split))
             ]
             for split in self.eval_splits
         }
 
+    def _num_eval_batches(self, split: str) -> int:
+        if self.state_collections:  # Consecutive batches covering the whole split.
+            return self.task.eval_num_batches(split, self.eval_batch_size)
+        return self.eval_batches
+
+    def _evaluate_carried(self, state, split_batches) -> tuple[float, float]:
+        """Token-weighted mean loss and accuracy over consecutive batches, the state
+        threaded through them in order from zero."""
+        # The zero state, shaped from a trace of the first step (nothing runs), so every
+        # batch calls the same compiled step; the first batch resets every row anyway.
+        shapes = jax.eval_shape(self.eval_carry_step, state, {}, split_batches[0])[3]
+        carried = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+        results = []
+        for batch in split_batches:
+            loss, acc, count, carried = self.eval_carry_step(state, carried, batch)
+            results.append((loss, acc, count))
+        loss, acc, count = (np.asarray(x, np.float64) for x in zip(*jax.device_get(results)))
+        total = max(float(count.sum()), 1.0)
+        return float((loss * count).sum() / total), float((acc * count).sum() / total)
+
     def evaluate(self, state, batches) -> dict[str, float]:
         out = {}
         for split, split_batches in batches.items():
-            results = [self.eval_step(state, b) for b in split_batches]
-            losses, accs = zip(*jax.device_get(results), strict=True)
             prefix = "" if split == "val" else f"{split}_"
-            loss = float(np.mean(losses))
+            if self.state_collections:
+                loss, accuracy = self._evaluate_carried(state, split_batches)
+            else:
+                results = [self.eval_step(state, b) for b in split_batches]
+                losses, accs = zip(*jax.device_get(results), strict=True)
+                loss, accuracy = float(np.mean(losses)), float(np.mean(accs))
             out[f"{prefix}loss"] = loss
-            out[f"{prefix}accuracy"] = float(np.mean(accs))
+            out[f"{prefix}accuracy"] = accuracy
             if self.reports_perplexity:
                 out[f"{prefix}perplexity"] = math.exp(min(loss, 50.0))
         return out
@@ -373,7 +421,7 @@ class Trainer:
                 good = [m for m in fetched if m["finite"]] or fetched
                 scalars = {
                     k: float(np.mean([m[k] for m in good]))
-                    for k in ("loss", "accuracy", "grad_norm")
+                    for k in ("loss", "token_loss", "accuracy", "grad_norm")
                 }
                 scalars["param_norm"] = float(fetched[-1]["param_norm"])
                 scalars["learning_rate"] = self.opt.learning_rate(step)

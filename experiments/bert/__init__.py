@@ -1,1 +1,1 @@
-"""BERT, RoPE and relative-position (RPE) masked-LM encoders and their Amos settings."""
+"""BERT, RoPE and relative-position (RPE) masked-LM encoders, as the reference builds them."""

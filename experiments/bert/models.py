@@ -1,21 +1,38 @@
-"""BERT-style masked-LM encoders of the Amos paper, as Flax linen modules.
+"""BERT-style masked-LM encoders of the Amos paper, built as the reference code builds them.
 
-One family, three ways to encode positions (``BertConfig.position_type``):
+Reference: google-research/jestimator, ``jestimator/models/bert/modeling.py`` (BERT),
+``models/rope/modeling.py`` (RoPE) and ``models/bert_rpe/modeling.py`` (RPE). One family,
+three ways to encode positions (``BertConfig.position_type``):
 
 * ``"absolute"`` (BERT): learned absolute position embeddings added to the token and
   segment embeddings.
 * ``"rotary"`` (RoPE): no position embedding; queries and keys of every layer are
   rotated by their position (Su et al., 2021), so attention sees relative offsets only.
-* ``"relative"`` (RPE): no position embedding; a learned ``(num_buckets, num_heads)``
-  table of T5-style log-bucketed relative distances is added to the attention logits.
-  The table is **shared by all layers** (one variable ``relpos_bias/relpos_embedding``),
-  as T5 shares its bias within a stack; it costs ``num_buckets * num_heads`` parameters.
+* ``"relative"`` (RPE, Shaw et al., 2018): no position embedding; every attention layer
+  has its own ``relpos_embedding`` of shape ``(2 * max_distance - 1, hidden)``, one row
+  per offset ``key - query`` clipped to ``[-(max_distance - 1), max_distance - 1]``. The
+  row of each offset goes through the layer's own key projection (kernel and bias), and
+  its dot product with the query is added to the logit; it also goes through the layer's
+  value projection (kernel and bias), and the attention-weighted sum is added to the
+  context::
 
-All three are post-LayerNorm encoders (as BERT) with a GELU MLP and a masked-LM head
-(dense + GELU + LayerNorm, then logits tied to the token embedding plus an output bias).
-Variables use the standard Flax names (``kernel``, ``bias``, ``scale``, ``embedding``)
-so that ``amos.default_eta_fn`` classifies each of them; projection kernels are 2-D
-``(in, out)`` so fan-in is their first axis. Amos settings: ``experiments.bert.amos_settings``.
+      logit(i, j) = q_i . (K x_j + b_K + K e_{j-i} + b_K) / sqrt(d)
+      context_i   = sum_j p(i, j) (V x_j + b_V + V e_{j-i} + b_V)
+
+Initialization as the reference: the query, value, MLP output and masked-LM head dense
+kernels start at ZERO; the key, attention output and MLP input kernels, the embeddings
+and the relative-position tables are truncated normal (a standard normal cut at +-2,
+times ``initializer_range`` = 0.02: a standard deviation of 0.02 * 0.88); biases are
+zero, layer-norm scales one. At init every attention is uniform and every logit is 0.
+Dropout (``dropout_rate`` on embeddings and sublayer outputs, ``attention_dropout_rate``
+on attention weights) is 0.1 in the reference.
+
+Post-LayerNorm encoder layers (as BERT) with a GELU MLP (tanh approximation, flax's
+``nn.gelu`` default as the reference) and a masked-LM head (dense + GELU + LayerNorm,
+then logits tied to the token embedding plus an output bias). Variables use the standard
+Flax names (``kernel``, ``bias``, ``scale``, ``embedding``, and ``relpos_embedding``) so
+that ``amos.default_eta_fn`` classifies them; projection kernels are 2-D ``(in, out)`` so
+fan-in is their first axis. Amos rules: gin_configs/models/bert_tiny.gin.
 
 No pooler / next-sentence head: the paper pre-trains with the masked-LM loss only.
 """
@@ -23,12 +40,19 @@ No pooler / next-sentence head: the paper pre-trains with the masked-LM loss onl
 from __future__ import annotations
 
 import dataclasses
-import math
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from experiments.layers import (
+    apply_rotary,
+    clipped_offset_rows,
+    dot_product_attention,
+    mask_to_bias,
+)
 
 POSITION_TYPES = ("absolute", "rotary", "relative")
 
@@ -44,9 +68,10 @@ class BertConfig:
     mlp_dim: int = 3072
     max_length: int = 512  # Size of the absolute position table (unused by rotary/relative).
     type_vocab_size: int = 2
-    dropout_rate: float = 0.1
+    dropout_rate: float = 0.1  # Embeddings and sublayer outputs (reference: hidden dropout).
+    attention_dropout_rate: float = 0.1  # Attention weights.
     position_type: str = "absolute"
-    relpos_num_buckets: int = 32
+    # RPE: offsets key - query beyond +-(relpos_max_distance - 1) share the edge rows.
     relpos_max_distance: int = 128
     rotary_base: float = 10_000.0
     layer_norm_epsilon: float = 1e-12
@@ -62,6 +87,8 @@ class BertConfig:
             )
         if self.position_type == "rotary" and (self.hidden_size // self.num_heads) % 2:
             raise ValueError("rotary embeddings need an even head dimension")
+        if self.relpos_max_distance < 1:
+            raise ValueError(f"relpos_max_distance must be >= 1, got {self.relpos_max_distance}")
 
     @property
     def head_dim(self) -> int:
@@ -76,7 +103,8 @@ class BertConfig:
 
 
 SIZES: dict[str, dict[str, Any]] = {
-    # For tests and smoke runs: a few hundred thousand parameters.
+    # For CPU runs and tests: about half a million parameters. Its RPE clips at distance
+    # 16, a quarter of its 64-token examples as 128 is of the paper's 512.
     "tiny": dict(
         vocab_size=128,
         hidden_size=128,
@@ -84,109 +112,41 @@ SIZES: dict[str, dict[str, Any]] = {
         num_heads=2,
         mlp_dim=512,
         max_length=64,
-        relpos_num_buckets=16,
-        relpos_max_distance=32,
+        relpos_max_distance=16,
     ),
+    # The reference's RPE uses relative_attention_max_distance = 128 at length 512.
     "base": dict(hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072, max_length=512),
     "large": dict(hidden_size=1024, num_layers=24, num_heads=16, mlp_dim=4096, max_length=512),
 }
 
 
 # ---------------------------------------------------------------------------------------
-# Position encodings.
+# Building blocks.
 
 
-def relative_position_bucket(
-    relative_position: jnp.ndarray,
-    bidirectional: bool = True,
-    num_buckets: int = 32,
-    max_distance: int = 128,
-) -> jnp.ndarray:
-    """T5's bucketing of ``relative_position = key_position - query_position``.
-
-    Half the buckets (all of them when not bidirectional) hold exact small distances; the
-    rest cover distances up to ``max_distance`` logarithmically, and farther ones share the
-    last bucket. When bidirectional, keys after the query use the upper half of the buckets.
-    When causal, positive offsets (future keys) all map to bucket 0.
-    """
-    ret = jnp.zeros_like(relative_position)
-    n = -relative_position
-    if bidirectional:
-        num_buckets //= 2
-        ret = ret + (n < 0).astype(relative_position.dtype) * num_buckets
-        n = jnp.abs(n)
-    else:
-        n = jnp.maximum(n, 0)
-    max_exact = num_buckets // 2
-    is_small = n < max_exact
-    # The small epsilon avoids log(0); those entries take the exact branch anyway.
-    val_if_large = max_exact + (
-        jnp.log(n.astype(jnp.float32) / max_exact + jnp.finfo(jnp.float32).eps)
-        / math.log(max_distance / max_exact)
-        * (num_buckets - max_exact)
-    ).astype(relative_position.dtype)
-    val_if_large = jnp.minimum(val_if_large, num_buckets - 1)
-    return ret + jnp.where(is_small, n, val_if_large)
+def _normal_init(config: BertConfig) -> nn.initializers.Initializer:
+    # Standard normal truncated to (-2, 2), times initializer_range, as the reference's
+    # truncated_normal_initializer (jestimator/modeling.py).
+    return nn.initializers.truncated_normal(config.initializer_range)
 
 
-class RelativePositionBias(nn.Module):
-    """Learned ``(num_buckets, num_heads)`` logit bias of bucketed relative distances."""
-
-    num_buckets: int
-    max_distance: int
-    num_heads: int
-    bidirectional: bool = True
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, q_positions: jnp.ndarray, k_positions: jnp.ndarray) -> jnp.ndarray:
-        """Positions ``(..., q)`` and ``(..., k)`` give a bias ``(..., heads, q, k)``."""
-        # Leaf name ends in 'embedding' so Amos classifies it (slot (buckets, 1)); 'relpos'
-        # lets the Amos settings give it its table value, 0.5, as an additive logit bias.
-        table = self.param(
-            "relpos_embedding",
-            nn.initializers.normal(0.02),
-            (self.num_buckets, self.num_heads),
-            jnp.float32,
-        )
-        relative = k_positions[..., None, :] - q_positions[..., :, None]
-        buckets = relative_position_bucket(
-            relative, self.bidirectional, self.num_buckets, self.max_distance
-        )
-        bias = jnp.asarray(table, self.dtype)[buckets]  # (..., q, k, heads)
-        return jnp.moveaxis(bias, -1, -3)
+def _dense(config: BertConfig, features: int, name: str, zero_init: bool = False) -> nn.Dense:
+    init = nn.initializers.zeros if zero_init else _normal_init(config)
+    return nn.Dense(features, dtype=config.dtype, kernel_init=init, name=name)
 
 
-def apply_rotary(x: jnp.ndarray, positions: jnp.ndarray, base: float = 10_000.0) -> jnp.ndarray:
-    """Rotates ``x`` of shape ``(batch, length, heads, head_dim)`` by ``positions (batch, length)``.
-
-    Pairs dimension ``i`` with ``i + head_dim / 2`` (the GPT-NeoX layout), so a dot product
-    of a rotated query and key depends on their positions only through the difference.
-    """
-    half = x.shape[-1] // 2
-    inv_freq = 1.0 / (base ** (jnp.arange(half, dtype=jnp.float32) / half))
-    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # (batch, length, half)
-    sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
-    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
-    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return rotated.astype(x.dtype)
-
-
-# ---------------------------------------------------------------------------------------
-# The encoder.
-
-
-def _dense(config: BertConfig, features: int, name: str) -> nn.Dense:
-    return nn.Dense(
-        features,
+def _layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
+    # Centered before the variance, as the reference's LayerNorm (accurate with eps 1e-12).
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_epsilon,
         dtype=config.dtype,
-        kernel_init=nn.initializers.truncated_normal(config.initializer_range),
+        use_fast_variance=False,
         name=name,
     )
 
 
-def _layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=config.layer_norm_epsilon, dtype=config.dtype, name=name)
+def _gelu(x: jax.Array) -> jax.Array:
+    return nn.gelu(x, approximate=True)  # flax's default, which the reference uses.
 
 
 class SelfAttention(nn.Module):
@@ -197,40 +157,56 @@ class SelfAttention(nn.Module):
     @nn.compact
     def __call__(
         self,
-        x: jnp.ndarray,
-        mask_bias: jnp.ndarray,
-        positions: jnp.ndarray,
-        position_bias: jnp.ndarray | None,
+        x: jax.Array,
+        mask_bias: jax.Array,
+        positions: jax.Array,
         deterministic: bool,
-    ) -> jnp.ndarray:
+    ) -> jax.Array:
         cfg = self.config
-        b, t, _ = x.shape
-        split = lambda a: a.reshape(b, t, cfg.num_heads, cfg.head_dim)  # noqa: E731
-        q = split(_dense(cfg, cfg.hidden_size, "query")(x))
-        k = split(_dense(cfg, cfg.hidden_size, "key")(x))
-        v = split(_dense(cfg, cfg.hidden_size, "value")(x))
+        split = lambda a: a.reshape(a.shape[:-1] + (cfg.num_heads, cfg.head_dim))  # noqa: E731
+        query_proj = _dense(cfg, cfg.hidden_size, "query", zero_init=True)
+        key_proj = _dense(cfg, cfg.hidden_size, "key")
+        value_proj = _dense(cfg, cfg.hidden_size, "value", zero_init=True)
+        q, k, v = split(query_proj(x)), split(key_proj(x)), split(value_proj(x))
+        relative_keys = relative_values = None
         if cfg.position_type == "rotary":
             q = apply_rotary(q, positions, cfg.rotary_base)
             k = apply_rotary(k, positions, cfg.rotary_base)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(cfg.head_dim)
-        logits = logits + mask_bias
-        if position_bias is not None:
-            logits = logits + position_bias
-        weights = jax.nn.softmax(logits, axis=-1).astype(cfg.dtype)
-        weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=deterministic)
-        y = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, t, cfg.hidden_size)
-        return _dense(cfg, cfg.hidden_size, "out")(y)
+        elif cfg.position_type == "relative":
+            distance = cfg.relpos_max_distance
+            table = self.param(
+                "relpos_embedding",
+                _normal_init(cfg),
+                (2 * distance - 1, cfg.hidden_size),
+                jnp.float32,
+            )
+            # Project the table's rows once, then pick each offset's row.
+            rows = clipped_offset_rows(x.shape[1], x.shape[1], distance)
+            relative_keys = split(key_proj(table))[rows]
+            relative_values = split(value_proj(table))[rows]
+        y = dot_product_attention(
+            q,
+            k,
+            v,
+            bias=mask_bias,
+            relative_keys=relative_keys,
+            relative_values=relative_values,
+            dropout=nn.Dropout(cfg.attention_dropout_rate, deterministic=deterministic),
+        )
+        return _dense(cfg, cfg.hidden_size, "out")(y.reshape(y.shape[:2] + (cfg.hidden_size,)))
 
 
 class Mlp(nn.Module):
-    """``wo(gelu(wi(x)))``; ``mlp/wo/kernel`` reads GELU outputs (Amos gain 2)."""
+    """``wo(gelu(wi(x)))`` with ``wo`` zero-initialized; ``mlp/wo/kernel`` reads GELU
+    outputs (Amos gain 2)."""
 
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        h = nn.gelu(_dense(self.config, self.config.mlp_dim, "wi")(x), approximate=False)
-        return _dense(self.config, self.config.hidden_size, "wo")(h)
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.config
+        h = _gelu(_dense(cfg, cfg.mlp_dim, "wi")(x))
+        return _dense(cfg, cfg.hidden_size, "wo", zero_init=True)(h)
 
 
 class EncoderLayer(nn.Module):
@@ -240,32 +216,26 @@ class EncoderLayer(nn.Module):
 
     @nn.compact
     def __call__(
-        self,
-        x: jnp.ndarray,
-        mask_bias: jnp.ndarray,
-        positions: jnp.ndarray,
-        position_bias: jnp.ndarray | None,
-        deterministic: bool,
-    ) -> jnp.ndarray:
+        self, x: jax.Array, mask_bias: jax.Array, positions: jax.Array, deterministic: bool
+    ) -> jax.Array:
         cfg = self.config
-        drop = nn.Dropout(cfg.dropout_rate)
-        y = SelfAttention(cfg, name="attention")(
-            x, mask_bias, positions, position_bias, deterministic
-        )
-        x = _layer_norm(cfg, "attention_layer_norm")(x + drop(y, deterministic=deterministic))
+        drop = functools.partial(nn.Dropout(cfg.dropout_rate), deterministic=deterministic)
+        y = SelfAttention(cfg, name="attention")(x, mask_bias, positions, deterministic)
+        x = _layer_norm(cfg, "attention_layer_norm")(x + drop(y))
         y = Mlp(cfg, name="mlp")(x)
-        return _layer_norm(cfg, "mlp_layer_norm")(x + drop(y, deterministic=deterministic))
+        return _layer_norm(cfg, "mlp_layer_norm")(x + drop(y))
 
 
 class MlmHead(nn.Module):
-    """Dense + GELU + LayerNorm, then logits from the tied token embedding plus a bias."""
+    """Dense (zero-initialized) + GELU + LayerNorm, then logits from the tied token
+    embedding plus a bias."""
 
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, token_embedder: nn.Embed) -> jnp.ndarray:
+    def __call__(self, x: jax.Array, token_embedder: nn.Embed) -> jax.Array:
         cfg = self.config
-        x = nn.gelu(_dense(cfg, cfg.hidden_size, "dense")(x), approximate=False)
+        x = _gelu(_dense(cfg, cfg.hidden_size, "dense", zero_init=True)(x))
         x = _layer_norm(cfg, "layer_norm")(x)
         bias = self.param("bias", nn.initializers.zeros, (cfg.vocab_size,), jnp.float32)
         return token_embedder.attend(x) + jnp.asarray(bias, cfg.dtype)
@@ -279,13 +249,13 @@ class BertMlm(nn.Module):
     @nn.compact
     def __call__(
         self,
-        input_ids: jnp.ndarray,
-        segment_ids: jnp.ndarray | None = None,
-        attention_mask: jnp.ndarray | None = None,
+        input_ids: jax.Array,
+        segment_ids: jax.Array | None = None,
+        attention_mask: jax.Array | None = None,
         *,
         deterministic: bool = True,
-        positions: jnp.ndarray | None = None,
-    ) -> jnp.ndarray:
+        positions: jax.Array | None = None,
+    ) -> jax.Array:
         """Runs the encoder and the MLM head.
 
         Args:
@@ -294,8 +264,9 @@ class BertMlm(nn.Module):
           attention_mask: ``(batch, length)``, nonzero for tokens that may be attended to
             (i.e. not padding); every token when ``None``.
           deterministic: disables dropout when True; otherwise needs a ``'dropout'`` rng.
-          positions: ``(batch, length)`` positions; ``0 .. length-1`` when ``None``. With
-            rotary or relative positions a shift of all positions leaves the output unchanged.
+          positions: ``(batch, length)`` positions of the absolute and rotary encodings;
+            ``0 .. length-1`` when ``None``. Relative (RPE) offsets are those of the
+            indices, as in the reference, so RPE does not read ``positions``.
         """
         cfg = self.config
         b, t = input_ids.shape
@@ -305,10 +276,11 @@ class BertMlm(nn.Module):
             segment_ids = jnp.zeros_like(input_ids)
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
-        init = nn.initializers.truncated_normal(cfg.initializer_range)
 
         def embed(n: int, name: str) -> nn.Embed:
-            return nn.Embed(n, cfg.hidden_size, embedding_init=init, dtype=cfg.dtype, name=name)
+            return nn.Embed(
+                n, cfg.hidden_size, embedding_init=_normal_init(cfg), dtype=cfg.dtype, name=name
+            )
 
         token_embedder = embed(cfg.vocab_size, "token_embedder")
         x = token_embedder(input_ids) + embed(cfg.type_vocab_size, "segment_embedder")(segment_ids)
@@ -319,20 +291,8 @@ class BertMlm(nn.Module):
         x = _layer_norm(cfg, "embeddings_layer_norm")(x)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
-        # Additive mask on the keys, kept in float32 with the logits.
-        mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, -1e9).astype(jnp.float32)
-        position_bias = None
-        if cfg.position_type == "relative":
-            position_bias = RelativePositionBias(
-                cfg.relpos_num_buckets,
-                cfg.relpos_max_distance,
-                cfg.num_heads,
-                bidirectional=True,
-                dtype=jnp.float32,
-                name="relpos_bias",
-            )(positions, positions)
+        # Padding keys are masked for every query: a (batch, 1, 1, length) bias.
+        mask_bias = mask_to_bias((attention_mask > 0)[:, None, None, :])
         for i in range(cfg.num_layers):
-            x = EncoderLayer(cfg, name=f"layers_{i}")(
-                x, mask_bias, positions, position_bias, deterministic
-            )
+            x = EncoderLayer(cfg, name=f"layers_{i}")(x, mask_bias, positions, deterministic)
         return MlmHead(cfg, name="mlm_head")(x, token_embedder)

@@ -2,9 +2,10 @@
 
 The vocabulary is the sorted set of characters of the whole corpus; the first 90% of the
 encoded text is the training split and the last 10% the validation split. Batches are
-random windows, and every batch is a pure function of (seed, split, step): resuming a run
-at step k reproduces exactly the batches an uninterrupted run would have seen, with no
-iterator state to checkpoint.
+random windows drawn by `experiments.task.batch_rng`, so every batch is a pure function of
+(seed, split, step): resuming a run at step k reproduces exactly the batches an
+uninterrupted run would have seen, with no iterator state to checkpoint. The objective is
+`experiments.objectives.CausalLM`.
 """
 
 from __future__ import annotations
@@ -14,17 +15,10 @@ import os
 
 import numpy as np
 
-from experiments.task import CausalLMLoss
+from experiments.objectives import CausalLM
+from experiments.task import DataConfigError, ObjectiveTask, batch_rng
 
 TRAIN_FRACTION = 0.9  # nanoGPT's split.
-
-# Distinct random streams per (split, purpose): training batches, and the fixed evaluation
-# batches of each split, never share draws.
-_STREAM = {("train", "train"): 0, ("val", "eval"): 1, ("train", "eval"): 2}
-
-
-class DataConfigError(ValueError):
-    """A data setting that cannot work (missing corpus, window longer than the split)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,12 +89,12 @@ def generated_text(num_chars: int = 200_000, seed: int = 0) -> str:
 
 
 def window_starts(
-    n_tokens: int, block_size: int, batch_size: int, seed: int, stream: int, index: int
+    n_tokens: int, block_size: int, batch_size: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """Start offsets of the `batch_size` windows of batch number `index` of a stream."""
+    """Start offsets of `batch_size` windows of `block_size + 1` tokens (inputs and the
+    next-token targets), uniform with replacement, as nanoGPT draws them."""
     if n_tokens <= block_size:
         raise DataConfigError(f"split has {n_tokens} tokens, not more than block_size={block_size}")
-    rng = np.random.default_rng([seed, stream, index])
     return rng.integers(0, n_tokens - block_size, size=batch_size)
 
 
@@ -121,11 +115,9 @@ def get_batch(
     `rows` selects this host's rows of the global batch; all hosts draw the same global
     offsets (cheap) so the data does not depend on the number of hosts.
     """
-    if (split, purpose) not in _STREAM:
-        raise DataConfigError(f"no batches for split={split!r}, purpose={purpose!r}")
+    rng = batch_rng(seed=seed, split=split, purpose=purpose, index=index)
     data = corpus.val if split == "val" else corpus.train
-    stream = _STREAM[(split, purpose)]
-    starts = window_starts(len(data), block_size, batch_size, seed, stream, index)
+    starts = window_starts(len(data), block_size, batch_size, rng)
     if rows is not None:
         starts = starts[rows]
     idx = starts[:, None] + np.arange(block_size + 1)[None, :]
@@ -133,10 +125,11 @@ def get_batch(
     return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
 
 
-class WindowedLMTask(CausalLMLoss):
+class WindowedLMTask(ObjectiveTask):
     """Next-token prediction on random windows of a tokenized corpus (a `Task`, see
     experiments/task.py): subclasses set `corpus` (with `train` and `val` id arrays) and
-    `block_size`, then call `check_fits()`.
+    `block_size`, then call `check_fits()`; `objective` (the loss) is `CausalLM()` unless
+    they set another.
 
     The trainer asks for batches by number; nothing here has state, so any step of any run
     can be reproduced (and a resumed run sees the same data as an uninterrupted one).
@@ -144,6 +137,8 @@ class WindowedLMTask(CausalLMLoss):
 
     corpus: CharCorpus
     block_size: int
+    objective = CausalLM()
+    unit_name = "tokens"
 
     def check_fits(self, name: str = "block_size") -> None:
         if self.block_size >= min(len(self.corpus.train), len(self.corpus.val)):
@@ -190,7 +185,8 @@ class WindowedLMTask(CausalLMLoss):
 
 
 class CharTextTask(WindowedLMTask):
-    """Next-character prediction on a corpus file or on `generated_text`."""
+    """Next-character prediction on a corpus file or on `generated_text`;
+    `loss_normalization` of the `CausalLM` objective ('mean' per token by default)."""
 
     def __init__(
         self,
@@ -199,7 +195,9 @@ class CharTextTask(WindowedLMTask):
         block_size: int = 64,
         generated_chars: int = 0,
         generated_seed: int = 0,
+        loss_normalization: str = "mean",
     ):
+        self.objective = CausalLM(normalization=loss_normalization)
         if generated_chars:
             self.corpus = corpus_from_text(generated_text(generated_chars, generated_seed))
             self.source = f"generated_text(num_chars={generated_chars}, seed={generated_seed})"

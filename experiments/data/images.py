@@ -1,4 +1,5 @@
-"""Image classification data with the standard augmentations, and its task.
+"""Image classification data with the standard augmentations, and its task (the loss is
+``experiments.objectives.Classification``).
 
 Sources: scikit-learn's bundled digits (8x8 grayscale, offline), or any tfds image
 dataset prepared under a data directory (``cifar10``, ``imagenet2012``, ...; never
@@ -12,7 +13,8 @@ Augmentations (training only):
     resizes to 256/224 of the size and center-crops;
   * ``"none"``.
 Images are normalized per channel with the training split's mean and std (ImageNet's
-constants when streaming). Every batch is a pure function of (seed, step).
+constants when streaming). Every batch is a pure function of (seed, step): in memory, the
+examples and the augmentation are drawn by ``experiments.task.batch_rng``.
 """
 
 from __future__ import annotations
@@ -20,17 +22,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import flax.linen as nn
-import jax
 import numpy as np
 
-from experiments.data.char_text import DataConfigError
-from experiments.task import cross_entropy
+from experiments.objectives import Classification
+from experiments.task import DataConfigError, ObjectiveTask, batch_rng
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 AUGMENTATIONS = ("cifar", "digits", "imagenet", "none")
-_TRAIN_STREAM, _EVAL_STREAM = 0, 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +122,7 @@ def augment(images: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarr
     return out
 
 
-class ImageClassificationTask:
+class ImageClassificationTask(ObjectiveTask):
     """Classification with a model called as ``model.apply(v, images, train=...)``.
 
     Args:
@@ -131,11 +130,11 @@ class ImageClassificationTask:
       augmentation: one of ``AUGMENTATIONS``.
       in_memory: hold the splits as arrays (small datasets); False streams with tf.data.
       image_size: output size when streaming (random-resized / center crops).
+      loss_normalization: of the ``Classification`` objective; 'mean' over the batch.
     """
 
     unit_name = "examples"
     units_per_example = 1
-    reports_perplexity = False
 
     def __init__(
         self,
@@ -147,7 +146,9 @@ class ImageClassificationTask:
         val_split: str = "test",
         in_memory: bool = True,
         image_size: int = 224,
+        loss_normalization: str = "mean",
     ):
+        self.objective = Classification(normalization=loss_normalization)
         if augmentation not in AUGMENTATIONS:
             raise DataConfigError(
                 f"augmentation must be one of {AUGMENTATIONS}, got {augmentation!r}"
@@ -176,14 +177,15 @@ class ImageClassificationTask:
     def model_kwargs(self) -> dict[str, int]:
         return {"num_classes": self.num_classes}
 
-    def _batch(self, images, labels, seed, stream, index, batch_size, rows, train):
-        rng = np.random.default_rng([seed, stream, index])
+    def _batch(self, images, labels, rng, batch_size, rows, train):
         picks = rng.integers(0, len(images), size=batch_size)
-        if rows is not None:
-            picks = picks[rows]
         batch = images[picks].astype(np.float32)
         if train:
+            # The whole global batch is augmented, then sliced: a host's rows do not
+            # depend on the number of hosts.
             batch = augment(batch, self.augmentation, rng)
+        if rows is not None:
+            batch, picks = batch[rows], picks[rows]
         return {"images": (batch - self.mean) / self.std, "labels": labels[picks]}
 
     def train_batch(
@@ -192,9 +194,8 @@ class ImageClassificationTask:
         if not self.in_memory:
             return self._stream.train_batch(seed, step, batch_size, rows)
         s = self.splits
-        return self._batch(
-            s.train_images, s.train_labels, seed, _TRAIN_STREAM, step, batch_size, rows, train=True
-        )
+        rng = batch_rng(seed=seed, split="train", purpose="train", index=step)
+        return self._batch(s.train_images, s.train_labels, rng, batch_size, rows, train=True)
 
     def eval_batch(
         self, split: str, *, seed: int, index: int, batch_size: int, rows: slice | None = None
@@ -202,33 +203,11 @@ class ImageClassificationTask:
         if not self.in_memory:
             return self._stream.eval_batch(split, seed, index, batch_size, rows)
         s = self.splits
+        rng = batch_rng(seed=seed, split=split, purpose="eval", index=index)
         images, labels = (
             (s.val_images, s.val_labels) if split == "val" else (s.train_images, s.train_labels)
         )
-        return self._batch(images, labels, seed, _EVAL_STREAM, index, batch_size, rows, train=False)
-
-    def init_variables(
-        self, model: nn.Module, rng: jax.Array, batch: dict[str, np.ndarray]
-    ) -> dict[str, Any]:
-        return dict(model.init(rng, batch["images"][:1], train=False))
-
-    def loss(
-        self,
-        model: nn.Module,
-        variables: dict[str, Any],
-        batch: dict[str, np.ndarray],
-        *,
-        train: bool,
-        rng: jax.Array,
-    ):
-        if train:
-            logits, updated = model.apply(
-                variables, batch["images"], train=True, mutable=["batch_stats"]
-            )
-        else:
-            logits, updated = model.apply(variables, batch["images"], train=False), {}
-        loss, accuracy = cross_entropy(logits, batch["labels"])
-        return loss, {"accuracy": accuracy}, dict(updated)
+        return self._batch(images, labels, rng, batch_size, rows, train=False)
 
 
 class _ImageStream:

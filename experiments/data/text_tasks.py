@@ -1,15 +1,21 @@
-"""The paper's text objectives as harness tasks (``experiments/task.py``): BERT masked LM
-and T5 span corruption, over any source of ``experiments.data.sources`` and any tokenizer
-of ``experiments.data.tokenizers``.
+"""The paper's text pre-training tasks for the harness (``experiments/task.py``): BERT
+masked LM and T5 span corruption, over any source of ``experiments.data.sources`` and any
+tokenizer of ``experiments.data.tokenizers``.
+
+Each task is three separate pieces: ``TextExamples`` cuts windows (or documents) of token
+ids out of the source; ``experiments.data.mlm`` / ``experiments.data.span_corruption``
+turn them into the model's batch dict; the objective (``experiments.objectives.MaskedLM``
+/ ``Seq2Seq``) computes the loss, with the normalization bound as ``loss_normalization``.
 
 Determinism, as in ``char_text``: every batch is a pure function of its arguments.
 
 * In-memory sources (text files, generated text, a TFDS source with ``in_memory=True``):
   all documents are tokenized once and packed into one stream; the training batch of step
   ``s`` is ``batch_size`` random windows of that stream drawn by
-  ``np.random.default_rng([seed, 0, s])`` (with replacement, as nanoGPT), and the same
-  Generator then draws the masking / noise. Eval batch ``i`` of a split uses stream 1
-  ('val') or 2 ('train') instead of 0, so evaluation never shares draws with training.
+  ``experiments.task.batch_rng`` (``np.random.default_rng([seed, 0, s])``; with
+  replacement, as nanoGPT), and the same Generator then draws the masking / noise. Eval
+  batch ``i`` of a split uses stream 1 ('val') or 2 ('train') instead of 0, so evaluation
+  never shares draws with training.
 * Streaming sources (TFDS, ``in_memory=False``): windows are read in the dataset's fixed
   file order (``shuffle_files=False``), one pass after another; step ``s`` takes windows
   ``(s - 1) * batch_size`` to ``s * batch_size - 1`` and eval batch ``i`` windows
@@ -29,9 +35,6 @@ import itertools
 from collections.abc import Iterator
 from typing import Any
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from experiments.data import mlm, span_corruption
@@ -42,17 +45,15 @@ from experiments.data.tokenizers import (
     SentencePieceTokenizer,
     Tokenizer,
 )
-from experiments.task import token_cross_entropy
+from experiments.objectives import MaskedLM, Seq2Seq
+from experiments.task import DataConfigError, ObjectiveTask, batch_rng
 
 Batch = dict[str, np.ndarray]
 
-# Distinct random streams per (split, purpose), as in char_text.
-_STREAM = {("train", "train"): 0, ("val", "eval"): 1, ("train", "eval"): 2}
 _SOURCE_SPLIT = {"train": "train", "val": "validation"}
-LOSS_NORMALIZATIONS = ("sum", "mean")
 
 
-class TaskConfigError(ValueError):
+class TaskConfigError(DataConfigError):
     """A task setting that cannot work; the message names the option."""
 
 
@@ -85,15 +86,6 @@ def resolve_tokenizer(tokenizer, source) -> Tokenizer:
     )
 
 
-def _check_split(split: str, purpose: str) -> int:
-    if (split, purpose) not in _STREAM:
-        raise TaskConfigError(
-            f"no batches for split={split!r}, purpose={purpose!r}; eval "
-            f"splits are 'val' and 'train'"
-        )
-    return _STREAM[(split, purpose)]
-
-
 class _StreamReader:
     """Examples of one split of a streaming source, read in order, pass after pass."""
 
@@ -123,11 +115,12 @@ class _StreamReader:
         return list(itertools.islice(self._it, count))
 
 
-class _TextTask:
-    """Tokenized splits and window sampling shared by the two objectives."""
+class TextExamples(ObjectiveTask):
+    """Tokenized splits and the windows (``packing``) or documents of each batch, shared by
+    the text tasks; a subclass sets ``objective`` and turns examples into the model's
+    batch in ``make_batch``."""
 
     unit_name = "tokens"
-    reports_perplexity = True
 
     def __init__(self, source, tokenizer, *, window: int, separator: int | None, packing: bool):
         self.source = resolve_source(source)
@@ -203,8 +196,7 @@ class _TextTask:
     ) -> tuple[list[np.ndarray], np.random.Generator]:
         """``batch_size`` windows (packing) or documents, and the Generator that then draws
         the objective's randomness; ``first`` is the first example's position in a stream."""
-        stream_id = _check_split(split, purpose)
-        rng = np.random.default_rng([seed, stream_id, index])
+        rng = batch_rng(seed=seed, split=split, purpose=purpose, index=index)
         if not self.in_memory:
             return self._reader(split, purpose).read(first, batch_size), rng
         if not self.packing:
@@ -228,12 +220,13 @@ class _TextTask:
         examples, rng = self._raw_examples(
             split, purpose, seed=seed, index=index, batch_size=batch_size, first=first
         )
-        batch = self._objective(examples, rng)
+        batch = self.make_batch(examples, rng)
         if rows is not None:
             batch = {k: v[rows] for k, v in batch.items()}
         return batch
 
-    def _objective(self, examples: list[np.ndarray], rng: np.random.Generator) -> Batch:
+    def make_batch(self, examples: list[np.ndarray], rng: np.random.Generator) -> Batch:
+        """The model's batch from the examples; further draws come from ``rng``."""
         raise NotImplementedError
 
     # The Task protocol.
@@ -275,18 +268,18 @@ class _TextTask:
         )
 
 
-def _rngs(train: bool, rng: jax.Array) -> dict[str, jax.Array] | None:
-    return {"dropout": rng} if train else None
+class MaskedLMTask(TextExamples):
+    """BERT masked LM: ``experiments.data.mlm`` makes batches ``input_ids``,
+    ``segment_ids``, ``attention_mask``, ``targets``, ``weights``, all
+    ``(batch, seq_length)``; the objective is ``experiments.objectives.MaskedLM`` (the
+    model is called as ``model.apply(variables, input_ids, segment_ids, attention_mask,
+    deterministic=...)``).
 
-
-class MaskedLMTask(_TextTask):
-    """BERT masked LM (``experiments.data.mlm``): batches ``input_ids``, ``segment_ids``,
-    ``attention_mask``, ``targets``, ``weights``, all ``(batch, seq_length)``.
-
-    The model is called as ``model.apply(variables, input_ids, segment_ids,
-    attention_mask, deterministic=..., rngs=...)`` and returns ``(batch, length, vocab)``
-    logits (``experiments.bert.models.BertMlm``). The loss is the mean cross-entropy over
-    the masked positions of the batch, accuracy likewise.
+    ``loss_normalization``: the training loss over the batch's masked tokens. "sqrt"
+    (default) is the reference's ``sum / sqrt(number of masked tokens)``
+    (jestimator/modeling.py ``normalize_loss_by_size``), for both optimizers, so that
+    Amos' ``clip_value=1.0`` means what it means there; "mean" and "sum" as named. The
+    reported eval loss is the per-token mean either way.
     """
 
     def __init__(
@@ -300,7 +293,9 @@ class MaskedLMTask(_TextTask):
         mask_token_rate: float = mlm.MASK_TOKEN_RATE,
         random_token_rate: float = mlm.RANDOM_TOKEN_RATE,
         max_predictions: int | None = None,
+        loss_normalization: str = "sqrt",
     ):
+        self.objective = MaskedLM(normalization=loss_normalization)
         if seq_length < 4:
             raise TaskConfigError(f"MaskedLMTask: seq_length={seq_length} must be at least 4")
         source = resolve_source(source)
@@ -319,66 +314,27 @@ class MaskedLMTask(_TextTask):
         )
         self.units_per_example = seq_length
 
-    def _objective(self, examples: list[np.ndarray], rng: np.random.Generator) -> Batch:
+    def make_batch(self, examples: list[np.ndarray], rng: np.random.Generator) -> Batch:
         if self.packing:
             tokens = mlm.packed_examples(np.stack(examples), self.tokenizer)
         else:
             tokens = mlm.truncated_examples(examples, self.tokenizer, self.seq_length)
         return mlm.mlm_batch(tokens, self.tokenizer, rng, **self.mask_kwargs)
 
-    def init_variables(self, model: nn.Module, rng: jax.Array, batch: Batch) -> dict[str, Any]:
-        params_rng, dropout_rng = jax.random.split(rng)
-        variables = model.init(
-            {"params": params_rng, "dropout": dropout_rng},
-            batch["input_ids"],
-            batch["segment_ids"],
-            batch["attention_mask"],
-            deterministic=True,
-        )
-        return dict(variables)
 
-    def loss(
-        self,
-        model: nn.Module,
-        variables: dict[str, Any],
-        batch: Batch,
-        *,
-        train: bool,
-        rng: jax.Array,
-    ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
-        logits = model.apply(
-            variables,
-            batch["input_ids"],
-            batch["segment_ids"],
-            batch["attention_mask"],
-            deterministic=not train,
-            rngs=_rngs(train, rng),
-        )
-        ce, correct = token_cross_entropy(logits, batch["targets"])
-        weights = jnp.asarray(batch["weights"], jnp.float32)
-        denom = jnp.maximum(weights.sum(), 1.0)
-        loss = (ce * weights).sum() / denom
-        accuracy = (correct * weights).sum() / denom
-        return loss, {"accuracy": accuracy, "num_targets": weights.sum()}, {}
-
-
-class SpanCorruptionTask(_TextTask):
-    """T5 span corruption (``experiments.data.span_corruption``): batches
+class SpanCorruptionTask(TextExamples):
+    """T5 span corruption: ``experiments.data.span_corruption`` makes batches
     ``encoder_input_tokens`` ``(batch, inputs_length)`` and ``decoder_input_tokens``,
-    ``decoder_target_tokens``, ``decoder_loss_weights`` ``(batch, targets_length)``.
+    ``decoder_target_tokens``, ``decoder_loss_weights`` ``(batch, targets_length)``; the
+    objective is ``experiments.objectives.Seq2Seq`` (the model is called as
+    ``model.apply(variables, encoder_input_tokens, decoder_input_tokens,
+    decoder_target_tokens, deterministic=...)``).
 
-    The model is called as ``model.apply(variables, encoder_input_tokens,
-    decoder_input_tokens, decoder_target_tokens, deterministic=..., rngs=...)`` and returns
-    ``(batch, targets_length, vocab)`` logits.
-
-    ``loss_normalization``: the paper's T5 loss (T5X with no loss-normalizing factor) is
-    the SUM of the target tokens' cross-entropies over the whole batch, "sum" (default);
-    its gradient grows with the batch, so Amos' ``clip_value`` must then be about
-    ``sqrt(batch_size * targets_length)``, not 1.0. "mean" divides by the number of target
-    tokens (clip 1.0). Either way the metrics hold the per-token ``token_loss``, which
-    the harness reports as the eval loss (and its perplexity), and ``accuracy``. Under
-    data parallelism a summed loss must be summed (not averaged) across devices to stay
-    the paper's loss.
+    ``loss_normalization``: "sum" (default) is the paper's T5 loss (T5X with no
+    loss-normalizing factor), the batch's summed target cross-entropy, with which Amos'
+    ``clip_value`` must be about ``sqrt(batch_size * targets_length)``; "mean" divides by
+    the number of target tokens (clip 1.0); "sqrt" by its square root. The reported eval
+    loss is the per-token mean either way.
 
     ``units_per_example`` counts the encoder's ``inputs_length`` tokens (T5's convention for
     tokens seen); each example is cut from ``tokens_length`` tokens of text (568 for 512).
@@ -395,11 +351,7 @@ class SpanCorruptionTask(_TextTask):
         mean_noise_span_length: float = span_corruption.MEAN_NOISE_SPAN_LENGTH,
         loss_normalization: str = "sum",
     ):
-        if loss_normalization not in LOSS_NORMALIZATIONS:
-            raise TaskConfigError(
-                f"SpanCorruptionTask: loss_normalization="
-                f"{loss_normalization!r} is not one of {LOSS_NORMALIZATIONS}"
-            )
+        self.objective = Seq2Seq(normalization=loss_normalization)
         if not 0.0 < noise_density < 1.0:
             raise TaskConfigError(
                 f"SpanCorruptionTask: noise_density={noise_density} must be in (0, 1)"
@@ -422,7 +374,6 @@ class SpanCorruptionTask(_TextTask):
         self.tokens_length = tokens_length
         self.noise_density = noise_density
         self.mean_noise_span_length = mean_noise_span_length
-        self.loss_normalization = loss_normalization
         self.units_per_example = inputs_length
         super().__init__(source, tokenizer, window=tokens_length, separator=None, packing=True)
         spans = int(round(round(tokens_length * noise_density) / mean_noise_span_length))
@@ -433,7 +384,7 @@ class SpanCorruptionTask(_TextTask):
                 f"{self.tokenizer.num_sentinels}"
             )
 
-    def _objective(self, examples: list[np.ndarray], rng: np.random.Generator) -> Batch:
+    def make_batch(self, examples: list[np.ndarray], rng: np.random.Generator) -> Batch:
         return span_corruption.span_corruption_batch(
             examples,
             self.tokenizer,
@@ -443,43 +394,3 @@ class SpanCorruptionTask(_TextTask):
             noise_density=self.noise_density,
             mean_noise_span_length=self.mean_noise_span_length,
         )
-
-    def init_variables(self, model: nn.Module, rng: jax.Array, batch: Batch) -> dict[str, Any]:
-        params_rng, dropout_rng = jax.random.split(rng)
-        variables = model.init(
-            {"params": params_rng, "dropout": dropout_rng},
-            batch["encoder_input_tokens"],
-            batch["decoder_input_tokens"],
-            batch["decoder_target_tokens"],
-            deterministic=True,
-        )
-        return dict(variables)
-
-    def loss(
-        self,
-        model: nn.Module,
-        variables: dict[str, Any],
-        batch: Batch,
-        *,
-        train: bool,
-        rng: jax.Array,
-    ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
-        logits = model.apply(
-            variables,
-            batch["encoder_input_tokens"],
-            batch["decoder_input_tokens"],
-            batch["decoder_target_tokens"],
-            deterministic=not train,
-            rngs=_rngs(train, rng),
-        )
-        ce, correct = token_cross_entropy(logits, batch["decoder_target_tokens"])
-        weights = jnp.asarray(batch["decoder_loss_weights"], jnp.float32)
-        total = (ce * weights).sum()
-        count = jnp.maximum(weights.sum(), 1.0)
-        loss = total if self.loss_normalization == "sum" else total / count
-        metrics = {
-            "accuracy": (correct * weights).sum() / count,
-            "token_loss": total / count,
-            "num_targets": weights.sum(),
-        }
-        return loss, metrics, {}

@@ -3,7 +3,9 @@
 Learned positions, pre-LayerNorm blocks, GELU MLP, tied input/output embedding, nanoGPT's
 initialization (normal 0.02, residual projections 0.02 / sqrt(2 * layers)). Variables use
 the standard flax names ('kernel', 'bias', 'scale', 'embedding') so that
-`amos.default_eta_fn` and `amos.default_shape_fn` recognize them.
+`amos.default_eta_fn` and `amos.default_shape_fn` recognize them; the MLP output kernel
+`h_<i>/mlp/c_proj/kernel` reads GELU outputs (Amos gain 2, bound in
+gin_configs/models/gpt_*.gin). The attention core is `experiments.layers`.
 """
 
 from __future__ import annotations
@@ -13,10 +15,7 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-# Amos gains: the MLP output projection reads GELU outputs, whose scale calls for gain 2
-# (reference section 2: eta = sqrt(gain / fan_in), gain 2 after ReLU/GELU). Keys are
-# regexes on '/'.join(path) of the params tree (without the 'params' collection name).
-GPT_AMOS_GAINS: dict[str, float] = {r".*mlp/c_proj/kernel": 2.0}
+from experiments.layers import causal_mask, dot_product_attention, mask_to_bias
 
 
 class CausalSelfAttention(nn.Module):
@@ -34,13 +33,14 @@ class CausalSelfAttention(nn.Module):
         qkv = nn.Dense(3 * c, use_bias=self.use_bias, kernel_init=init, name="c_attn")(x)
         q, k, v = jnp.split(qkv, 3, axis=-1)
         heads = lambda a: a.reshape(b, t, self.num_heads, c // self.num_heads)  # noqa: E731
-        q, k, v = heads(q), heads(k), heads(v)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(c // self.num_heads)
-        mask = jnp.tril(jnp.ones((t, t), dtype=bool))
-        scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
-        att = nn.softmax(scores, axis=-1)
-        att = nn.Dropout(self.dropout)(att, deterministic=deterministic)
-        y = jnp.einsum("bhqk,bkhd->bqhd", att, v).reshape(b, t, c)
+        attention_dropout = nn.Dropout(self.dropout, deterministic=deterministic)
+        y = dot_product_attention(
+            heads(q),
+            heads(k),
+            heads(v),
+            bias=mask_to_bias(causal_mask(t)),
+            dropout=attention_dropout,
+        ).reshape(b, t, c)
         y = nn.Dense(
             c,
             use_bias=self.use_bias,
@@ -117,12 +117,3 @@ class GPT(nn.Module):
             )
         x = nn.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, name="ln_f")(x)
         return wte.attend(x)  # Tied output embedding, as nanoGPT.
-
-
-def cross_entropy(logits: jnp.ndarray, targets: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Mean token cross-entropy and accuracy, computed in float32."""
-    logits = logits.astype(jnp.float32)
-    logp = nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    acc = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-    return nll.mean(), acc.mean()

@@ -1,1 +1,1 @@
-"""T5 1.1 encoder-decoder and its Amos settings."""
+"""T5 1.1 encoder-decoder."""

@@ -12,8 +12,9 @@ encoder and decoder inputs. Padding id 0 masks attention.
 Variables use the standard Flax names (``kernel``, ``scale``, ``embedding``); the
 relative-position tables are ``<stack>/relpos_bias/relpos_embedding``, and query kernels
 end in ``attention/query/kernel`` (``attention``, ``self_attention`` and
-``encoder_decoder_attention``), so the Amos settings (``experiments.t5.amos_settings``)
-can find them. Projection kernels are 2-D ``(in, out)``.
+``encoder_decoder_attention``), so that the Amos rule maps of gin_configs/models/t5_*.gin
+can find them. Projection kernels are 2-D ``(in, out)``. The attention core, masks and
+the bucketed relative-position bias are ``experiments.layers``.
 """
 
 from __future__ import annotations
@@ -22,11 +23,15 @@ import dataclasses
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-# The relative-position bucketing is T5's; the BERT-RPE model uses the same function.
-from experiments.bert.models import RelativePositionBias
+from experiments.layers import (
+    RelativePositionBias,
+    causal_mask,
+    dot_product_attention,
+    mask_to_bias,
+    padding_mask,
+)
 
 PAD_ID = 0
 
@@ -111,11 +116,6 @@ def _norm(cfg: T5Config, name: str) -> nn.RMSNorm:
     return nn.RMSNorm(epsilon=cfg.layer_norm_epsilon, dtype=cfg.dtype, name=name)
 
 
-def _mask_bias(mask: jnp.ndarray) -> jnp.ndarray:
-    """Boolean ``(batch, 1, q, k)`` mask to an additive float32 logit bias."""
-    return jnp.where(mask, 0.0, -1e9).astype(jnp.float32)
-
-
 class Attention(nn.Module):
     """Multi-head attention without biases and without ``1/sqrt(d_kv)`` on the logits."""
 
@@ -132,10 +132,8 @@ class Attention(nn.Module):
         q = split(_dense(cfg, inner, "query", scale=1.0 / cfg.d_kv)(inputs_q))
         k = split(_dense(cfg, inner, "key")(inputs_kv))
         v = split(_dense(cfg, inner, "value")(inputs_kv))
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) + bias
-        weights = jax.nn.softmax(logits, axis=-1).astype(cfg.dtype)
-        weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=deterministic)
-        y = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        attention_dropout = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)
+        y = dot_product_attention(q, k, v, bias=bias, scale=1.0, dropout=attention_dropout)
         return _dense(cfg, cfg.d_model, "out")(y.reshape(y.shape[:2] + (inner,)))
 
 
@@ -213,8 +211,7 @@ class Encoder(nn.Module):
     def __call__(self, x: jnp.ndarray, tokens: jnp.ndarray, deterministic: bool) -> jnp.ndarray:
         cfg = self.config
         t = tokens.shape[-1]
-        valid = tokens > PAD_ID
-        bias = _mask_bias(valid[:, None, :, None] & valid[:, None, None, :])
+        bias = mask_to_bias(padding_mask(tokens > PAD_ID))
         bias = bias + _relpos_bias(cfg, t, t, True, "relpos_bias")
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         for i in range(cfg.num_encoder_layers):
@@ -237,14 +234,9 @@ class Decoder(nn.Module):
     ) -> jnp.ndarray:
         cfg = self.config
         t = y.shape[1]
-        causal = jnp.tril(jnp.ones((t, t), dtype=bool))[None, None]
-        self_bias = _mask_bias(
-            causal & decoder_valid[:, None, :, None] & decoder_valid[:, None, None, :]
-        )
+        self_bias = mask_to_bias(causal_mask(t) & padding_mask(decoder_valid))
         self_bias = self_bias + _relpos_bias(cfg, t, t, False, "relpos_bias")
-        cross_bias = _mask_bias(
-            decoder_valid[:, None, :, None] & (encoder_tokens > PAD_ID)[:, None, None, :]
-        )
+        cross_bias = mask_to_bias(padding_mask(decoder_valid, encoder_tokens > PAD_ID))
         y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
         for i in range(cfg.num_decoder_layers):
             y = DecoderLayer(cfg, name=f"layers_{i}")(

@@ -125,6 +125,14 @@ def test_matches_numpy_with_a_schedule():
     assert max_error < 2e-5
 
 
+def test_a_schedule_returning_a_python_float_works():
+    # optax.constant_schedule returns its value as a Python float, not an array.
+    _, _, _, _, max_error = run_both(
+        {"momentum": 0.5}, amos.default_shape_fn(), learning_rate=optax.constant_schedule(0.05)
+    )
+    assert max_error < 2e-5
+
+
 def test_closed_form_first_step():
     # t = 1: v = (1-beta) g2, r = 1/g2, gamma = xi^2, b = xi^2, and
     # delta = -(xi eta g / sqrt(g2) + xi^2 / 2 theta).

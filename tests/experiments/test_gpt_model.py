@@ -9,7 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.gpt.models import GPT, GPT_AMOS_GAINS, cross_entropy
+from amos.params import checked_eta, checked_slot_shape
+from amos.tree import named_leaves
+from experiments.gpt.models import GPT
+from experiments.objectives import cross_entropy
+from tests.experiments.model_gin import abstract_params, int_input, load_model_file
 
 
 def _init(model, t=8):
@@ -47,16 +51,30 @@ def test_causal_and_loss_at_init_is_uniform():
     assert abs(float(loss) - math.log(11)) < 0.05 and 0 <= float(acc) <= 1
 
 
-def test_amos_eta_uses_the_gelu_gain():
-    amos = pytest.importorskip("amos")
-    if not hasattr(amos, "default_eta_fn"):
-        pytest.skip("amos.default_eta_fn not available yet")
-    eta = amos.default_eta_fn(gains=GPT_AMOS_GAINS)
-    assert math.isclose(
-        eta(("h_0", "mlp", "c_proj", "kernel"), (512, 128)), math.sqrt(2 / 512), rel_tol=1e-6
-    )
-    assert math.isclose(
-        eta(("h_0", "attn", "c_proj", "kernel"), (128, 128)), math.sqrt(1 / 128), rel_tol=1e-6
-    )
-    assert math.isclose(eta(("wte", "embedding"), (65, 128)), math.sqrt(2 / 128), rel_tol=1e-6)
-    assert math.isclose(eta(("ln_f", "scale"), (128,)), 1.0)
+@pytest.mark.parametrize("file", ["gpt_nanogpt_cpu.gin", "gpt_tiny.gin"])
+def test_model_files_amos_rules(file):
+    """The general rule (amos.md section 2) with gain 2 for the MLP output projection,
+    which reads GELU outputs: every kernel sqrt(gain / fan_in) with slot (1, out), the
+    embeddings sqrt(2 / width) with slot (rows, 1), layer-norm scales 1.0 with slot ()."""
+    loaded = load_model_file(file, vocab_size=65)
+    model = loaded.model
+    params = abstract_params(model, int_input(1, 8))
+    w = model.width
+    kernels = 0
+    for path, leaf in named_leaves(params)[0]:
+        name, shape = "/".join(path), tuple(leaf.shape)
+        if name.endswith("mlp/c_proj/kernel"):
+            expected = math.sqrt(2 / (4 * w)), (1, w)
+        elif name.endswith("kernel"):
+            kernels += 1
+            expected = math.sqrt(1 / w), (1, shape[1])  # Every other kernel reads width w.
+        elif name.endswith("embedding"):
+            expected = math.sqrt(2 / w), (shape[0], 1)
+        else:
+            assert name.endswith("scale"), name
+            expected = 1.0, ()
+        eta = checked_eta(path, shape, loaded.eta_fn)
+        slot = checked_slot_shape(path, shape, loaded.shape_fn)
+        assert math.isclose(eta, expected[0], rel_tol=1e-12) and slot == expected[1], name
+    assert kernels == 3 * model.num_layers  # c_attn, attn/c_proj, c_fc per block.
+    assert loaded.eta_overrides is None and loaded.shape_overrides is None

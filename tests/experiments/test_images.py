@@ -47,6 +47,10 @@ def test_digits_task_batches():
     assert not np.array_equal(
         batch["images"], task.train_batch(seed=0, step=4, batch_size=16)["images"]
     )
+    # A host's rows are its slice of the augmented global batch (any number of hosts).
+    half = task.train_batch(seed=0, step=3, batch_size=16, rows=slice(8, 16))
+    np.testing.assert_array_equal(half["images"], batch["images"][8:])
+    np.testing.assert_array_equal(half["labels"], batch["labels"][8:])
     val = task.eval_batch("val", seed=0, index=0, batch_size=400)
     # Normalized by training statistics: roughly zero mean, unit variance.
     assert abs(float(val["images"].mean())) < 0.2 and 0.7 < float(val["images"].std()) < 1.3

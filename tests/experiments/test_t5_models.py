@@ -1,4 +1,5 @@
-"""T5 1.1: sizes, Amos settings, masking, causality and a few Amos steps."""
+"""T5 1.1: sizes, the Amos rules of gin_configs/models/t5_*.gin, masking, causality and a
+few Amos steps."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import pytest
 import amos
 from amos.params import checked_eta, checked_slot_shape, fan_in
 from amos.tree import named_leaves
-from experiments.t5 import amos_settings
+from experiments.objectives import token_cross_entropy
 from experiments.t5.models import PAD_ID, T5, T5Config, shift_right
-from experiments.task import token_cross_entropy
+from tests.experiments.model_gin import load_model_file
 
 
 @functools.cache
@@ -66,9 +67,14 @@ def test_variable_names():
 
 
 @pytest.mark.parametrize("size", ["tiny", "small", "base", "large"])
-def test_amos_settings(size):
+def test_model_files_amos_rules(size):
+    """The paper's T5 (amos.md section 2): query kernels sqrt(1 / (d_model * d_head)),
+    the MLP output kernel after gated GELU sqrt(2 / d_ff), every other kernel by fan-in;
+    the bucketed relative-position bias 0.5 with slot (buckets, 1)."""
     config, params = _abstract_params(size)
-    eta_fn, shape_fn = amos_settings.eta_fn(config), amos_settings.shape_fn(config)
+    loaded = load_model_file(f"t5_{size}.gin", config.vocab_size)
+    assert loaded.model.config == config
+    eta_fn, shape_fn = loaded.eta_fn, loaded.shape_fn
     query_eta = math.sqrt(1 / (config.d_model * config.d_kv))
     queries = 0
     for path, leaf in named_leaves(params)[0]:
@@ -100,11 +106,6 @@ def test_amos_settings(size):
     # About 0.5 + 1/d_model (v and b cost 2/d_model of each factored variable): under 51%
     # from d_model = 100 on (tiny has 128 for that reason).
     assert memory["ratio"] <= 0.51
-
-
-def test_paper_optimizer_settings():
-    assert (amos_settings.BETA, amos_settings.MOMENTUM) == (0.95, 0.9)
-    assert amos_settings.clip_value(batch_size=256, target_length=114) == math.sqrt(256 * 114)
 
 
 def test_shift_right():
@@ -162,7 +163,16 @@ def test_amos_lowers_the_seq2seq_loss():
     decoder_inputs = shift_right(targets)
     params = model.init(key_i, encoder_tokens, decoder_inputs)["params"]
     batch, length = targets.shape
-    tx = amos_settings.optimizer(config, learning_rate=0.05, batch_size=batch, target_length=length)
+    rules = load_model_file("t5_tiny.gin", config.vocab_size)
+    # The paper's T5 settings: beta 0.95, momentum 0.9, clip sqrt(batch * target length).
+    tx = amos.amos(
+        0.05,
+        rules.eta_fn,
+        rules.shape_fn,
+        beta=0.95,
+        momentum=0.9,
+        clip_value=math.sqrt(batch * length),
+    )
     state = tx.init(params)
 
     @jax.jit

@@ -15,6 +15,8 @@ from experiments.data import span_corruption as sc
 from experiments.data.sources import GeneratedTextSource, InMemorySource, TextFileSource
 from experiments.data.text_tasks import MaskedLMTask, SpanCorruptionTask, TaskConfigError
 from experiments.data.tokenizers import ByteTokenizer
+from experiments.objectives import MaskedLM, ObjectiveConfigError, Seq2Seq
+from experiments.task import DataConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAKESPEARE = (
@@ -91,7 +93,7 @@ def test_mlm_batches_are_pure(mlm_task):
     _assert_same(v0, mlm_task.eval_batch("val", seed=0, index=0, batch_size=8))
     assert _differs(v0, mlm_task.eval_batch("val", seed=0, index=1, batch_size=8))
     assert _differs(mlm_task.eval_batch("train", seed=0, index=1, batch_size=8), b1)
-    with pytest.raises(TaskConfigError, match="split='test'"):
+    with pytest.raises(DataConfigError, match="split='test'"):
         mlm_task.eval_batch("test", seed=0, index=0, batch_size=8)
     assert mlm_task.model_kwargs() == {"vocab_size": mlm_task.tokenizer.vocab_size}
     assert (mlm_task.unit_name, mlm_task.units_per_example, mlm_task.reports_perplexity) == (
@@ -115,7 +117,11 @@ def test_mlm_eval_reads_held_out_text():
     assert "VALID" in val and "train" not in val and "VALID" not in train
 
 
-def test_mlm_loss_finite(mlm_task):
+def test_mlm_loss_is_the_reference_sqrt_normalized_sum(mlm_task):
+    """jestimator/models/bert/modeling.py mlm_train_loss: the masked tokens' summed
+    cross-entropy / sqrt(their number) (jestimator/modeling.py normalize_loss_by_size) is
+    the task's default training loss; token_loss stays the per-token mean."""
+    assert mlm_task.objective == MaskedLM(normalization="sqrt")
     batch = mlm_task.train_batch(seed=0, step=3, batch_size=4)
     model = DummyMlm(**mlm_task.model_kwargs())
     variables = mlm_task.init_variables(model, jax.random.PRNGKey(0), batch)
@@ -125,7 +131,14 @@ def test_mlm_loss_finite(mlm_task):
     )
     assert np.isfinite(loss) and updates == {}
     assert 0.0 <= metrics["accuracy"] <= 1.0
-    assert abs(float(loss) - np.log(mlm_task.tokenizer.vocab_size)) < 1.0  # near uniform
+    n = batch["weights"].sum()
+    assert n > 10 and float(metrics["num_targets"]) == n
+    np.testing.assert_allclose(loss, metrics["token_loss"] * np.sqrt(n), rtol=1e-5)
+    # Near uniform at init.
+    assert abs(float(metrics["token_loss"]) - np.log(mlm_task.tokenizer.vocab_size)) < 1.0
+    # The gin knob MaskedLMTask.loss_normalization.
+    mean_task = MaskedLMTask(GeneratedTextSource(60_000), "char", 64, loss_normalization="mean")
+    assert mean_task.objective == MaskedLM(normalization="mean")
     eval_loss, _, _ = jax.jit(
         lambda v, b: mlm_task.loss(model, v, b, train=False, rng=jax.random.PRNGKey(0))
     )(variables, batch)
@@ -184,6 +197,7 @@ def test_span_loss_sum_and_mean(span_task):
     assert np.isfinite(total) and span_task.reports_perplexity
     n = batch["decoder_loss_weights"].sum()
     np.testing.assert_allclose(total, metrics["token_loss"] * n, rtol=1e-5)
+    assert span_task.objective == Seq2Seq(normalization="sum")
     mean_task = SpanCorruptionTask(
         span_task.source, span_task.tokenizer, 64, 16, loss_normalization="mean"
     )
@@ -196,7 +210,7 @@ def test_span_loss_sum_and_mean(span_task):
 
 def test_task_errors_name_the_option():
     source = GeneratedTextSource(5_000)
-    with pytest.raises(TaskConfigError, match="loss_normalization='avg'"):
+    with pytest.raises(ObjectiveConfigError, match="loss_normalization='avg'"):
         SpanCorruptionTask(source, "byte", 64, 16, loss_normalization="avg")
     with pytest.raises(TaskConfigError, match="targets_length=10"):
         SpanCorruptionTask(source, "byte", 64, 10)

@@ -1,43 +1,194 @@
-"""Word-level LM data: vocabulary file round trip, <unk>/<eos>, deterministic windows."""
+"""Word-level LM data (experiments/data/word_lm.py): both vocabulary formats, and the
+consecutive segments the reference trains and evaluates its LSTM on
+(google-research/jestimator, jestimator/models/lstm/lm.py, jestimator/data_utils.py)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from experiments.data.char_text import DataConfigError
 from experiments.data.word_lm import (
+    END,
     EOS,
+    LINE_END,
+    START,
     UNK,
     WordLMTask,
     build_vocabulary,
+    count_vocabulary,
+    flat_words,
+    lines_of,
     load_vocabulary,
-    words_of,
+    main,
 )
+from experiments.task import DataConfigError
 
 SHAKESPEARE = (
-    Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare" / ("input.txt")
+    Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 )
 
 
-def test_words_and_vocabulary(tmp_path):
-    words = words_of("the cat sat\n\nthe dog  sat down\n")
-    assert words == ["the", "cat", "sat", EOS, "the", "dog", "sat", "down", EOS]
-    vocab = build_vocabulary(words, max_size=5)
+# --------------------------------------------------------------------------- vocabularies
+
+
+def test_plain_vocabulary_round_trip(tmp_path):
+    """One word per line; <unk> and <eos> by name (<eos> closes lines and starts texts)."""
+    lines = lines_of("the cat sat\n\nthe dog  sat down\n")
+    assert lines == [["the", "cat", "sat"], ["the", "dog", "sat", "down"]]
+    vocab = build_vocabulary(lines, max_size=5)
     # <unk>, <eos>, then by frequency (the: 2, sat: 2), ties alphabetical.
     assert vocab.words == (UNK, EOS, "sat", "the", "cat")
-    assert vocab.encode(["the", "dog", EOS]).tolist() == [3, 0, 1]
+    assert (vocab.unk_id, vocab.eos_id, vocab.start_id) == (0, 1, 1)
+    assert vocab.encode(flat_words(lines)).tolist() == [3, 4, 2, 1, 3, 0, 2, 0, 1]
     path = tmp_path / "vocab.txt"
     vocab.save(str(path))
     assert path.read_text().splitlines()[:3] == [UNK, EOS, "sat"]
     assert load_vocabulary(str(path)) == vocab
+    # The special tokens are found by name, wherever they are.
+    path.write_text("a\n<eos>\nb\n<unk>\n")
+    moved = load_vocabulary(str(path))
+    assert (moved.unk_id, moved.eos_id, moved.start_id) == (3, 1, 1)
+
+
+def test_reference_word_count_vocabulary(tmp_path):
+    """jestimator/models/lstm/ptb/vocab.txt: lines `word count`, starting with <s> and
+    </s>; lm.py gives each word its line number, appends </s> to every line and feeds <s>
+    before the first word."""
+    path = tmp_path / "vocab.txt"
+    path.write_text("<s> 0\n</s> 0\nthe 59421\n<unk> 53299\nN 37607\nof 28427\n")
+    vocab = load_vocabulary(str(path))
+    assert vocab.words == (START, END, "the", UNK, "N", "of")
+    assert vocab.counts == (0, 0, 59421, 53299, 37607, 28427)
+    assert (vocab.start_id, vocab.eos_id, vocab.unk_id) == (0, 1, 3)
+    ids = vocab.encode(flat_words(lines_of("the N of\nof zebra\n")))
+    assert ids.tolist() == [2, 4, 5, 1, 5, 3, 1]  # 'zebra' is <unk>; lines end with </s>.
+    # Written back in the same format.
+    vocab.save(str(tmp_path / "again.txt"))
+    assert (tmp_path / "again.txt").read_text() == path.read_text()
+    # Without <unk>, an unknown word is an error naming it (the reference's lookup fails).
+    path.write_text("<s> 0\n</s> 0\nthe 3\n")
+    with pytest.raises(DataConfigError, match="'zebra' is not in the vocabulary"):
+        load_vocabulary(str(path)).encode(["the", "zebra"])
+
+
+def test_count_vocabulary_writes_the_reference_layout(tmp_path, capsys):
+    text = tmp_path / "train.txt"
+    text.write_text("b a b\nc b a\n")
+    main([str(text), "--output", str(tmp_path / "vocab.txt")])
+    assert (tmp_path / "vocab.txt").read_text() == "<s> 0\n</s> 0\nb 3\na 2\nc 1\n"
+    assert "wrote 5 words" in capsys.readouterr().out
+    assert count_vocabulary(lines_of("x y x\n")).words == (START, END, "x", "y")
+
+
+def test_vocabulary_errors_name_the_culprit(tmp_path):
     with pytest.raises(DataConfigError, match="vocabulary file not found: '/nonexistent'"):
         load_vocabulary("/nonexistent")
-    (tmp_path / "bad.txt").write_text("a\nb\n")
-    with pytest.raises(DataConfigError, match="must start with '<unk>', '<eos>'"):
-        load_vocabulary(str(tmp_path / "bad.txt"))
+    (tmp_path / "no_eos.txt").write_text("a\nb\n")
+    with pytest.raises(DataConfigError, match="needs an end-of-sentence token"):
+        load_vocabulary(str(tmp_path / "no_eos.txt"))
+    (tmp_path / "mixed.txt").write_text("<s> 0\n</s> 0\nthe\n")
+    with pytest.raises(DataConfigError, match="line 3 is 'the'"):
+        load_vocabulary(str(tmp_path / "mixed.txt"))
+    (tmp_path / "twice.txt").write_text("<eos>\na\na\n")
+    with pytest.raises(DataConfigError, match="lists 'a' twice"):
+        load_vocabulary(str(tmp_path / "twice.txt"))
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def _task(tmp_path, consecutive=3, seq_length=5, **kw) -> WordLMTask:
+    rng = np.random.default_rng(0)
+    lines = [" ".join(f"w{i}" for i in rng.integers(0, 40, rng.integers(3, 9))) for _ in range(300)]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return WordLMTask(str(path), seq_length=seq_length, consecutive_segments=consecutive, **kw)
+
+
+def test_consecutive_batches_read_consecutive_text(tmp_path):
+    """data_utils.py create_data_pipeline(consecutive=n) / lm.py train_step: batch_size
+    contiguous streams; step s+1 reads the tokens right after step s in every stream, for
+    train_consecutive steps; then the state resets (step % n == 0) and the streams move on
+    to the next block; the reference feeds <s> as the first input after a reset."""
+    task = _task(tmp_path, consecutive=3, seq_length=5)
+    train, B, T, C = task.corpus.train, 4, 5, 3
+    batches = [task.train_batch(seed=0, step=s, batch_size=B) for s in range(1, 3 * C + 1)]
+    skip = task.skip(0)
+    assert 0 <= skip < T
+    for s, batch in enumerate(batches, start=1):
+        block, k = divmod(s - 1, C)
+        assert batch["reset"].tolist() == [float(k == 0)] * B
+        np.testing.assert_array_equal(batch["weights"], np.ones((B, T)))
+        for row in range(B):
+            first = skip + (block * B + row) * C * T + k * T  # `blocks` is large here.
+            np.testing.assert_array_equal(batch["targets"][row], train[first + 1 : first + T + 1])
+            expected_inputs = train[first : first + T].copy()
+            if k == 0:
+                expected_inputs[0] = task.vocab.start_id
+            np.testing.assert_array_equal(batch["inputs"][row], expected_inputs)
+        if k > 0:  # The next segment continues where the previous one stopped.
+            np.testing.assert_array_equal(batch["inputs"][:, 0], batches[s - 2]["targets"][:, -1])
+    # The streams of a block tile the text: stream after stream, segment after segment.
+    block = np.concatenate([b["targets"] for b in batches[:C]], axis=1).reshape(-1)
+    np.testing.assert_array_equal(block, train[skip + 1 : skip + 1 + B * C * T])
+
+
+def test_batches_are_a_pure_function_of_seed_and_step(tmp_path):
+    task = _task(tmp_path)
+    a = task.train_batch(seed=0, step=7, batch_size=4)
+    b = task.train_batch(seed=0, step=7, batch_size=4)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    half = task.train_batch(seed=0, step=7, batch_size=4, rows=slice(2, 4))
+    np.testing.assert_array_equal(half["inputs"], a["inputs"][2:])
+    # Epochs repeat the blocks in order: step 1 + C * blocks is step 1 again.
+    blocks = (len(task.corpus.train) - 5) // (4 * 3 * 5)
+    again = task.train_batch(seed=0, step=1 + 3 * blocks, batch_size=4)
+    np.testing.assert_array_equal(
+        again["targets"], task.train_batch(seed=0, step=1, batch_size=4)["targets"]
+    )
+    # The seed draws the skip (the reference's random_skip).
+    skips = {task.skip(seed) for seed in range(20)}
+    assert len(skips) > 1 and skips <= set(range(5))
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 4, 7])
+def test_eval_covers_the_held_out_text_exactly_once(tmp_path, batch_size):
+    """lm.py eval_data_fn / Evaluator: every held-out token is a target exactly once, the
+    text read in order (batch 1: one stream, <s> before the first word); the state restarts
+    only at batch 0; padding has weight 0."""
+    task = _task(tmp_path)
+    val = task.corpus.val
+    n = task.eval_num_batches("val", batch_size)
+    assert n == math.ceil(math.ceil(len(val) / batch_size) / 5)
+    batches = [task.eval_batch("val", seed=0, index=i, batch_size=batch_size) for i in range(n)]
+    assert [b["reset"].tolist() for b in batches] == [[1.0] * batch_size] + [[0.0] * batch_size] * (
+        n - 1
+    )
+    inputs = np.concatenate([b["inputs"] for b in batches], axis=1)
+    targets = np.concatenate([b["targets"] for b in batches], axis=1)
+    weights = np.concatenate([b["weights"] for b in batches], axis=1)
+    np.testing.assert_array_equal(targets[weights == 1], val)  # Row-major: stream by stream.
+    text = np.concatenate([[task.vocab.start_id], val])
+    np.testing.assert_array_equal(inputs[weights == 1], text[:-1])
+    assert weights.sum() == len(val)
+    # Padding only at the end of a stream.
+    for row in weights:
+        assert np.all(np.diff(row) <= 0)
+    part = task.eval_batch("val", seed=0, index=1, batch_size=batch_size, rows=slice(0, 1))
+    np.testing.assert_array_equal(part["targets"], batches[1]["targets"][:1])
+
+
+def test_train_split_evaluation_reads_a_prefix_of_the_training_text(tmp_path):
+    task = _task(tmp_path)
+    n = task.eval_num_batches("train", 2)
+    batches = [task.eval_batch("train", seed=0, index=i, batch_size=2) for i in range(n)]
+    targets = np.concatenate([b["targets"] for b in batches], axis=1)
+    weights = np.concatenate([b["weights"] for b in batches], axis=1)
+    np.testing.assert_array_equal(targets[weights == 1], task.corpus.train[: len(task.corpus.val)])
 
 
 def test_task_on_tiny_shakespeare(tmp_path):
@@ -46,21 +197,34 @@ def test_task_on_tiny_shakespeare(tmp_path):
         str(SHAKESPEARE), seq_length=32, max_vocab=2000, save_vocab_path=str(vocab_path)
     )
     assert task.model_kwargs() == {"vocab_size": 2000}
-    batch = task.train_batch(seed=0, step=1, batch_size=4)
-    assert batch["inputs"].shape == (4, 32)
-    np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
-    again = task.train_batch(seed=0, step=1, batch_size=4)
-    np.testing.assert_array_equal(batch["inputs"], again["inputs"])
-    other = task.train_batch(seed=0, step=2, batch_size=4)
-    assert not np.array_equal(batch["inputs"], other["inputs"])
-    half = task.train_batch(seed=0, step=1, batch_size=4, rows=slice(2, 4))
-    np.testing.assert_array_equal(half["inputs"], batch["inputs"][2:])
+    assert task.state_collections == ("carry",)
+    assert task.units_per_example == 32
+    # The last 10% of the tokens held out.
+    total = len(task.corpus.train) + len(task.corpus.val)
+    assert len(task.corpus.train) == int(total * 0.9)
+    # One block per epoch without consecutive_segments.
+    assert task.consecutive(32) == (len(task.corpus.train) - 32) // (32 * 32)
     # The saved vocabulary reproduces the same ids when given by path.
     from_file = WordLMTask(str(SHAKESPEARE), seq_length=32, vocab_path=str(vocab_path))
     np.testing.assert_array_equal(from_file.corpus.val, task.corpus.val)
     # Out-of-vocabulary words are <unk>: about the share of rare words.
-    unk_share = float(np.mean(task.corpus.val == 0))
+    unk_share = float(np.mean(task.corpus.val == task.vocab.unk_id))
     assert 0.02 < unk_share < 0.3
+    assert LINE_END is None
+
+
+def test_task_with_a_reference_vocabulary_starts_with_s(tmp_path):
+    """lm.py: with the reference's vocabulary, lines end with </s> and <s> is the first
+    input of every stream after a reset."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a b c d\n" * 40)
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("<s> 0\n</s> 0\na 40\nb 40\nc 40\nd 40\n")
+    task = WordLMTask(str(corpus), seq_length=4, consecutive_segments=2, vocab_path=str(vocab))
+    assert task.corpus.train[:6].tolist() == [2, 3, 4, 5, 1, 2]
+    batch = task.train_batch(seed=0, step=1, batch_size=2)
+    assert batch["inputs"][:, 0].tolist() == [0, 0]
+    assert task.eval_batch("val", seed=0, index=0, batch_size=1)["inputs"][0, 0] == 0
 
 
 def test_task_errors_name_the_culprit(tmp_path):
@@ -70,3 +234,6 @@ def test_task_errors_name_the_culprit(tmp_path):
     small.write_text("a b c\n" * 10)
     with pytest.raises(DataConfigError, match="seq_length=64 does not fit"):
         WordLMTask(str(small), seq_length=64)
+    task = WordLMTask(str(small), seq_length=2, consecutive_segments=3)
+    with pytest.raises(DataConfigError, match="fewer than BATCH_SIZE=8 streams"):
+        task.train_batch(seed=0, step=1, batch_size=8)

@@ -23,12 +23,13 @@ TINY = [
 
 
 def run_cmd(
-    model_dir, *extra, gin_file="runs/quickstart_adamw.gin", steps=60, tiny=True
+    model_dir, *extra, experiment="quickstart", optimizer="adamw", steps=60, tiny=True
 ) -> list[str]:
     return [
         PYTHON,
         str(REPO / "launch" / "run.py"),
-        f"--gin_file={gin_file}",
+        f"--gin_file=experiments/{experiment}.gin",
+        f"--optimizer={optimizer}",
         f"--gin.MODEL_DIR='{model_dir}'",
         f"--gin.TRAIN_STEPS={steps}",
         *(TINY if tiny else []),

@@ -7,9 +7,12 @@ import math
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.launch.harness_helpers import PYTHON, REPO, TINY, env_with
 
 
+@pytest.mark.slow
 def test_compare_trains_summarizes_and_resummarizes(tmp_path: Path):
     parent, results = tmp_path / "runs", tmp_path / "results"
     cmd = [

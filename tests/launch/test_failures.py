@@ -10,14 +10,14 @@ from launch import run as run_cli
 from tests.launch.harness_helpers import run, run_cmd
 
 CASES = [
-    (["--gin_file=runs/no_such_file.gin"], "no_such_file.gin"),
+    (["--gin_file=experiments/no_such_file.gin"], "no_such_file.gin"),
     (["--gin.TRAIN_STEP=5"], "unknown gin macro 'TRAIN_STEP'"),
     (["--gin.train.no_such_setting=1"], "no_such_setting"),
     (["--gin.no_such_configurable.x=1"], "no_such_configurable"),
     (["--gin.BATCH_SIZE=0"], "BATCH_SIZE must be a positive integer"),
     (["--gin.gpt_model.num_heads=3"], "not divisible by num_heads=3"),
     (
-        ["--gin.CORPUS_PATH='/no/such/corpus.txt'", "--gin_file=runs/nanogpt_cpu_adamw.gin"],
+        ["--gin.CORPUS_PATH='/no/such/corpus.txt'", "--gin_file=experiments/nanogpt_cpu.gin"],
         "corpus file not found: '/no/such/corpus.txt' (gin binding CORPUS_PATH)",
     ),
 ]
@@ -36,6 +36,13 @@ def test_bad_configuration_fails_before_training(tmp_path: Path, capsys, extra, 
     err = capsys.readouterr().err
     assert message in err, err[-2000:]
     assert not (d / "metrics.jsonl").exists()
+
+
+def test_an_experiment_without_an_optimizer_names_the_choices(tmp_path: Path, capsys):
+    argv = ["--gin_file=experiments/quickstart.gin", f"--gin.MODEL_DIR='{tmp_path / 'run'}'"]
+    assert run_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no optimizer: pass --optimizer=adamw|amos" in err, err
 
 
 def test_exit_status_and_message_in_a_subprocess(tmp_path: Path):

@@ -1,6 +1,6 @@
 """Every model family of the paper through launch/run.py at tiny size, Amos and AdamW.
 
-Each run takes the family's CPU-scale run file (gin_configs/runs/<family>_cpu_*.gin) cut
+Each run takes the family's CPU-scale experiment (gin_configs/experiments/<family>_cpu.gin) cut
 to 30 steps: the loss falls, evaluation runs, the Amos run resumes from its checkpoint,
 and Amos' slots stay within the paper's memory claim against AdamW's.
 """
@@ -15,6 +15,8 @@ import pytest
 
 from tests.launch.harness_helpers import metrics, run, run_cmd
 
+pytestmark = pytest.mark.slow  # About a minute per family: `make test-all` runs them.
+
 FAMILIES = ["lstm", "resnet", "bert", "rope", "rpe", "t5"]
 SHORT = [
     "--gin.EVAL_EVERY=15",
@@ -25,12 +27,12 @@ SHORT = [
 
 
 def train(family: str, optimizer: str, model_dir: Path, steps: int = 30):
-    extra = ["--gin.ADAMW_WARMUP_STEPS=3"] if optimizer == "adamw" else []
     cmd = run_cmd(
         model_dir,
         *SHORT,
-        *extra,
-        gin_file=f"runs/{family}_cpu_{optimizer}.gin",
+        "--gin.WARMUP_STEPS=3",
+        experiment=f"{family}_cpu",
+        optimizer=optimizer,
         steps=steps,
         tiny=False,
     )
@@ -67,5 +69,6 @@ def test_family_trains_evaluates_and_resumes(family: str, tmp_path: Path):
     assert steps == [15, 30, 36]
 
     ratio = slot_bytes["amos"] / slot_bytes["adamw"]
-    # The paper's LSTM runs Amos without momentum: almost no slots at all.
-    assert ratio <= (0.01 if family == "lstm" else 0.51), ratio
+    # The paper's LSTM runs Amos without momentum: only factored slots. At this width (64)
+    # the tied embedding's (vocab, 1) slots are 1.3% of AdamW's (0.3% at PTB size).
+    assert ratio <= (0.02 if family == "lstm" else 0.51), ratio

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import pytest
 
 from launch.compare import first_reach, mean_curve
-from launch.optimizers import adamw_cosine_optimizer, nanogpt_lr
+from launch.optimizers import adamw_optimizer, amos_optimizer, nanogpt_lr
 
 
 def test_nanogpt_schedule_matches_get_lr():
@@ -27,18 +28,24 @@ def test_nanogpt_schedule_matches_get_lr():
             )
         )
         assert math.isclose(got, get_lr(it), rel_tol=1e-5), it
-    spec = adamw_cosine_optimizer(2000)
+    spec = adamw_optimizer(
+        2000,
+        learning_rate=1e-3,
+        warmup_steps=100,
+        schedule="nanogpt_cosine",
+        min_learning_rate=1e-4,
+    )
     assert math.isclose(spec.learning_rate(1), get_lr(0), rel_tol=1e-5)
 
 
 def test_adamw_decays_matrices_only():
-    spec = adamw_cosine_optimizer(
+    spec = adamw_optimizer(
         10,
         learning_rate=0.1,
         warmup_steps=0,
-        min_learning_rate=0.1,
+        schedule="constant",
         weight_decay=0.5,
-        clip_global_norm=None,
+        decay_mask="matrices",
     )
     params = {"k": jnp.ones((2, 2)), "scale": jnp.ones((2,))}
     grads = {"k": jnp.zeros((2, 2)), "scale": jnp.zeros((2,))}
@@ -70,16 +77,59 @@ def test_mean_curve_averages_shared_steps():
 
 
 def test_paper_adamw_baseline_schedule():
-    amos = pytest.importorskip("amos")
-    if not hasattr(amos, "adamw_baseline"):
-        pytest.skip("amos.adamw_baseline not available yet")
-    from launch.optimizers import adamw_baseline_optimizer
-
-    spec = adamw_baseline_optimizer(100, learning_rate=1e-3, warmup_steps=10)
+    spec = adamw_optimizer(100, learning_rate=1e-3, warmup_steps=10)
     # Linear warmup to the peak at step 10, then linear decay to 0 at the last step.
+    assert spec.learning_rate(1) == 0.0
+    assert spec.learning_rate(6) == pytest.approx(0.5e-3, rel=1e-6)
     assert spec.learning_rate(11) == pytest.approx(1e-3, rel=1e-5)
     assert spec.learning_rate(56) == pytest.approx(0.5e-3, rel=1e-3)
     assert spec.learning_rate(101) == pytest.approx(0.0, abs=1e-9)
+    # The paper's mask: biases and normalization scales are not decayed.
+    params = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}
+    grads = {"dense": {"kernel": jnp.zeros((2, 2)), "bias": jnp.zeros(2)}}
+    spec = adamw_optimizer(10, learning_rate=0.1, warmup_steps=0, schedule="constant")
+    updates, _ = spec.tx.update(grads, spec.tx.init(params), params)
+    assert float(updates["dense"]["kernel"][0, 0]) == pytest.approx(-0.1 * 0.01)
+    assert float(updates["dense"]["bias"][0]) == 0.0
+
+
+def test_constant_adam_schedule_of_the_lstm_baseline():
+    """jestimator/models/lstm/lm.py: optax.adam at a constant 5e-4, no warmup."""
+    spec = adamw_optimizer(
+        1000, learning_rate=5e-4, warmup_steps=0, schedule="constant", weight_decay=0.0
+    )
+    assert [spec.learning_rate(t) for t in (1, 2, 500, 1000)] == [5e-4] * 4
+
+
+def test_amos_xi_warmup_first_values():
+    """jestimator/models/bert/pretrain.py: ``lr_schedule(step) = lr * min(1, step /
+    warmup_steps)``, given to amos.amos, which calls it with the 1-based step."""
+    spec = amos_optimizer(1000, xi=0.05, warmup_steps=4, momentum=0.9, clip_value=1.0)
+    got = [spec.learning_rate(t) for t in (1, 2, 3, 4, 5, 100)]
+    assert got == pytest.approx([0.0125, 0.025, 0.0375, 0.05, 0.05, 0.05], rel=1e-6)
+    assert amos_optimizer(10, xi=0.05).learning_rate(1) == 0.05  # warmup 0: constant
+
+
+def test_amos_warmup_is_the_update_amos_takes():
+    """The first update is Amos' with xi / warmup_steps, the second with 2 xi / warmup."""
+    import amos
+
+    params = {"dense": {"kernel": jnp.arange(6.0).reshape(2, 3) / 10, "bias": jnp.ones(3)}}
+    grads = jax.tree_util.tree_map(lambda p: jnp.cos(p) - 0.3, params)
+    warm = amos_optimizer(100, xi=0.1, warmup_steps=10, beta=0.9).tx
+    state = warm.init(params)
+    for step in (1, 2):
+        by_hand = amos.amos(
+            0.1 * step / 10, amos.default_eta_fn(), amos.default_shape_fn(), beta=0.9
+        )
+        hand_state = by_hand.init(params)
+        if step == 2:  # Replay step 1 at its own xi, then compare step 2.
+            first = amos.amos(0.01, amos.default_eta_fn(), amos.default_shape_fn(), beta=0.9)
+            _, hand_state = first.update(grads, first.init(params), params)
+        expected, _ = by_hand.update(grads, hand_state, params)
+        updates, state = warm.update(grads, state, params)
+        for a, b in zip(jax.tree_util.tree_leaves(updates), jax.tree_util.tree_leaves(expected)):
+            assert jnp.allclose(a, b, rtol=1e-6, atol=1e-9), step
 
 
 def test_multihost_detection():
@@ -91,3 +141,24 @@ def test_multihost_detection():
     assert multihost_detected({"TPU_WORKER_HOSTNAMES": "a,b"})
     assert not multihost_detected({"TPU_WORKER_HOSTNAMES": "localhost"})
     assert multihost_detected({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"})
+
+
+def test_collapse_detection():
+    from launch.compare import collapse_reason
+
+    def curve(losses, accuracies):
+        return [
+            {"step": 100 * (i + 1), "loss": loss, "accuracy": acc}
+            for i, (loss, acc) in enumerate(zip(losses, accuracies, strict=True))
+        ]
+
+    # The stuck BERT seeds of the first CPU comparison: a constant most-frequent guess.
+    stuck = curve([3.35, 3.31, 3.312, 3.311, 3.312], [0.1524] * 5)
+    assert "eval loss 3.3500" in collapse_reason(stuck)
+    # Learned early, then froze at a constant guess.
+    frozen = curve([4.0, 3.2, 3.19, 3.19, 3.188], [0.1, 0.1524, 0.1524, 0.1524, 0.1524])
+    assert "frozen at 0.1524" in collapse_reason(frozen)
+    assert collapse_reason(curve([3.3, 2.5, 2.1, 1.9], [0.15, 0.3, 0.4, 0.45])) is None
+    # A solved classifier keeps accuracy 1.0: not a collapse.
+    assert collapse_reason(curve([1.0, 0.1, 0.05, 0.049], [0.8, 1.0, 1.0, 1.0])) is None
+    assert "nan" in collapse_reason(curve([3.0, float("nan")], [0.1, 0.1]))
