@@ -86,38 +86,54 @@ def first_reach(curve: list[dict], target: float, key: str) -> float | None:
     return None
 
 
-# A run "collapsed" when training did not move it: its eval loss improved by less than
-# COLLAPSE_MIN_IMPROVEMENT (relative) from the first evaluation to the last, or its eval
-# accuracy stayed the same (to COLLAPSE_ACCURACY_TOL) over its last COLLAPSE_EVALS
-# evaluations while the loss stayed within COLLAPSE_MIN_IMPROVEMENT too (a constant
-# guess, e.g. the most frequent token). Such a run is a finding to explain, not a data
-# point to average: the summary flags it and README shows the flag.
-COLLAPSE_MIN_IMPROVEMENT = 0.02
+# Two findings to explain, not data points to average; the summary and README flag them.
+# A run COLLAPSED when it ends non-finite, or predicts a constant: its eval accuracy stays
+# the same (to COLLAPSE_ACCURACY_TOL) over its last COLLAPSE_EVALS evaluations while its
+# loss stays flat (improves by less than MIN_IMPROVEMENT, relative), e.g. the most
+# frequent token at accuracy 0.1524 of the first BERT runs. A run STALLED when it learned
+# early and then stopped: its eval loss improves by less than MIN_IMPROVEMENT from the
+# first evaluation to the last, while its predictions still change.
+MIN_IMPROVEMENT = 0.02
 COLLAPSE_EVALS = 3
 COLLAPSE_ACCURACY_TOL = 1e-4
 
 
+def _improved(before: float, after: float) -> bool:
+    return after <= before * (1 - MIN_IMPROVEMENT)
+
+
 def collapse_reason(curve: list[dict]) -> str | None:
-    """Why an eval curve looks collapsed (see COLLAPSE_*), or None when it learned."""
-    if len(curve) < 2:
+    """Why an eval curve looks collapsed (see above), or None."""
+    if not curve:
         return None
-    first, last = curve[0]["loss"], curve[-1]["loss"]
+    last = curve[-1]["loss"]
     if not math.isfinite(last):
         return f"final eval loss is {last}"
-    if last > first * (1 - COLLAPSE_MIN_IMPROVEMENT):
-        return f"eval loss {first:.4f} at step {curve[0]['step']} -> {last:.4f} at the end"
     tail = curve[-COLLAPSE_EVALS:]
     accuracies = [r.get("accuracy") for r in tail]
-    if len(tail) == COLLAPSE_EVALS and None not in accuracies:
-        frozen = max(accuracies) - min(accuracies) <= COLLAPSE_ACCURACY_TOL
-        flat = tail[-1]["loss"] > tail[0]["loss"] * (1 - COLLAPSE_MIN_IMPROVEMENT)
-        if frozen and flat and max(accuracies) < 1.0:
-            return (
-                f"eval accuracy frozen at {accuracies[-1]:.4f} and loss flat "
-                f"({tail[0]['loss']:.4f} -> {tail[-1]['loss']:.4f}) over the last "
-                f"{COLLAPSE_EVALS} evaluations"
-            )
+    if len(tail) < COLLAPSE_EVALS or None in accuracies or max(accuracies) >= 1.0:
+        return None  # A solved classifier keeps accuracy 1.0: not a collapse.
+    frozen = max(accuracies) - min(accuracies) <= COLLAPSE_ACCURACY_TOL
+    if frozen and not _improved(tail[0]["loss"], tail[-1]["loss"]):
+        return (
+            f"eval accuracy frozen at {accuracies[-1]:.4f} and loss flat "
+            f"({tail[0]['loss']:.4f} -> {tail[-1]['loss']:.4f}) over the last "
+            f"{COLLAPSE_EVALS} evaluations"
+        )
     return None
+
+
+def stall_reason(curve: list[dict]) -> str | None:
+    """Why an eval curve looks stalled (see above), or None."""
+    if len(curve) < 2 or collapse_reason(curve) is not None:
+        return None
+    first, last = curve[0]["loss"], curve[-1]["loss"]
+    if _improved(first, last):
+        return None
+    return (
+        f"eval loss {first:.4f} at step {curve[0]['step']} -> {last:.4f} at step "
+        f"{curve[-1]['step']} (less than {MIN_IMPROVEMENT:.0%} better)"
+    )
 
 
 def mean_curve(curves: list[list[dict]]) -> list[dict]:
@@ -197,6 +213,11 @@ def summarize(
                 str(r["seed"]): reason
                 for r in rs
                 if (reason := collapse_reason(r["curve"])) is not None
+            },
+            "stalled_runs": {
+                str(r["seed"]): reason
+                for r in rs
+                if (reason := stall_reason(r["curve"])) is not None
             },
         }
     b = per_opt[base]
@@ -284,14 +305,17 @@ def markdown(s: dict) -> str:
             f"{_fmt(v['time_ratio_to_baseline'], '.3f')} | {v['slot_bytes']} | "
             f"{_fmt(v['slot_bytes_ratio_to_baseline'], '.3f')} |"
         )
-    collapsed = [
-        f"- {opt} seed {seed}: {reason}"
-        for opt, v in s["optimizers"].items()
-        for seed, reason in v.get("collapsed_runs", {}).items()
-    ]
-    if collapsed:
-        lines += ["", "COLLAPSED runs (training did not move them; see launch/compare.py):"]
-        lines += collapsed
+    for key, title in [
+        ("collapsed_runs", "COLLAPSED runs (non-finite, or a constant prediction)"),
+        ("stalled_runs", "STALLED runs (learned early, then the eval loss stopped falling)"),
+    ]:
+        flagged = [
+            f"- {opt} seed {seed}: {reason}"
+            for opt, v in s["optimizers"].items()
+            for seed, reason in v.get(key, {}).items()
+        ]
+        if flagged:
+            lines += ["", f"{title}; see launch/compare.py:", *flagged]
     if "anchor_check" in s:
         a = s["anchor_check"]
         lines += [

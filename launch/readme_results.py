@@ -56,13 +56,14 @@ def block(results_dir: Path) -> str:
                 f"({_fmt(v['slot_bytes_ratio_to_baseline'], '.2f')}) |"
             )
         out += ["", f"Target: {s['target_definition']} = {s['target_eval_loss']:.4f}.", ""]
-        collapsed = [
-            f"{opt} seed {seed} ({reason})"
-            for opt, v in s["optimizers"].items()
-            for seed, reason in v.get("collapsed_runs", {}).items()
-        ]
-        if collapsed:
-            out += ["COLLAPSED: " + "; ".join(collapsed) + ".", ""]
+        for key, label in [("collapsed_runs", "COLLAPSED"), ("stalled_runs", "STALLED")]:
+            flagged = [
+                f"{opt} seed {seed} ({reason})"
+                for opt, v in s["optimizers"].items()
+                for seed, reason in v.get(key, {}).items()
+            ]
+            if flagged:
+                out += [f"{label}: " + "; ".join(flagged) + ".", ""]
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -143,8 +143,8 @@ def test_multihost_detection():
     assert multihost_detected({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"})
 
 
-def test_collapse_detection():
-    from launch.compare import collapse_reason
+def test_collapse_and_stall_detection():
+    from launch.compare import collapse_reason, stall_reason
 
     def curve(losses, accuracies):
         return [
@@ -154,11 +154,17 @@ def test_collapse_detection():
 
     # The stuck BERT seeds of the first CPU comparison: a constant most-frequent guess.
     stuck = curve([3.35, 3.31, 3.312, 3.311, 3.312], [0.1524] * 5)
-    assert "eval loss 3.3500" in collapse_reason(stuck)
+    assert "frozen at 0.1524" in collapse_reason(stuck) and stall_reason(stuck) is None
     # Learned early, then froze at a constant guess.
     frozen = curve([4.0, 3.2, 3.19, 3.19, 3.188], [0.1, 0.1524, 0.1524, 0.1524, 0.1524])
     assert "frozen at 0.1524" in collapse_reason(frozen)
-    assert collapse_reason(curve([3.3, 2.5, 2.1, 1.9], [0.15, 0.3, 0.4, 0.45])) is None
-    # A solved classifier keeps accuracy 1.0: not a collapse.
-    assert collapse_reason(curve([1.0, 0.1, 0.05, 0.049], [0.8, 1.0, 1.0, 1.0])) is None
+    learned = curve([3.3, 2.5, 2.1, 1.9], [0.15, 0.3, 0.4, 0.45])
+    assert collapse_reason(learned) is None and stall_reason(learned) is None
+    # A plateau that still changes its predictions: stalled, not collapsed.
+    plateau = curve([3.1435, 3.1433, 3.1356, 3.1238, 3.1381], [0.219, 0.213, 0.218, 0.219, 0.214])
+    assert collapse_reason(plateau) is None
+    assert "3.1435 at step 100 -> 3.1381 at step 500" in stall_reason(plateau)
+    # A solved classifier keeps accuracy 1.0: neither.
+    solved = curve([1.0, 0.1, 0.05, 0.049], [0.8, 1.0, 1.0, 1.0])
+    assert collapse_reason(solved) is None and stall_reason(solved) is None
     assert "nan" in collapse_reason(curve([3.0, float("nan")], [0.1, 0.1]))
