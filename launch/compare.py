@@ -89,7 +89,7 @@ def first_reach(curve: list[dict], target: float, key: str) -> float | None:
 # Two findings to explain, not data points to average; the summary and README flag them.
 # A run COLLAPSED when it ends non-finite, or predicts a constant: its eval accuracy stays
 # the same (to COLLAPSE_ACCURACY_TOL) over its last COLLAPSE_EVALS evaluations while its
-# loss stays flat (improves by less than MIN_IMPROVEMENT, relative), e.g. the most
+# loss stays flat (moves by less than MIN_IMPROVEMENT, relative, either way), e.g. the most
 # frequent token at accuracy 0.1524 of the first BERT runs. A run STALLED when it learned
 # early and then stopped: its eval loss improves by less than MIN_IMPROVEMENT from the
 # first evaluation to the last, while its predictions still change.
@@ -114,7 +114,8 @@ def collapse_reason(curve: list[dict]) -> str | None:
     if len(tail) < COLLAPSE_EVALS or None in accuracies or max(accuracies) >= 1.0:
         return None  # A solved classifier keeps accuracy 1.0: not a collapse.
     frozen = max(accuracies) - min(accuracies) <= COLLAPSE_ACCURACY_TOL
-    if frozen and not _improved(tail[0]["loss"], tail[-1]["loss"]):
+    flat = abs(tail[-1]["loss"] - tail[0]["loss"]) < MIN_IMPROVEMENT * abs(tail[0]["loss"])
+    if frozen and flat:
         return (
             f"eval accuracy frozen at {accuracies[-1]:.4f} and loss flat "
             f"({tail[0]['loss']:.4f} -> {tail[-1]['loss']:.4f}) over the last "

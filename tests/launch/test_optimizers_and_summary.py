@@ -164,6 +164,10 @@ def test_collapse_and_stall_detection():
     plateau = curve([3.1435, 3.1433, 3.1356, 3.1238, 3.1381], [0.219, 0.213, 0.218, 0.219, 0.214])
     assert collapse_reason(plateau) is None
     assert "3.1435 at step 100 -> 3.1381 at step 500" in stall_reason(plateau)
+    # A converged classifier whose accuracy on a small eval set stops changing while its
+    # loss still moves (the ResNet on digits): not a collapse.
+    converged = curve([0.5, 0.0384, 0.041, 0.0443], [0.9, 0.9844, 0.9844, 0.9844])
+    assert collapse_reason(converged) is None
     # A solved classifier keeps accuracy 1.0: neither.
     solved = curve([1.0, 0.1, 0.05, 0.049], [0.8, 1.0, 1.0, 1.0])
     assert collapse_reason(solved) is None and stall_reason(solved) is None
