@@ -1,7 +1,8 @@
 """Registers with gin everything the config files name; `amos/` and `experiments/` stay
 free of gin. Importing this module is what makes the models (`@gpt_model`, `@bert_model`,
-`@t5_model`, `@lstm_model`, `@resnet_model`), the tasks (`@CharTextTask()`, ...), each
-family's Amos `eta_fn`/`shape_fn` and the optimizer factories resolvable."""
+`@t5_model`, `@lstm_model`, `@resnet_model`), the tasks (`@CharTextTask()`, ...) and the
+optimizer factories resolvable. Each family's Amos eta and slot rules are plain rule maps
+bound in its model gin file (`amos_optimizer.gains`, `eta_overrides`, `shape_overrides`)."""
 
 from __future__ import annotations
 
@@ -70,8 +71,3 @@ for _fn, _name in [
     gin.external_configurable(_fn, _name)
 gin.external_configurable(optimizers.amos_optimizer, "amos_optimizer")
 gin.external_configurable(optimizers.adamw_optimizer, "adamw_optimizer")
-# Constants that gin files reference (`X = %NAME`; none at present); run.py writes
-# their values into config.gin, which otherwise shows only their names.
-CONSTANTS: dict[str, object] = {}
-for _name, _value in CONSTANTS.items():
-    gin.constant(_name, _value)

@@ -293,14 +293,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write_config(model_dir: str) -> None:
-    from launch.configurables import CONSTANTS
-
-    text = gin.operative_config_str()
-    used = [f"# {k} = {v!r}" for k, v in CONSTANTS.items() if f"%{k}" in text]
-    if used:
-        text += "\n# Values of the gin constants used above:\n" + "\n".join(used) + "\n"
     with open(os.path.join(model_dir, "config.gin"), "w") as f:
-        f.write(text)
+        f.write(gin.operative_config_str())
 
 
 def _write_json(path: str, obj) -> None:
