@@ -38,14 +38,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.errors import ConfigError
+
 Batch = dict[str, np.ndarray]
 LossAndMetrics = tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]
 
 NORMALIZATIONS = ("mean", "sum", "sqrt")
-
-
-class ObjectiveConfigError(ValueError):
-    """An objective setting that cannot work (an unknown loss normalization)."""
 
 
 def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -103,9 +101,7 @@ def normalized_cross_entropy(
 
 def check_normalization(normalization: str) -> None:
     if normalization not in NORMALIZATIONS:
-        raise ObjectiveConfigError(
-            f"loss_normalization={normalization!r} is not one of {NORMALIZATIONS}"
-        )
+        raise ConfigError(f"loss_normalization={normalization!r} is not one of {NORMALIZATIONS}")
 
 
 @dataclasses.dataclass(frozen=True)

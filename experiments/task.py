@@ -20,14 +20,10 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from experiments.errors import ConfigError
 from experiments.objectives import LossAndMetrics, Objective
 
 Batch = dict[str, np.ndarray]
-
-
-class DataConfigError(ValueError):
-    """A data setting that cannot work (missing corpus, window longer than the split, a
-    split that has no batches)."""
 
 
 # Distinct random streams per (split, purpose): the training batches and the fixed
@@ -43,7 +39,7 @@ def batch_stream(split: str, purpose: str) -> int:
     """The stream number of batches of ``split`` ('train', 'val') drawn for ``purpose``
     ('train', 'eval')."""
     if (split, purpose) not in BATCH_STREAMS:
-        raise DataConfigError(
+        raise ConfigError(
             f"no batches for split={split!r}, purpose={purpose!r}; training uses "
             f"split 'train', evaluation 'val' or 'train'"
         )

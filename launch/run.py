@@ -32,6 +32,8 @@ if str(REPO) not in sys.path:  # Scripts run as files; make `launch`/`experiment
 
 import gin  # noqa: E402
 
+from experiments.errors import ConfigError  # noqa: E402
+
 DEFAULT_SEARCH_PATH = str(REPO / "gin_configs")
 # The arms an experiment file can be run with: gin_configs/optimizers/<name>.gin.
 OPTIMIZERS = sorted(p.stem for p in (REPO / "gin_configs" / "optimizers").glob("*.gin"))
@@ -244,12 +246,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ERROR: gin configuration: {e}", file=sys.stderr)
         return 2
 
-    from experiments.data.char_text import DataConfigError
     from launch import train as train_lib
 
     try:
         trainer = train_lib.train(build_only=True)
-    except (train_lib.ConfigError, DataConfigError) as e:
+    except ConfigError as e:
         print(f"ERROR: configuration: {e}", file=sys.stderr)
         return 2
     except (ValueError, TypeError) as e:  # e.g. a model setting the model rejects

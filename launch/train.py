@@ -27,12 +27,9 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from experiments.errors import ConfigError
 from launch.optimizers import OptimizerSpec, slot_bytes
 from launch.summary_writer import ScalarWriter, read_metrics
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; raised before any training step."""
 
 
 class TrainingDiverged(RuntimeError):

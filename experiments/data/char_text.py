@@ -15,8 +15,9 @@ import os
 
 import numpy as np
 
+from experiments.errors import ConfigError
 from experiments.objectives import CausalLM
-from experiments.task import DataConfigError, ObjectiveTask, batch_rng
+from experiments.task import ObjectiveTask, batch_rng
 
 TRAIN_FRACTION = 0.9  # nanoGPT's split.
 
@@ -48,13 +49,13 @@ def corpus_from_text(text: str, train_fraction: float = TRAIN_FRACTION) -> CharC
 
 def load_corpus(path: str, train_fraction: float = TRAIN_FRACTION) -> CharCorpus:
     if not path:
-        raise DataConfigError("no corpus path given (gin binding CORPUS_PATH)")
+        raise ConfigError("no corpus path given (gin binding CORPUS_PATH)")
     if not os.path.isfile(path):
-        raise DataConfigError(f"corpus file not found: {path!r} (gin binding CORPUS_PATH)")
+        raise ConfigError(f"corpus file not found: {path!r} (gin binding CORPUS_PATH)")
     with open(path, encoding="utf-8") as f:
         text = f.read()
     if len(text) < 2:
-        raise DataConfigError(f"corpus file {path!r} is empty")
+        raise ConfigError(f"corpus file {path!r} is empty")
     return corpus_from_text(text, train_fraction)
 
 
@@ -94,7 +95,7 @@ def window_starts(
     """Start offsets of `batch_size` windows of `block_size + 1` tokens (inputs and the
     next-token targets), uniform with replacement, as nanoGPT draws them."""
     if n_tokens <= block_size:
-        raise DataConfigError(f"split has {n_tokens} tokens, not more than block_size={block_size}")
+        raise ConfigError(f"split has {n_tokens} tokens, not more than block_size={block_size}")
     return rng.integers(0, n_tokens - block_size, size=batch_size)
 
 
@@ -142,7 +143,7 @@ class WindowedLMTask(ObjectiveTask):
 
     def check_fits(self, name: str = "block_size") -> None:
         if self.block_size >= min(len(self.corpus.train), len(self.corpus.val)):
-            raise DataConfigError(
+            raise ConfigError(
                 f"{name}={self.block_size} does not fit the splits "
                 f"({len(self.corpus.train)} train / {len(self.corpus.val)} val tokens)"
             )

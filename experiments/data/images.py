@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from experiments.errors import ConfigError
 from experiments.objectives import Classification
-from experiments.task import DataConfigError, ObjectiveTask, batch_rng
+from experiments.task import ObjectiveTask, batch_rng
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
@@ -65,11 +66,11 @@ def _tfds_builder(name: str, data_dir: str):
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # tfds raises several types for unknown names.
-        raise DataConfigError(
+        raise ConfigError(
             f"tfds dataset {name!r} is unknown or unreadable in data_dir {data_dir!r}: {e}"
         ) from None
     if not builder.is_prepared():
-        raise DataConfigError(
+        raise ConfigError(
             f"tfds dataset {name!r} is not prepared in data_dir {data_dir!r}; "
             "prepare it there first (nothing is downloaded at run time)."
         )
@@ -86,7 +87,7 @@ def load_tfds_images(
     arrays = {}
     for split in (train_split, val_split):
         if split not in builder.info.splits:
-            raise DataConfigError(
+            raise ConfigError(
                 f"tfds dataset {name!r} in {data_dir!r} has no split "
                 f"{split!r}; it has {sorted(builder.info.splits)}"
             )
@@ -104,7 +105,7 @@ def augment(images: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarr
     if kind == "none":
         return images
     if kind not in ("cifar", "digits"):
-        raise DataConfigError(
+        raise ConfigError(
             f"augmentation {kind!r} runs only when streaming; in memory use "
             "'cifar', 'digits' or 'none'"
         )
@@ -150,14 +151,10 @@ class ImageClassificationTask(ObjectiveTask):
     ):
         self.objective = Classification(normalization=loss_normalization)
         if augmentation not in AUGMENTATIONS:
-            raise DataConfigError(
-                f"augmentation must be one of {AUGMENTATIONS}, got {augmentation!r}"
-            )
+            raise ConfigError(f"augmentation must be one of {AUGMENTATIONS}, got {augmentation!r}")
         self.augmentation, self.in_memory, self.image_size = augmentation, in_memory, image_size
         if dataset != "digits" and not data_dir:
-            raise DataConfigError(
-                f"tfds dataset {dataset!r} needs a data_dir (gin binding DATA_DIR)"
-            )
+            raise ConfigError(f"tfds dataset {dataset!r} needs a data_dir (gin binding DATA_DIR)")
         if not in_memory:
             self._stream = _ImageStream(
                 _tfds_builder(dataset, data_dir), train_split, val_split, augmentation, image_size

@@ -32,19 +32,16 @@ from collections.abc import Sequence
 import numpy as np
 
 from experiments.data.tokenizers import Tokenizer
+from experiments.errors import ConfigError
 
 MASK_RATE = 0.15
 MASK_TOKEN_RATE = 0.8
 RANDOM_TOKEN_RATE = 0.1
 
 
-class MlmConfigError(ValueError):
-    """An MLM setting that cannot work (no [MASK] token, bad rate, too short a stream)."""
-
-
 def check_tokenizer(tokenizer: Tokenizer) -> None:
     if tokenizer.mask_id is None:
-        raise MlmConfigError(
+        raise ConfigError(
             "masked LM needs a [MASK] token; this tokenizer has none (train the sentencepiece "
             "model with user_defined_symbols including '[MASK]')"
         )
@@ -108,9 +105,9 @@ def mask_tokens(
     """BERT's masking of ``(B, L)`` ids: returns ``(input_ids, targets, weights)``."""
     check_tokenizer(tokenizer)
     if not 0.0 < mask_rate < 1.0:
-        raise MlmConfigError(f"mask_rate={mask_rate} must be in (0, 1)")
+        raise ConfigError(f"mask_rate={mask_rate} must be in (0, 1)")
     if mask_token_rate < 0 or random_token_rate < 0 or mask_token_rate + random_token_rate > 1:
-        raise MlmConfigError(
+        raise ConfigError(
             f"mask_token_rate={mask_token_rate} and random_token_rate="
             f"{random_token_rate} must be >= 0 and sum to at most 1"
         )

@@ -18,19 +18,16 @@ import os
 from collections.abc import Iterator, Sequence
 
 from experiments.data.char_text import generated_text
+from experiments.errors import ConfigError
 
 SPLITS = ("train", "validation")
 TEXT_FILE_MODES = ("lines", "paragraphs", "whole")
 VALIDATION_FRACTION = 0.1  # The last 10%, as nanoGPT and char_text hold out.
 
 
-class SourceError(ValueError):
-    """A data source that cannot be read (missing file or dataset, bad option)."""
-
-
 def _check_split(split: str, source: str) -> None:
     if split not in SPLITS:
-        raise SourceError(f"{source}: unknown split {split!r}; expected one of {SPLITS}")
+        raise ConfigError(f"{source}: unknown split {split!r}; expected one of {SPLITS}")
 
 
 def split_documents(text: str, mode: str) -> list[str]:
@@ -43,7 +40,7 @@ def split_documents(text: str, mode: str) -> list[str]:
         return [p for p in paragraphs if p.strip()]
     if mode == "whole":
         return [text] if text else []
-    raise SourceError(f"unknown text mode {mode!r}; expected one of {TEXT_FILE_MODES}")
+    raise ConfigError(f"unknown text mode {mode!r}; expected one of {TEXT_FILE_MODES}")
 
 
 class InMemorySource:
@@ -60,7 +57,7 @@ class InMemorySource:
         name: str = "in-memory text",
     ):
         if not 0.0 < validation_fraction < 1.0:
-            raise SourceError(
+            raise ConfigError(
                 f"{name}: validation_fraction={validation_fraction} must be in (0, 1)"
             )
         self.name = name
@@ -75,7 +72,7 @@ class InMemorySource:
             self._splits = {"train": documents[:n], "validation": documents[n:]}
         for split, docs in self._splits.items():
             if not any(docs):
-                raise SourceError(
+                raise ConfigError(
                     f"{name}: the {split} split is empty ({len(documents)} "
                     f"documents, validation_fraction={validation_fraction})"
                 )
@@ -100,11 +97,11 @@ class TextFileSource(InMemorySource):
         self, path: str, *, mode: str = "lines", validation_fraction: float = VALIDATION_FRACTION
     ):
         if mode not in TEXT_FILE_MODES:
-            raise SourceError(f"TextFileSource: mode={mode!r} is not one of {TEXT_FILE_MODES}")
+            raise ConfigError(f"TextFileSource: mode={mode!r} is not one of {TEXT_FILE_MODES}")
         if not path:
-            raise SourceError("TextFileSource: no path given")
+            raise ConfigError("TextFileSource: no path given")
         if not os.path.isfile(path):
-            raise SourceError(f"text file not found: {path!r}")
+            raise ConfigError(f"text file not found: {path!r}")
         with open(path, encoding="utf-8") as f:
             text = f.read()
         self.path = path
@@ -150,7 +147,7 @@ def tfds_builder(name: str, data_dir: str | None):
     import tensorflow_datasets as tfds
 
     data_dir = default_tfds_data_dir(data_dir)
-    missing = SourceError(
+    missing = ConfigError(
         f"TFDS dataset {name!r} is not prepared under data_dir={data_dir!r}; this source "
         f"never downloads: prepare it first, e.g. `tfds build {name.split('/')[0]} "
         f"--data_dir={data_dir}`"
@@ -193,7 +190,7 @@ class TfdsSource:
         split_names = dict(split_names or {"train": "train", "validation": "validation"})
         for split in SPLITS:
             if split not in split_names:
-                raise SourceError(f"TfdsSource({name!r}): split_names has no {split!r} entry")
+                raise ConfigError(f"TfdsSource({name!r}): split_names has no {split!r} entry")
         self.name = name
         self.data_dir = default_tfds_data_dir(data_dir)
         self.feature = feature
@@ -203,14 +200,14 @@ class TfdsSource:
         self.builder = tfds_builder(name, self.data_dir)
         features = self.builder.info.features
         if feature not in features:
-            raise SourceError(
+            raise ConfigError(
                 f"TFDS dataset {name!r} has no feature {feature!r} (feature "
                 f"option); it has {sorted(features.keys())}"
             )
         for split, tfds_split in split_names.items():
             base = tfds_split.split("[")[0]
             if base not in self.builder.info.splits:
-                raise SourceError(
+                raise ConfigError(
                     f"TFDS dataset {name!r} under {self.data_dir!r} has no split {base!r} "
                     f"(split_names[{split!r}]); it has {sorted(self.builder.info.splits)}"
                 )
@@ -245,7 +242,7 @@ class TfdsSource:
 
     def documents(self, split: str) -> list[str]:
         if not self.in_memory:
-            raise SourceError(
+            raise ConfigError(
                 f"TfdsSource({self.name!r}) streams (in_memory=False); use "
                 f"iter_documents, or in_memory=True with max_documents"
             )

@@ -45,16 +45,13 @@ from experiments.data.tokenizers import (
     SentencePieceTokenizer,
     Tokenizer,
 )
+from experiments.errors import ConfigError
 from experiments.objectives import MaskedLM, Seq2Seq
-from experiments.task import DataConfigError, ObjectiveTask, batch_rng
+from experiments.task import ObjectiveTask, batch_rng
 
 Batch = dict[str, np.ndarray]
 
 _SOURCE_SPLIT = {"train": "train", "val": "validation"}
-
-
-class TaskConfigError(DataConfigError):
-    """A task setting that cannot work; the message names the option."""
 
 
 def resolve_source(source) -> Any:
@@ -73,14 +70,14 @@ def resolve_tokenizer(tokenizer, source) -> Tokenizer:
         return ByteTokenizer()
     if tokenizer == "char":
         if not isinstance(source, InMemorySource):
-            raise TaskConfigError(
+            raise ConfigError(
                 "tokenizer='char' builds its alphabet from the text, which "
                 "needs an in-memory source; give a sentencepiece model"
             )
         return CharTokenizer.from_text(source.text())
     if isinstance(tokenizer, str) and tokenizer.endswith(".model"):
         return SentencePieceTokenizer(tokenizer)
-    raise TaskConfigError(
+    raise ConfigError(
         f"tokenizer={tokenizer!r}: expected a Tokenizer, 'char', 'byte' or a "
         f"sentencepiece .model path"
     )
@@ -102,7 +99,7 @@ class _StreamReader:
                     empty = False
                     yield example
                 if empty:
-                    raise TaskConfigError("the split yields no complete example")
+                    raise ConfigError("the split yields no complete example")
 
         self._it, self._next = forever(), 0
 
@@ -154,13 +151,13 @@ class TextExamples(ObjectiveTask):
         if split not in self._streams:
             stream = self._concat(self._split_docs(split))
             if self.packing and len(stream) < self.window:
-                raise TaskConfigError(
+                raise ConfigError(
                     f"the {_SOURCE_SPLIT[split]} split of {self.source.name} has "
                     f"{len(stream)} tokens, fewer than one example needs ({self.window}); "
                     f"use a shorter sequence length or more text"
                 )
             if not self.packing and not self._split_docs(split):
-                raise TaskConfigError(
+                raise ConfigError(
                     f"the {_SOURCE_SPLIT[split]} split of {self.source.name} has no documents"
                 )
             self._streams[split] = stream
@@ -297,7 +294,7 @@ class MaskedLMTask(TextExamples):
     ):
         self.objective = MaskedLM(normalization=loss_normalization)
         if seq_length < 4:
-            raise TaskConfigError(f"MaskedLMTask: seq_length={seq_length} must be at least 4")
+            raise ConfigError(f"MaskedLMTask: seq_length={seq_length} must be at least 4")
         source = resolve_source(source)
         tok = resolve_tokenizer(tokenizer, source)
         mlm.check_tokenizer(tok)
@@ -353,11 +350,11 @@ class SpanCorruptionTask(TextExamples):
     ):
         self.objective = Seq2Seq(normalization=loss_normalization)
         if not 0.0 < noise_density < 1.0:
-            raise TaskConfigError(
+            raise ConfigError(
                 f"SpanCorruptionTask: noise_density={noise_density} must be in (0, 1)"
             )
         if mean_noise_span_length < 1.0:
-            raise TaskConfigError(
+            raise ConfigError(
                 f"SpanCorruptionTask: mean_noise_span_length="
                 f"{mean_noise_span_length} must be at least 1"
             )
@@ -365,7 +362,7 @@ class SpanCorruptionTask(TextExamples):
             inputs_length, noise_density, mean_noise_span_length
         )
         if needed > targets_length:
-            raise TaskConfigError(
+            raise ConfigError(
                 f"SpanCorruptionTask: targets_length={targets_length} is too short; "
                 f"inputs_length={inputs_length} makes targets of {needed} tokens"
             )
@@ -378,7 +375,7 @@ class SpanCorruptionTask(TextExamples):
         super().__init__(source, tokenizer, window=tokens_length, separator=None, packing=True)
         spans = int(round(round(tokens_length * noise_density) / mean_noise_span_length))
         if spans > self.tokenizer.num_sentinels:
-            raise TaskConfigError(
+            raise ConfigError(
                 f"SpanCorruptionTask: {spans} noise spans per example need "
                 f"as many sentinels; the tokenizer has "
                 f"{self.tokenizer.num_sentinels}"

@@ -54,8 +54,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from experiments.errors import ConfigError
 from experiments.objectives import CarriedStateLM
-from experiments.task import DataConfigError, ObjectiveTask, batch_rng
+from experiments.task import ObjectiveTask, batch_rng
 
 UNK, EOS = "<unk>", "<eos>"  # Written by build_vocabulary (PTB's plain conventions).
 START, END = "<s>", "</s>"  # The reference's PTB vocabulary.
@@ -87,9 +88,9 @@ class Vocabulary:
         ids = {w: i for i, w in enumerate(self.words)}
         if len(ids) != len(self.words):
             dup = next(w for w in self.words if self.words.count(w) > 1)
-            raise DataConfigError(f"the vocabulary lists {dup!r} twice")
+            raise ConfigError(f"the vocabulary lists {dup!r} twice")
         if END not in ids and EOS not in ids:
-            raise DataConfigError(
+            raise ConfigError(
                 f"a vocabulary needs an end-of-sentence token, {END!r} or {EOS!r}; "
                 f"it starts with {self.words[:3]!r}"
             )
@@ -121,7 +122,7 @@ class Vocabulary:
         for w in words:
             i = eos if w is LINE_END else ids.get(w, unk)
             if i is None:
-                raise DataConfigError(f"word {w!r} is not in the vocabulary, which has no {UNK!r}")
+                raise ConfigError(f"word {w!r} is not in the vocabulary, which has no {UNK!r}")
             out.append(i)
         return np.asarray(out, dtype=np.int32)
 
@@ -160,7 +161,7 @@ def count_vocabulary(lines: list[list[str]]) -> Vocabulary:
 def load_vocabulary(path: str) -> Vocabulary:
     """A plain (one word per line) or ``word count`` vocabulary file."""
     if not os.path.isfile(path):
-        raise DataConfigError(f"vocabulary file not found: {path!r} (gin binding VOCAB_PATH)")
+        raise ConfigError(f"vocabulary file not found: {path!r} (gin binding VOCAB_PATH)")
     with open(path, encoding="utf-8") as f:
         rows = [line.split() for line in f if line.strip()]
     if all(len(r) == 1 for r in rows):
@@ -168,7 +169,7 @@ def load_vocabulary(path: str) -> Vocabulary:
     if all(len(r) == 2 and r[1].isdigit() for r in rows):
         return Vocabulary(tuple(r[0] for r in rows), tuple(int(r[1]) for r in rows))
     bad = next(i for i, r in enumerate(rows) if len(r) != len(rows[0]) or len(r) > 2)
-    raise DataConfigError(
+    raise ConfigError(
         f"{path!r}: line {bad + 1} is {' '.join(rows[bad])!r}; a vocabulary file has one "
         "word per line, or 'word count' on every line"
     )
@@ -189,7 +190,7 @@ def stream_starts(
     # `seq_length` tokens are kept back so that every skip in [0, seq_length) fits.
     blocks = (num_tokens - seq_length) // (batch_size * stream)
     if blocks < 1:
-        raise DataConfigError(
+        raise ConfigError(
             f"the training split has {num_tokens} tokens, fewer than BATCH_SIZE={batch_size} "
             f"streams of consecutive_segments={consecutive} x seq_length={seq_length} "
             "tokens; lower one of them"
@@ -253,10 +254,10 @@ class WordLMTask(ObjectiveTask):
         self.source = corpus_path
         self.seq_length = seq_length
         if consecutive_segments is not None and consecutive_segments < 1:
-            raise DataConfigError(f"consecutive_segments={consecutive_segments} must be >= 1")
+            raise ConfigError(f"consecutive_segments={consecutive_segments} must be >= 1")
         self.consecutive_segments = consecutive_segments
         if seq_length >= min(len(train), len(val)):
-            raise DataConfigError(
+            raise ConfigError(
                 f"seq_length={seq_length} does not fit the splits "
                 f"({len(train)} train / {len(val)} val tokens)"
             )
@@ -317,7 +318,7 @@ class WordLMTask(ObjectiveTask):
             return self.corpus.val
         if split == "train":
             return self.corpus.train[: len(self.corpus.val)]
-        raise DataConfigError(f"no evaluation batches for split {split!r} ('val', 'train')")
+        raise ConfigError(f"no evaluation batches for split {split!r} ('val', 'train')")
 
     def eval_num_batches(self, split: str, batch_size: int) -> int:
         """How many consecutive batches cover ``split`` at ``batch_size`` streams."""
@@ -351,7 +352,7 @@ class WordLMTask(ObjectiveTask):
 
 def _read(path: str | None, binding: str) -> str:
     if not path or not os.path.isfile(path):
-        raise DataConfigError(f"text file not found: {path!r} (gin binding {binding})")
+        raise ConfigError(f"text file not found: {path!r} (gin binding {binding})")
     with open(path, encoding="utf-8") as f:
         return f.read()
 

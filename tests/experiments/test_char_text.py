@@ -9,11 +9,11 @@ import pytest
 
 from experiments.data.char_text import (
     CharTextTask,
-    DataConfigError,
     corpus_from_text,
     generated_text,
     load_corpus,
 )
+from experiments.errors import ConfigError
 
 SHAKESPEARE = (
     Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -69,9 +69,9 @@ def test_generated_text_is_deterministic_and_structured():
 
 
 def test_missing_or_too_small_data_is_a_clear_error(tmp_path):
-    with pytest.raises(DataConfigError, match="corpus file not found"):
+    with pytest.raises(ConfigError, match="corpus file not found"):
         CharTextTask(str(tmp_path / "nope.txt"))
     small = tmp_path / "small.txt"
     small.write_text("hello world")
-    with pytest.raises(DataConfigError, match="block_size=64"):
+    with pytest.raises(ConfigError, match="block_size=64"):
         CharTextTask(str(small), block_size=64)

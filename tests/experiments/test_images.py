@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.data.char_text import DataConfigError
 from experiments.data.images import ImageClassificationTask, augment
+from experiments.errors import ConfigError
 from experiments.resnet.models import resnet_model
 
 
@@ -32,7 +32,7 @@ def test_cifar_augmentation_flips_about_half():
         np.pad(images, ((0, 0), (0, 0), (0, 0), (0, 0))), "cifar", np.random.default_rng(1)
     )
     assert out.shape == images.shape
-    with pytest.raises(DataConfigError, match="augmentation 'imagenet' runs only when streaming"):
+    with pytest.raises(ConfigError, match="augmentation 'imagenet' runs only when streaming"):
         augment(images, "imagenet", np.random.default_rng(0))
 
 
@@ -132,10 +132,10 @@ def test_tfds_images_streaming_resumes_exactly(tiny_image_tfds):
 
 def test_missing_tfds_dataset_names_data_dir_and_dataset(tmp_path):
     with pytest.raises(
-        DataConfigError,
+        ConfigError,
         match=rf"'cifar10' is not prepared in data_dir "
         rf"'{tmp_path}'",
     ):
         ImageClassificationTask("cifar10", data_dir=str(tmp_path), augmentation="cifar")
-    with pytest.raises(DataConfigError, match="needs a data_dir"):
+    with pytest.raises(ConfigError, match="needs a data_dir"):
         ImageClassificationTask("cifar10", augmentation="cifar")

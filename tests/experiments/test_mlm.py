@@ -87,7 +87,7 @@ def test_truncated_examples_pad():
 def test_errors_name_the_option():
     tok = CharTokenizer.from_text("abc")
     tok.mask_id = None
-    with pytest.raises(mlm.MlmConfigError, match=r"\[MASK\]"):
+    with pytest.raises(mlm.ConfigError, match=r"\[MASK\]"):
         mlm.mask_tokens(np.array([[6, 7]]), tok, np.random.default_rng(0))
-    with pytest.raises(mlm.MlmConfigError, match="mask_rate=1.5"):
+    with pytest.raises(mlm.ConfigError, match="mask_rate=1.5"):
         mlm.mask_tokens(np.array([[6, 7]]), TOK, np.random.default_rng(0), mask_rate=1.5)

@@ -15,16 +15,16 @@ from experiments.data.char_text import CharTextTask
 from experiments.data.images import ImageClassificationTask
 from experiments.data.sources import GeneratedTextSource
 from experiments.data.text_tasks import MaskedLMTask, SpanCorruptionTask
+from experiments.errors import ConfigError
 from experiments.objectives import (
     CausalLM,
     Classification,
     MaskedLM,
-    ObjectiveConfigError,
     Seq2Seq,
     cross_entropy,
     token_cross_entropy,
 )
-from experiments.task import BATCH_STREAMS, DataConfigError, batch_rng
+from experiments.task import BATCH_STREAMS, batch_rng
 
 LN2 = math.log(2.0)
 
@@ -186,7 +186,7 @@ def test_classification_mean_and_batch_stats():
 
 
 def test_unknown_normalization_is_an_error():
-    with pytest.raises(ObjectiveConfigError, match="loss_normalization='avg'"):
+    with pytest.raises(ConfigError, match="loss_normalization='avg'"):
         MaskedLM(normalization="avg")
 
 
@@ -225,7 +225,7 @@ def test_batch_rng_is_the_recorded_sampler():
     ]
     for rng in others:
         assert not np.array_equal(rng.integers(0, 10**9, 8), draw)
-    with pytest.raises(DataConfigError, match="split='test'"):
+    with pytest.raises(ConfigError, match="split='test'"):
         batch_rng(seed=0, split="test", purpose="eval", index=0)
-    with pytest.raises(DataConfigError, match="purpose='train'"):
+    with pytest.raises(ConfigError, match="purpose='train'"):
         batch_rng(seed=0, split="val", purpose="train", index=0)

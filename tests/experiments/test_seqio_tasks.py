@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from experiments.errors import ConfigError
+
 seqio = pytest.importorskip("seqio")
 
 from experiments.data import seqio_tasks  # noqa: E402
 from experiments.data import span_corruption as sc  # noqa: E402
-from experiments.data.sources import SourceError  # noqa: E402
 from experiments.data.tokenizers import SentencePieceTokenizer  # noqa: E402
 from experiments.data.train_sentencepiece import train_sentencepiece  # noqa: E402
 
@@ -121,7 +122,7 @@ def test_registration_errors_name_the_culprit(files, tmp_path):
             vocabulary_path=files["model"],
             text_files={"train": str(tmp_path / "nope.txt")},
         )
-    with pytest.raises(SourceError, match=r"'c4/en'.*" + str(tmp_path)):
+    with pytest.raises(ConfigError, match=r"'c4/en'.*" + str(tmp_path)):
         seqio_tasks.register_span_corruption_task(
             "amos_test_bad",
             vocabulary_path=files["model"],

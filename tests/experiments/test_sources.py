@@ -8,10 +8,10 @@ import pytest
 from experiments.data.sources import (
     GeneratedTextSource,
     InMemorySource,
-    SourceError,
     TextFileSource,
     split_documents,
 )
+from experiments.errors import ConfigError
 
 
 def test_split_documents_modes():
@@ -19,7 +19,7 @@ def test_split_documents_modes():
     assert split_documents(text, "lines") == ["a b", "c", "d e", "f"]
     assert split_documents(text, "paragraphs") == ["a b\nc", "d e", "f"]
     assert split_documents(text, "whole") == [text]
-    with pytest.raises(SourceError, match="'sentences'"):
+    with pytest.raises(ConfigError, match="'sentences'"):
         split_documents(text, "sentences")
 
 
@@ -35,21 +35,21 @@ def test_text_file_held_out_fraction(tmp_path):
     assert train + val == path.read_text() and len(val) == len(path.read_text()) - int(
         len(path.read_text()) * 0.9
     )
-    with pytest.raises(SourceError, match="split 'test'"):
+    with pytest.raises(ConfigError, match="split 'test'"):
         source.documents("test")
 
 
 def test_text_file_errors_name_the_culprit(tmp_path):
     missing = str(tmp_path / "nope.txt")
-    with pytest.raises(SourceError, match="nope.txt"):
+    with pytest.raises(ConfigError, match="nope.txt"):
         TextFileSource(missing)
     (tmp_path / "empty.txt").write_text("\n\n")
-    with pytest.raises(SourceError, match="empty.txt.*split is empty"):
+    with pytest.raises(ConfigError, match="empty.txt.*split is empty"):
         TextFileSource(str(tmp_path / "empty.txt"), mode="lines")
     (tmp_path / "one.txt").write_text("only line\n")
-    with pytest.raises(SourceError, match="mode='rows'"):
+    with pytest.raises(ConfigError, match="mode='rows'"):
         TextFileSource(str(tmp_path / "one.txt"), mode="rows")
-    with pytest.raises(SourceError, match="validation_fraction=1.5"):
+    with pytest.raises(ConfigError, match="validation_fraction=1.5"):
         InMemorySource(["a", "b"], validation_fraction=1.5)
 
 
@@ -102,7 +102,7 @@ def test_tfds_source_streams_and_loads(data_dir):
     assert sorted(train) == [f"t{i:03d} a short document for the test." for i in range(60)]
     assert list(source.iter_documents("train")) == train  # a fixed order: resumable
     assert len(list(source.iter_documents("validation"))) == 12
-    with pytest.raises(SourceError, match="in_memory=False"):
+    with pytest.raises(ConfigError, match="in_memory=False"):
         source.documents("train")
     small = TfdsSource(
         "tiny_amos_text",
@@ -118,16 +118,16 @@ def test_tfds_errors_name_data_dir_and_dataset(data_dir, tmp_path):
     from experiments.data.sources import TfdsSource
 
     empty = str(tmp_path / "empty_tfds")
-    with pytest.raises(SourceError, match=r"'wikipedia/20230601.en'.*" + empty):
+    with pytest.raises(ConfigError, match=r"'wikipedia/20230601.en'.*" + empty):
         TfdsSource("wikipedia/20230601.en", empty)
     (tmp_path / "empty_tfds").mkdir()
-    with pytest.raises(SourceError, match=r"'c4/en'.*empty_tfds"):
+    with pytest.raises(ConfigError, match=r"'c4/en'.*empty_tfds"):
         TfdsSource("c4/en", empty)
-    with pytest.raises(SourceError, match=r"'no_such_dataset_xyz'.*empty_tfds"):
+    with pytest.raises(ConfigError, match=r"'no_such_dataset_xyz'.*empty_tfds"):
         TfdsSource("no_such_dataset_xyz", empty)
-    with pytest.raises(SourceError, match="feature 'content'"):
+    with pytest.raises(ConfigError, match="feature 'content'"):
         TfdsSource("tiny_amos_text", data_dir, feature="content")
-    with pytest.raises(SourceError, match="no split 'test'"):
+    with pytest.raises(ConfigError, match="no split 'test'"):
         TfdsSource("tiny_amos_text", data_dir, split_names={"train": "train", "validation": "test"})
 
 

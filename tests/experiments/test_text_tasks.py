@@ -13,10 +13,10 @@ import pytest
 
 from experiments.data import span_corruption as sc
 from experiments.data.sources import GeneratedTextSource, InMemorySource, TextFileSource
-from experiments.data.text_tasks import MaskedLMTask, SpanCorruptionTask, TaskConfigError
+from experiments.data.text_tasks import MaskedLMTask, SpanCorruptionTask
 from experiments.data.tokenizers import ByteTokenizer
-from experiments.objectives import MaskedLM, ObjectiveConfigError, Seq2Seq
-from experiments.task import DataConfigError
+from experiments.errors import ConfigError
+from experiments.objectives import MaskedLM, Seq2Seq
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAKESPEARE = (
@@ -93,7 +93,7 @@ def test_mlm_batches_are_pure(mlm_task):
     _assert_same(v0, mlm_task.eval_batch("val", seed=0, index=0, batch_size=8))
     assert _differs(v0, mlm_task.eval_batch("val", seed=0, index=1, batch_size=8))
     assert _differs(mlm_task.eval_batch("train", seed=0, index=1, batch_size=8), b1)
-    with pytest.raises(DataConfigError, match="split='test'"):
+    with pytest.raises(ConfigError, match="split='test'"):
         mlm_task.eval_batch("test", seed=0, index=0, batch_size=8)
     assert mlm_task.model_kwargs() == {"vocab_size": mlm_task.tokenizer.vocab_size}
     assert (mlm_task.unit_name, mlm_task.units_per_example, mlm_task.reports_perplexity) == (
@@ -210,13 +210,13 @@ def test_span_loss_sum_and_mean(span_task):
 
 def test_task_errors_name_the_option():
     source = GeneratedTextSource(5_000)
-    with pytest.raises(ObjectiveConfigError, match="loss_normalization='avg'"):
+    with pytest.raises(ConfigError, match="loss_normalization='avg'"):
         SpanCorruptionTask(source, "byte", 64, 16, loss_normalization="avg")
-    with pytest.raises(TaskConfigError, match="targets_length=10"):
+    with pytest.raises(ConfigError, match="targets_length=10"):
         SpanCorruptionTask(source, "byte", 64, 10)
-    with pytest.raises(TaskConfigError, match="fewer than one example needs"):
+    with pytest.raises(ConfigError, match="fewer than one example needs"):
         MaskedLMTask(source, "char", seq_length=4096)
-    with pytest.raises(TaskConfigError, match="tokenizer='bogus'"):
+    with pytest.raises(ConfigError, match="tokenizer='bogus'"):
         MaskedLMTask(source, "bogus")
 
 

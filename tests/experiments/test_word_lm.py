@@ -24,7 +24,7 @@ from experiments.data.word_lm import (
     load_vocabulary,
     main,
 )
-from experiments.task import DataConfigError
+from experiments.errors import ConfigError
 
 SHAKESPEARE = (
     Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -70,7 +70,7 @@ def test_reference_word_count_vocabulary(tmp_path):
     assert (tmp_path / "again.txt").read_text() == path.read_text()
     # Without <unk>, an unknown word is an error naming it (the reference's lookup fails).
     path.write_text("<s> 0\n</s> 0\nthe 3\n")
-    with pytest.raises(DataConfigError, match="'zebra' is not in the vocabulary"):
+    with pytest.raises(ConfigError, match="'zebra' is not in the vocabulary"):
         load_vocabulary(str(path)).encode(["the", "zebra"])
 
 
@@ -84,16 +84,16 @@ def test_count_vocabulary_writes_the_reference_layout(tmp_path, capsys):
 
 
 def test_vocabulary_errors_name_the_culprit(tmp_path):
-    with pytest.raises(DataConfigError, match="vocabulary file not found: '/nonexistent'"):
+    with pytest.raises(ConfigError, match="vocabulary file not found: '/nonexistent'"):
         load_vocabulary("/nonexistent")
     (tmp_path / "no_eos.txt").write_text("a\nb\n")
-    with pytest.raises(DataConfigError, match="needs an end-of-sentence token"):
+    with pytest.raises(ConfigError, match="needs an end-of-sentence token"):
         load_vocabulary(str(tmp_path / "no_eos.txt"))
     (tmp_path / "mixed.txt").write_text("<s> 0\n</s> 0\nthe\n")
-    with pytest.raises(DataConfigError, match="line 3 is 'the'"):
+    with pytest.raises(ConfigError, match="line 3 is 'the'"):
         load_vocabulary(str(tmp_path / "mixed.txt"))
     (tmp_path / "twice.txt").write_text("<eos>\na\na\n")
-    with pytest.raises(DataConfigError, match="lists 'a' twice"):
+    with pytest.raises(ConfigError, match="lists 'a' twice"):
         load_vocabulary(str(tmp_path / "twice.txt"))
 
 
@@ -228,12 +228,12 @@ def test_task_with_a_reference_vocabulary_starts_with_s(tmp_path):
 
 
 def test_task_errors_name_the_culprit(tmp_path):
-    with pytest.raises(DataConfigError, match="text file not found: '/missing.txt' .*CORPUS_PATH"):
+    with pytest.raises(ConfigError, match="text file not found: '/missing.txt' .*CORPUS_PATH"):
         WordLMTask("/missing.txt")
     small = tmp_path / "small.txt"
     small.write_text("a b c\n" * 10)
-    with pytest.raises(DataConfigError, match="seq_length=64 does not fit"):
+    with pytest.raises(ConfigError, match="seq_length=64 does not fit"):
         WordLMTask(str(small), seq_length=64)
     task = WordLMTask(str(small), seq_length=2, consecutive_segments=3)
-    with pytest.raises(DataConfigError, match="fewer than BATCH_SIZE=8 streams"):
+    with pytest.raises(ConfigError, match="fewer than BATCH_SIZE=8 streams"):
         task.train_batch(seed=0, step=1, batch_size=8)
