@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv quickstart test test-all lint bench clean
+.PHONY: venv quickstart quickstart-record test test-all lint bench clean
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,13 @@ $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 
 venv: $(STAMP)
 
+# A new user's first run: results under runs/quickstart/ (not versioned).
 quickstart: $(STAMP)
 	$(PY) launch/quickstart.py
+
+# The recorded comparison: the same runs, summarized into results/quickstart/.
+quickstart-record: $(STAMP)
+	$(PY) launch/quickstart.py --results results/quickstart
 
 # The fast suite (under 12 minutes on 2 cores): everything but the tests marked slow.
 test: $(STAMP)

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import optax
 
 from amos.params import checked_eta, checked_slot_shape
-from amos.tree import ParamsFn, named_leaves
+from amos.tree import ParamsFn, named_leaves, path_name
 
 ScalarOrSchedule = float | Callable[[jax.Array], jax.Array]
 
@@ -72,6 +72,31 @@ def _learning_rate_at(learning_rate: ScalarOrSchedule, count: jax.Array) -> jax.
     return jnp.asarray(learning_rate(count) if callable(learning_rate) else learning_rate)
 
 
+def _check_learning_rate(learning_rate: ScalarOrSchedule) -> None:
+    """xi must be finite and positive (a schedule: finite and non-negative at step 1, the
+    one value that can be checked before training); 0 would silently train nothing."""
+    if callable(learning_rate):
+        try:
+            value = float(learning_rate(jnp.asarray(1, jnp.int32)))
+        except (TypeError, jax.errors.ConcretizationTypeError):
+            return  # Built under a trace: nothing concrete to check.
+        if not math.isfinite(value) or value < 0.0:
+            raise ValueError(
+                f"learning_rate (xi) schedule gives {value} at step 1; it must be finite "
+                "and non-negative."
+            )
+        return
+    try:
+        value = float(learning_rate)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        return
+    if not math.isfinite(value) or value <= 0.0:
+        raise ValueError(
+            f"learning_rate (xi) must be finite and positive, got {value}; with 0 nothing "
+            "would train."
+        )
+
+
 def _scale_by_amos(
     learning_rate: ScalarOrSchedule,
     eta_fn: ParamsFn,
@@ -97,6 +122,7 @@ def _scale_by_amos(
             raise ValueError(f"{arg} must be in [0, 1), got {value}.")
     if clip_value is not None and clip_value <= 0:
         raise ValueError(f"clip_value must be positive, got {clip_value}.")
+    _check_learning_rate(learning_rate)
     use_momentum = momentum is not None and momentum > 0.0
 
     def variable_info(params: optax.Params) -> tuple[list[Any], Any]:
@@ -105,6 +131,12 @@ def _scale_by_amos(
         info = []
         for path, theta in named:
             shape = tuple(jnp.shape(theta))
+            if not jnp.issubdtype(jnp.result_type(theta), jnp.floating):
+                raise ValueError(
+                    f"variable '{path_name(path)}' has dtype {jnp.result_type(theta)}; Amos "
+                    "updates floating-point variables only (keep integer state out of the "
+                    "optimized parameters, or mask it with optax.masked)."
+                )
             slot_shape = checked_slot_shape(path, shape, shape_fn)
             info.append(
                 (checked_eta(path, shape, eta_fn), slot_shape, _reduced_axes(shape, slot_shape))

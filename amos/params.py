@@ -265,7 +265,13 @@ def default_eta_fn(
         kind = variable_kind(path, shape)
         if kind == KERNEL:
             matched, gain = _lookup(gain_rules, path, shape)
-            return math.sqrt((gain if matched else 1.0) / fan_in(shape))
+            gain = gain if matched else 1.0
+            if not isinstance(gain, (int, float)) or not math.isfinite(gain) or gain <= 0:
+                raise ValueError(
+                    f"gain for variable '{path_name(path)}' is {gain!r}; a kernel's gain "
+                    "must be a positive number (1 for a unit-scale input, 2 after ReLU/GELU)."
+                )
+            return math.sqrt(gain / fan_in(shape))
         if kind == EMBEDDING:
             return math.sqrt(2.0 / shape[-1])
         return 0.5 if kind == BIAS else 1.0

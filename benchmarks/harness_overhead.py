@@ -33,12 +33,12 @@ from launch import train as train_lib  # noqa: E402
 
 def bare_loop(trainer: train_lib.Trainer, steps: int) -> float:
     """Steps/s of the simplest loop: jit(step) with donation, batches from the task."""
-    model, tx, objective = trainer.model, trainer.opt.tx, trainer.objective
+    model, tx, task = trainer.model, trainer.opt.tx, trainer.task
     key = jax.random.key(0)
 
     def step_fn(state, batch):
         def loss_fn(params):
-            loss, _, model_state = objective.loss(
+            loss, _, model_state = task.loss(
                 model, {"params": params, **state["model_state"]}, batch, train=True, rng=key
             )
             return loss, model_state

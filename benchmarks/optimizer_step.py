@@ -78,12 +78,12 @@ def optimizers(params) -> dict[str, optax.GradientTransformation]:
     return txs
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--layers", type=int, default=12)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     shapes = bert_param_shapes(hidden=args.hidden, layers=args.layers, mlp=4 * args.hidden)
     params = materialize(shapes, seed=0)
@@ -123,8 +123,9 @@ def main() -> None:
             f"| {name} | {1e3 * median:.1f} | {median / base_time:.2f} | "
             f"{nbytes / 2**20:.1f} | {nbytes / base_bytes:.3f} |"
         )
+    return 0
 
 
 if __name__ == "__main__":
     jnp.zeros(()).block_until_ready()
-    main()
+    sys.exit(main())

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from experiments.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
@@ -26,6 +28,51 @@ class OptimizerSpec:
     learning_rate: Callable[[int], float]
     # (opt_state, params) -> {name: scalar}, jittable; None when there is nothing to add.
     diagnostics: Callable[[Any, Any], dict[str, jax.Array]] | None = None
+
+
+def checked_number(
+    binding: str,
+    value: Any,
+    *,
+    low: float = 0.0,
+    high: float = math.inf,
+    allow_low: bool = False,
+    allow_none: bool = False,
+) -> float | None:
+    """``value`` as a float in (low, high) (``[low, high)`` with ``allow_low``), or a
+    ConfigError naming the binding; 0 learning rates or NaN knobs would train nothing."""
+    if value is None and allow_none:
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    number = float(value) if ok else math.nan
+    if not (ok and math.isfinite(number) and (number >= low if allow_low else number > low)):
+        ok = False
+    if not ok or not number < high:
+        bounds = f"{'[' if allow_low else '('}{low:g}, {high:g})"
+        raise ConfigError(f"{binding} must be a finite number in {bounds}, got {value!r}")
+    return number
+
+
+def checked_steps(binding: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{binding} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _named_init(tx: optax.GradientTransformation, bindings: str) -> optax.GradientTransformation:
+    """``tx`` whose ``init`` reports the optimizer's own ValueErrors (a bad eta or slot
+    shape for a variable, an integer variable) as ConfigErrors that add the bindings
+    behind them to the variable the optimizer names."""
+
+    def init(params):
+        try:
+            return tx.init(params)
+        except ConfigError:
+            raise
+        except ValueError as e:
+            raise ConfigError(f"{e} (gin bindings: {bindings})") from e
+
+    return optax.GradientTransformation(init, tx.update)
 
 
 def _matrices_only(params):
@@ -89,7 +136,7 @@ def adamw_schedule(
             decay_steps=total_steps,
             min_learning_rate=min_learning_rate,
         )
-    raise ValueError(f"ADAMW_SCHEDULE={schedule!r} is not one of {ADAMW_SCHEDULES}")
+    raise ConfigError(f"ADAMW_SCHEDULE={schedule!r} is not one of {ADAMW_SCHEDULES}")
 
 
 def linear_warmup(peak: float, warmup_steps: int) -> optax.Schedule:
@@ -99,8 +146,7 @@ def linear_warmup(peak: float, warmup_steps: int) -> optax.Schedule:
     ``xi * min(1, t / warmup_steps)`` (jestimator/models/bert/pretrain.py, ``lr_schedule``);
     optax's AdamW passes the 0-based update count, as ``amos.warmup_linear_decay_schedule``.
     """
-    if warmup_steps < 0:
-        raise ValueError(f"WARMUP_STEPS={warmup_steps} must be >= 0")
+    checked_steps("WARMUP_STEPS", warmup_steps)
     if warmup_steps == 0:
         return optax.constant_schedule(peak)
     return optax.linear_schedule(0.0, peak, warmup_steps)
@@ -129,7 +175,14 @@ def adamw_optimizer(
     import amos
 
     if decay_mask not in ADAMW_DECAY_MASKS:
-        raise ValueError(f"ADAMW_DECAY_MASK={decay_mask!r} is not one of {ADAMW_DECAY_MASKS}")
+        raise ConfigError(f"ADAMW_DECAY_MASK={decay_mask!r} is not one of {ADAMW_DECAY_MASKS}")
+    checked_number("adamw_optimizer.learning_rate (ADAMW_LR)", learning_rate)
+    checked_number("adamw_optimizer.min_learning_rate", min_learning_rate, allow_low=True)
+    checked_number("adamw_optimizer.b1", b1, high=1.0, allow_low=True)
+    checked_number("adamw_optimizer.b2", b2, high=1.0, allow_low=True)
+    checked_number("adamw_optimizer.eps", eps)
+    checked_number("adamw_optimizer.weight_decay", weight_decay, allow_low=True)
+    checked_number("adamw_optimizer.clip_global_norm", clip_global_norm, allow_none=True)
     rate = adamw_schedule(
         total_steps,
         learning_rate=learning_rate,
@@ -178,9 +231,25 @@ def amos_optimizer(
     del total_steps
     import amos
 
+    checked_number("amos_optimizer.xi (AMOS_XI)", xi)
+    checked_number("amos_optimizer.beta (AMOS_BETA)", beta, high=1.0, allow_low=True)
+    checked_number(
+        "amos_optimizer.momentum (AMOS_MOMENTUM)",
+        momentum,
+        high=1.0,
+        allow_low=True,
+        allow_none=True,
+    )
+    checked_number("amos_optimizer.clip_value (AMOS_CLIP_VALUE)", clip_value, allow_none=True)
+    checked_number("amos_optimizer.extra_l2", extra_l2, allow_low=True)
+    checked_number("amos_optimizer.d_coef", d_coef, allow_low=True)
+    checked_number("amos_optimizer.c_coef", c_coef, allow_low=True)
     xi_schedule = linear_warmup(xi, warmup_steps)
-    eta_fn = amos.default_eta_fn(gains=dict(gains or {}), overrides=eta_overrides)
-    shape_fn = amos.default_shape_fn(shape_overrides)
+    try:
+        eta_fn = amos.default_eta_fn(gains=dict(gains or {}), overrides=eta_overrides)
+        shape_fn = amos.default_shape_fn(shape_overrides)
+    except ValueError as e:  # A bad regex or expression in a rule map.
+        raise ConfigError(f"amos_optimizer.eta_overrides / shape_overrides / gains: {e}") from e
     tx = amos.amos(
         xi_schedule,
         eta_fn,
@@ -192,6 +261,7 @@ def amos_optimizer(
         d_coef=d_coef,
         c_coef=c_coef,
     )
+    tx = _named_init(tx, "amos_optimizer.gains, eta_overrides, shape_overrides")
 
     def diagnostics(opt_state, params):
         return amos.amos_diagnostics(

@@ -9,7 +9,8 @@ where `--gin_file` and `include` look (gin_configs/ is always searched). An expe
   .venv/bin/python launch/run.py --gin_file=experiments/nanogpt_cpu.gin --optimizer=adamw \\
       --gin.MODEL_DIR="'runs/nanogpt_adamw'" --gin.TRAIN_STEPS=2000
 
-Exit codes: 0 done, 2 configuration error (nothing trained), 3 training diverged.
+Exit codes: 0 done, 2 configuration error (one line naming the culprit, no traceback;
+`--verbose` adds it), 3 training diverged.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 from importlib import metadata
 from pathlib import Path
 
@@ -103,6 +105,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         help="call jax.distributed.initialize(): auto = when a multi-host "
         "environment (TPU pod, SLURM, MPI, coordinator) is detected",
     )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print the traceback of a configuration error too",
+    )
     parser.add_argument("--coordinator_address", default=None)
     parser.add_argument("--num_processes", type=int, default=None)
     parser.add_argument("--process_id", type=int, default=None)
@@ -131,7 +138,7 @@ def _check_macros(bindings: list[str]) -> None:
         try:
             gin.query_parameter(f"%{name}")
         except ValueError:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown gin macro {name!r} in binding '{b}': no gin file defines it"
             ) from None
 
@@ -166,23 +173,60 @@ def load_gin(files: list[str], bindings: list[str], search_paths: list[str]) -> 
     for path in [*search_paths, DEFAULT_SEARCH_PATH]:
         gin.add_config_file_search_path(path)
     if not files:
-        raise ValueError("no --gin_file given")
+        raise ConfigError("no --gin_file given")
     # gin logs an ERROR for every search path a file is not under; only the final
     # failure (an exception naming the file) matters.
     logging.disable(logging.ERROR)
     try:
         gin.parse_config_files_and_bindings(files, None, finalize_config=False)
+    except Exception as e:  # Whatever gin raises while reading files is a configuration error.
+        raise ConfigError(f"gin files {files}: {_first_line(e)}") from e
     finally:
         logging.disable(logging.NOTSET)
     _check_macros(bindings)
-    gin.parse_config_files_and_bindings(None, bindings, finalize_config=True)
+    for binding in bindings:  # One at a time, so that an error names its binding.
+        try:
+            gin.parse_config(binding)
+        except Exception as e:  # SyntaxError, tokenize.TokenError, ValueError, ...
+            raise ConfigError(f"gin binding '{binding}': {_first_line(e)}") from e
+    gin.finalize()
     try:
         gin.query_parameter("train.optimizer")
     except ValueError:
-        raise ValueError(
+        raise ConfigError(
             f"no optimizer: pass --optimizer={'|'.join(OPTIMIZERS)} (an experiment file "
             f"sets both arms' knobs; gin_configs/optimizers/NAME.gin picks one)"
         ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    """An error's message without what gin appends ("In call to configurable ...")."""
+    args = error.args
+    # tokenize.TokenError and SyntaxError carry (message, position): the message is enough.
+    text = args[0] if len(args) > 1 and isinstance(args[0], str) else str(error)
+    lines = text.strip().splitlines()
+    return (lines[0] if lines else "") or type(error).__name__
+
+
+def check_model_dir(path: str) -> None:
+    """MODEL_DIR must be a directory this process can create and write (a file, a path under
+    a file or a read-only place would otherwise fail mid-run with an OSError traceback).
+    Cloud paths (gs://...) are left to the filesystem library that writes them."""
+    if "://" in path:
+        return
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"MODEL_DIR {path!r} is a file, not a directory")
+    parent = next((p for p in target.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(f"MODEL_DIR {path!r} is under {str(parent)!r}, which is a file")
+    try:
+        os.makedirs(target, exist_ok=True)
+        probe = target / f".write_probe.{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"MODEL_DIR {path!r} is not writable: {e.strerror or e}") from None
 
 
 def git_revision() -> dict:
@@ -231,7 +275,30 @@ def main(argv: list[str] | None = None) -> int:
     command = [sys.executable, *sys.argv] if argv is None else ["launch/run.py", *argv]
     argv = sys.argv[1:] if argv is None else argv
     args, bindings = parse_args(argv)
+    try:
+        return _train(args, bindings, command, argv)
+    except ConfigError as e:  # The one place a configuration mistake is reported.
+        if args.verbose:
+            traceback.print_exc()
+        print(f"ERROR: configuration: {_first_line(e)}", file=sys.stderr)
+        return 2
+
+
+def _build_trainer():
+    from launch import train as train_lib
+
+    try:
+        return train_lib.train(build_only=True)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:  # e.g. a model setting the model rejects
+        raise ConfigError(f"{type(e).__name__}: {_first_line(e)}") from e
+
+
+def _train(args: argparse.Namespace, bindings: list[str], command: list[str], argv) -> int:
     import jax
+
+    from launch import train as train_lib
 
     if args.distributed == "on" or (args.distributed == "auto" and multihost_detected()):
         jax.distributed.initialize(
@@ -239,24 +306,12 @@ def main(argv: list[str] | None = None) -> int:
             num_processes=args.num_processes,
             process_id=args.process_id,
         )
-    search = [p for p in args.gin_search_paths.split(",") if p]
-    try:
-        load_gin(args.gin_file, bindings, search)
-    except (ValueError, OSError, TypeError, KeyError) as e:
-        print(f"ERROR: gin configuration: {e}", file=sys.stderr)
-        return 2
-
-    from launch import train as train_lib
-
-    try:
-        trainer = train_lib.train(build_only=True)
-    except ConfigError as e:
-        print(f"ERROR: configuration: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError) as e:  # e.g. a model setting the model rejects
-        print(f"ERROR: configuration: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-
+    load_gin(args.gin_file, bindings, [p for p in args.gin_search_paths.split(",") if p])
+    trainer = _build_trainer()
+    model_dir = trainer.model_dir
+    is_chief = jax.process_index() == 0
+    if is_chief:
+        check_model_dir(model_dir)
     info = {
         "command": command,
         "argv": argv,
@@ -271,24 +326,28 @@ def main(argv: list[str] | None = None) -> int:
         "slot_bytes": trainer.slot_bytes,
         "data": getattr(trainer.task, "source", None),
     }
-    model_dir = trainer.model_dir
-    if jax.process_index() == 0:
-        os.makedirs(model_dir, exist_ok=True)
+
+    def record(**fields) -> None:
+        info.update(fields)
+        if is_chief:
+            _write_json(os.path.join(model_dir, "run.json"), info)
+
+    if is_chief:
         _write_config(model_dir)
-        _write_json(os.path.join(model_dir, "run.json"), info)
+    record()
     try:
         result = trainer.run()
     except train_lib.TrainingDiverged as e:
         print(f"ERROR: training diverged: {e}", file=sys.stderr)
-        info["status"] = "diverged"
-        info["error"] = str(e)
-        if jax.process_index() == 0:
-            _write_json(os.path.join(model_dir, "run.json"), info)
+        record(status="diverged", error=str(e))
         return 3
-    info.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), result=result)
-    if jax.process_index() == 0:
+    except ConfigError as e:  # Found while training, e.g. no checkpoint can be restored.
+        record(status="configuration error", error=_first_line(e))
+        raise
+    if is_chief:
         _write_config(model_dir)
-        _write_json(os.path.join(model_dir, "run.json"), info)
+    record(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), result=result)
+    if is_chief:
         print(f"done: {model_dir} (tensorboard --logdir {model_dir})", flush=True)
     return 0
 

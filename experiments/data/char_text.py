@@ -11,10 +11,10 @@ uninterrupted run would have seen, with no iterator state to checkpoint. The obj
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 
+from experiments.data.files import read_text
 from experiments.errors import ConfigError
 from experiments.objectives import CausalLM
 from experiments.task import ObjectiveTask, batch_rng
@@ -48,12 +48,7 @@ def corpus_from_text(text: str, train_fraction: float = TRAIN_FRACTION) -> CharC
 
 
 def load_corpus(path: str, train_fraction: float = TRAIN_FRACTION) -> CharCorpus:
-    if not path:
-        raise ConfigError("no corpus path given (gin binding CORPUS_PATH)")
-    if not os.path.isfile(path):
-        raise ConfigError(f"corpus file not found: {path!r} (gin binding CORPUS_PATH)")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = read_text(path, "CORPUS_PATH", what="corpus file")
     if len(text) < 2:
         raise ConfigError(f"corpus file {path!r} is empty")
     return corpus_from_text(text, train_fraction)

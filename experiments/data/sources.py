@@ -18,6 +18,7 @@ import os
 from collections.abc import Iterator, Sequence
 
 from experiments.data.char_text import generated_text
+from experiments.data.files import read_text
 from experiments.errors import ConfigError
 
 SPLITS = ("train", "validation")
@@ -98,12 +99,7 @@ class TextFileSource(InMemorySource):
     ):
         if mode not in TEXT_FILE_MODES:
             raise ConfigError(f"TextFileSource: mode={mode!r} is not one of {TEXT_FILE_MODES}")
-        if not path:
-            raise ConfigError("TextFileSource: no path given")
-        if not os.path.isfile(path):
-            raise ConfigError(f"text file not found: {path!r}")
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = read_text(path, "TextFileSource.path")
         self.path = path
         self.mode = mode
         super().__init__(

@@ -49,11 +49,11 @@ import argparse
 import collections
 import dataclasses
 import math
-import os
 from collections.abc import Iterable
 
 import numpy as np
 
+from experiments.data.files import read_text
 from experiments.errors import ConfigError
 from experiments.objectives import CarriedStateLM
 from experiments.task import ObjectiveTask, batch_rng
@@ -160,10 +160,8 @@ def count_vocabulary(lines: list[list[str]]) -> Vocabulary:
 
 def load_vocabulary(path: str) -> Vocabulary:
     """A plain (one word per line) or ``word count`` vocabulary file."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"vocabulary file not found: {path!r} (gin binding VOCAB_PATH)")
-    with open(path, encoding="utf-8") as f:
-        rows = [line.split() for line in f if line.strip()]
+    text = read_text(path, "VOCAB_PATH", what="vocabulary file")
+    rows = [line.split() for line in text.splitlines() if line.strip()]
     if all(len(r) == 1 for r in rows):
         return Vocabulary(tuple(r[0] for r in rows))
     if all(len(r) == 2 and r[1].isdigit() for r in rows):
@@ -235,9 +233,9 @@ class WordLMTask(ObjectiveTask):
         loss_normalization: str = "sqrt",
     ):
         self.objective = CarriedStateLM(normalization=loss_normalization)
-        train_words = flat_words(lines_of(_read(corpus_path, "CORPUS_PATH")))
+        train_words = flat_words(lines_of(read_text(corpus_path, "CORPUS_PATH")))
         if valid_path:
-            valid_words = flat_words(lines_of(_read(valid_path, "VALID_PATH")))
+            valid_words = flat_words(lines_of(read_text(valid_path, "VALID_PATH")))
         else:  # The last 10% of the tokens (line ends included) are held out.
             n = int(len(train_words) * TRAIN_FRACTION)
             train_words, valid_words = train_words[:n], train_words[n:]
@@ -252,6 +250,7 @@ class WordLMTask(ObjectiveTask):
         train, val = self.vocab.encode(train_words), self.vocab.encode(valid_words)
         self.corpus = TokenSplits(train, val)
         self.source = corpus_path
+        self.valid_path, self.vocab_path = valid_path, vocab_path  # For run.json.
         self.seq_length = seq_length
         if consecutive_segments is not None and consecutive_segments < 1:
             raise ConfigError(f"consecutive_segments={consecutive_segments} must be >= 1")
@@ -350,20 +349,13 @@ class WordLMTask(ObjectiveTask):
         return batch if rows is None else {k: v[rows] for k, v in batch.items()}
 
 
-def _read(path: str | None, binding: str) -> str:
-    if not path or not os.path.isfile(path):
-        raise ConfigError(f"text file not found: {path!r} (gin binding {binding})")
-    with open(path, encoding="utf-8") as f:
-        return f.read()
-
-
 def main(argv: list[str] | None = None) -> None:
     """Writes a ``word count`` vocabulary (the reference's PTB layout) of text files."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("texts", nargs="+", help="text files whose words are counted")
     parser.add_argument("--output", required=True, help="the vocabulary file to write")
     args = parser.parse_args(argv)
-    lines = [words for path in args.texts for words in lines_of(_read(path, "texts"))]
+    lines = [words for path in args.texts for words in lines_of(read_text(path, "texts"))]
     vocab = count_vocabulary(lines)
     vocab.save(args.output)
     print(f"wrote {len(vocab)} words to {args.output}")

@@ -309,3 +309,20 @@ def test_diagnostics_weigh_slots_by_the_entries_they_cover():
     assert float(stats["amos/wd_decay_mean"]) == pytest.approx(
         1 / math.sqrt(1 + 0.25 * math.sqrt(0.1) * 0.01), rel=1e-6
     )
+
+
+@pytest.mark.parametrize("xi", [0.0, -0.01, math.nan, math.inf])
+def test_a_learning_rate_that_would_train_nothing_or_diverge_is_rejected(xi):
+    with pytest.raises(ValueError, match=r"learning_rate \(xi\) must be finite and positive"):
+        amos.amos(xi, amos.default_eta_fn())
+    with pytest.raises(ValueError, match="schedule gives nan at step 1"):
+        amos.amos(lambda count: jnp.nan * count, amos.default_eta_fn())
+    # A warmup that starts at 0 (the step-1 value of a schedule may be 0) is fine.
+    amos.amos(optax.linear_schedule(0.0, 0.01, 10), amos.default_eta_fn())
+
+
+def test_integer_parameters_are_an_error_naming_the_variable():
+    params = {"dense": {"kernel": jnp.ones((3, 2))}, "counter": {"bias": jnp.zeros(2, jnp.int32)}}
+    tx = amos.amos(0.01, amos.default_eta_fn(), amos.default_shape_fn())
+    with pytest.raises(ValueError, match="variable 'counter/bias' has dtype int32"):
+        tx.init(params)

@@ -234,3 +234,11 @@ def test_configuration_errors():
     tx = amos.amos(0.01, lambda p, s: 1.0)
     with pytest.raises(ValueError, match="Amos needs the parameters"):
         tx.update(PARAMS, tx.init(PARAMS))
+
+
+@pytest.mark.parametrize("gain", [-2.0, 0.0, math.nan])
+def test_a_bad_gain_names_the_variable(gain):
+    eta_fn = amos.default_eta_fn(gains={"out/kernel$": gain})
+    assert eta_fn(("hidden", "kernel"), (4, 3)) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match=f"gain for variable 'out/kernel' is {gain}"):
+        eta_fn(("out", "kernel"), (4, 3))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -15,10 +13,6 @@ from experiments.data.char_text import (
 )
 from experiments.errors import ConfigError
 
-SHAKESPEARE = (
-    Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
-)
-
 
 def test_split_and_vocab_small_text():
     c = corpus_from_text("abcabcabcd")
@@ -27,9 +21,8 @@ def test_split_and_vocab_small_text():
     assert c.decode(c.train) == "abcabcabc" and c.decode(c.val) == "d"
 
 
-@pytest.mark.skipif(not SHAKESPEARE.exists(), reason="shared corpus not present")
-def test_tinyshakespeare_matches_nanogpt_prepare():
-    c = load_corpus(str(SHAKESPEARE))
+def test_tinyshakespeare_matches_nanogpt_prepare(shakespeare):
+    c = load_corpus(str(shakespeare))
     # nanoGPT's prepare.py: 65 characters, 1,003,854 train and 111,540 val tokens.
     assert c.vocab_size == 65
     assert (len(c.train), len(c.val)) == (1003854, 111540)

@@ -16,17 +16,11 @@ from experiments.data import span_corruption as sc  # noqa: E402
 from experiments.data.tokenizers import SentencePieceTokenizer  # noqa: E402
 from experiments.data.train_sentencepiece import train_sentencepiece  # noqa: E402
 
-SHAKESPEARE = (
-    Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare" / "input.txt"
-)
-
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, str]:
-    if not SHAKESPEARE.exists():
-        pytest.skip("shared Tiny Shakespeare not present")
+def files(tmp_path_factory, shakespeare) -> dict[str, str]:
     tmp = tmp_path_factory.mktemp("seqio")
-    lines = SHAKESPEARE.read_text().splitlines(keepends=True)
+    lines = shakespeare.read_text().splitlines(keepends=True)
     (tmp / "train.txt").write_text("".join(lines[:1500]))
     (tmp / "validation.txt").write_text("".join(lines[-300:]))
     model = train_sentencepiece(

@@ -19,9 +19,6 @@ from experiments.errors import ConfigError
 from experiments.objectives import MaskedLM, Seq2Seq
 
 ROOT = Path(__file__).resolve().parents[2]
-SHAKESPEARE = (
-    Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare" / "input.txt"
-)
 
 
 class DummyMlm(nn.Module):
@@ -145,9 +142,8 @@ def test_mlm_loss_is_the_reference_sqrt_normalized_sum(mlm_task):
     assert np.isfinite(eval_loss)
 
 
-@pytest.mark.skipif(not SHAKESPEARE.exists(), reason="shared Tiny Shakespeare not present")
-def test_mlm_on_shakespeare_truncated_by_path():
-    task = MaskedLMTask(str(SHAKESPEARE), ByteTokenizer(), seq_length=32, packing=False)
+def test_mlm_on_shakespeare_truncated_by_path(shakespeare):
+    task = MaskedLMTask(str(shakespeare), ByteTokenizer(), seq_length=32, packing=False)
     assert isinstance(task.source, TextFileSource)
     batch = task.train_batch(seed=0, step=1, batch_size=16)
     assert (batch["attention_mask"] == 0).any()  # short lines are padded

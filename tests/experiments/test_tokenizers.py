@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -14,10 +12,6 @@ from experiments.data.tokenizers import (
     SentencePieceTokenizer,
     TokenizerError,
     make_tokenizer,
-)
-
-SHAKESPEARE = (
-    Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 )
 
 
@@ -77,12 +71,10 @@ def test_make_tokenizer_errors_name_the_option():
 
 
 @pytest.fixture(scope="module")
-def spm_path(tmp_path_factory) -> str:
-    if not SHAKESPEARE.exists():
-        pytest.skip("shared Tiny Shakespeare not present")
+def spm_path(tmp_path_factory, shakespeare) -> str:
     prefix = tmp_path_factory.mktemp("spm") / "shakespeare"
     return tsp.train_sentencepiece(
-        [str(SHAKESPEARE)],
+        [str(shakespeare)],
         str(prefix),
         vocab_size=1000,
         input_sentence_size=5000,

@@ -5,7 +5,6 @@ consecutive segments the reference trains and evaluates its LSTM on
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,11 +24,6 @@ from experiments.data.word_lm import (
     main,
 )
 from experiments.errors import ConfigError
-
-SHAKESPEARE = (
-    Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare" / "input.txt"
-)
-
 
 # --------------------------------------------------------------------------- vocabularies
 
@@ -191,10 +185,10 @@ def test_train_split_evaluation_reads_a_prefix_of_the_training_text(tmp_path):
     np.testing.assert_array_equal(targets[weights == 1], task.corpus.train[: len(task.corpus.val)])
 
 
-def test_task_on_tiny_shakespeare(tmp_path):
+def test_task_on_tiny_shakespeare(tmp_path, shakespeare):
     vocab_path = tmp_path / "vocab.txt"
     task = WordLMTask(
-        str(SHAKESPEARE), seq_length=32, max_vocab=2000, save_vocab_path=str(vocab_path)
+        str(shakespeare), seq_length=32, max_vocab=2000, save_vocab_path=str(vocab_path)
     )
     assert task.model_kwargs() == {"vocab_size": 2000}
     assert task.state_collections == ("carry",)
@@ -205,7 +199,7 @@ def test_task_on_tiny_shakespeare(tmp_path):
     # One block per epoch without consecutive_segments.
     assert task.consecutive(32) == (len(task.corpus.train) - 32) // (32 * 32)
     # The saved vocabulary reproduces the same ids when given by path.
-    from_file = WordLMTask(str(SHAKESPEARE), seq_length=32, vocab_path=str(vocab_path))
+    from_file = WordLMTask(str(shakespeare), seq_length=32, vocab_path=str(vocab_path))
     np.testing.assert_array_equal(from_file.corpus.val, task.corpus.val)
     # Out-of-vocabulary words are <unk>: about the share of rare words.
     unk_share = float(np.mean(task.corpus.val == task.vocab.unk_id))

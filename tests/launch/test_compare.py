@@ -82,3 +82,27 @@ def test_compare_trains_summarizes_and_resummarizes(tmp_path: Path):
     assert "[compare] /" not in p2.stdout  # no training commands
     s2 = json.loads((results / "summary.json").read_text())
     assert {opt: v["final_eval_loss"] for opt, v in s2["optimizers"].items()} == before
+
+
+@pytest.mark.slow
+def test_quickstart_leaves_the_tracked_results_alone(tmp_path: Path):
+    """`make quickstart` summarizes beside its runs (<parent>/results), never into the
+    versioned results/quickstart/, so a new user's checkout stays clean."""
+    tracked = REPO / "results" / "quickstart" / "summary.json"
+    before = tracked.read_bytes()
+    cmd = [
+        PYTHON,
+        str(REPO / "launch" / "quickstart.py"),
+        "--seeds",
+        "1",
+        f"--parent={tmp_path / 'runs'}",
+        "--gin.TRAIN_STEPS=20",
+        "--gin.EVAL_EVERY=10",
+        *TINY,
+    ]
+    p = subprocess.run(cmd, cwd=REPO, env=env_with(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads((tmp_path / "runs" / "results" / "summary.json").read_text())
+    assert set(summary["optimizers"]) == {"amos", "adamw"}
+    assert f"summary in {tmp_path / 'runs' / 'results'}" in p.stdout
+    assert tracked.read_bytes() == before
