@@ -298,6 +298,7 @@ def _build_trainer():
 def _train(args: argparse.Namespace, bindings: list[str], command: list[str], argv) -> int:
     import jax
 
+    from launch import run_lock
     from launch import train as train_lib
 
     if args.distributed == "on" or (args.distributed == "auto" and multihost_detected()):
@@ -324,7 +325,7 @@ def _train(args: argparse.Namespace, bindings: list[str], command: list[str], ar
         "optimizer": trainer.opt.name,
         "num_params": trainer.num_params,
         "slot_bytes": trainer.slot_bytes,
-        "data": getattr(trainer.task, "source", None),
+        "data": trainer.describe_data(),
     }
 
     def record(**fields) -> None:
@@ -332,21 +333,24 @@ def _train(args: argparse.Namespace, bindings: list[str], command: list[str], ar
         if is_chief:
             _write_json(os.path.join(model_dir, "run.json"), info)
 
-    if is_chief:
-        _write_config(model_dir)
-    record()
-    try:
-        result = trainer.run()
-    except train_lib.TrainingDiverged as e:
-        print(f"ERROR: training diverged: {e}", file=sys.stderr)
-        record(status="diverged", error=str(e))
-        return 3
-    except ConfigError as e:  # Found while training, e.g. no checkpoint can be restored.
-        record(status="configuration error", error=_first_line(e))
-        raise
-    if is_chief:
-        _write_config(model_dir)
-    record(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), result=result)
+    # One process per MODEL_DIR: a second run (any seed) would interleave its metrics and
+    # overwrite run.json, so it stops here naming the holder.
+    with run_lock.acquire(model_dir):
+        if is_chief:
+            _write_config(model_dir)
+        record()
+        try:
+            result = trainer.run()
+        except train_lib.TrainingDiverged as e:
+            print(f"ERROR: training diverged: {e}", file=sys.stderr)
+            record(status="diverged", error=str(e))
+            return 3
+        except ConfigError as e:  # Found while training, e.g. no checkpoint restores.
+            record(status="configuration error", error=_first_line(e))
+            raise
+        if is_chief:
+            _write_config(model_dir)
+        record(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), result=result)
     if is_chief:
         print(f"done: {model_dir} (tensorboard --logdir {model_dir})", flush=True)
     return 0

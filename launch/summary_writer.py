@@ -61,16 +61,22 @@ class ScalarWriter:
     def restart_at(self, step: int, splits=("train", "eval")) -> None:
         """Drops records after `step` left by an interrupted run.
 
-        metrics.jsonl is rewritten; TensorBoard gets a SessionLog.START event, which makes it
-        discard the orphaned points of larger steps from the earlier event files.
+        metrics.jsonl is rewritten (without a half-written last line, left by a kill during
+        an append); TensorBoard gets a SessionLog.START event, which makes it discard the
+        orphaned points of larger steps from the earlier event files.
         """
         if not self._enabled:
             return
         if os.path.exists(self.jsonl_path):
-            with open(self.jsonl_path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-            with open(self.jsonl_path, "w") as f:
+            kept = [
+                line.rstrip("\n") + "\n"
+                for line, record in _records(self.jsonl_path)
+                if record["step"] <= step
+            ]
+            tmp = self.jsonl_path + ".tmp"
+            with open(tmp, "w") as f:
                 f.writelines(kept)
+            os.replace(tmp, self.jsonl_path)
         for split in splits:
             event = event_pb2.Event(
                 wall_time=time.time(),
@@ -102,8 +108,24 @@ class ScalarWriter:
         self._writers.clear()
 
 
-def read_metrics(model_dir: str) -> list[dict]:
-    """All records of MODEL_DIR/metrics.jsonl, in order."""
-    path = os.path.join(model_dir, "metrics.jsonl")
+def _records(path: str) -> list[tuple[str, dict]]:
+    """(line, record) of each line of a metrics.jsonl.
+
+    A last line that does not parse is what a kill in the middle of an append leaves; it is
+    no record and is skipped. A bad line before the last is real damage and raises.
+    """
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            out.append((line, json.loads(line)))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise
+    return out
+
+
+def read_metrics(model_dir: str) -> list[dict]:
+    """All records of MODEL_DIR/metrics.jsonl, in order (a half-written last line skipped)."""
+    return [record for _, record in _records(os.path.join(model_dir, "metrics.jsonl"))]

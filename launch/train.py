@@ -13,6 +13,7 @@ import datetime
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,7 +34,9 @@ from launch.summary_writer import ScalarWriter, read_metrics
 
 
 class TrainingDiverged(RuntimeError):
-    """A non-finite loss or gradient with `skip_nonfinite_steps` off."""
+    """A non-finite loss, gradient, update or evaluation: at once with
+    `skip_nonfinite_steps` off, after `max_consecutive_skipped_steps` skipped steps in a
+    row with it on, and always when an evaluation is non-finite."""
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -48,6 +51,52 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
 
 def tree_norm(tree) -> jax.Array:
     return optax.global_norm(tree)
+
+
+def all_finite(tree) -> jax.Array:
+    """Whether no float leaf of `tree` holds a NaN or Inf. Exact, unlike a finite norm: the
+    norm of large but finite values (Adam's second moments) can overflow."""
+    leaves = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree_util.tree_leaves(tree)
+        if jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def poison_first_leaf(tree, when: jax.Array):
+    """`tree` with its first leaf set to Inf where `when`: the testing hook
+    `train.inject_nonfinite_params_at_steps` (an update that breaks the parameters)."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    leaves[0] = jnp.where(when, jnp.inf, leaves[0]).astype(leaves[0].dtype)
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def nonfinite_values(values: dict[str, Any]) -> dict[str, float]:
+    """The entries of `values` that are non-finite floats (what final.json must not hold)."""
+    return {k: v for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)}
+
+
+_SKIP_HINT = "Set train.skip_nonfinite_steps = True to skip such steps instead."
+
+
+@dataclasses.dataclass
+class _SkipCount:
+    """Skipped (non-finite) steps: in all, and in a row up to `limit`."""
+
+    limit: int
+    total: int = 0
+    consecutive: int = 0
+
+    def add(self, finite: bool) -> bool:
+        """Counts one step; True when it makes `limit` skipped steps in a row."""
+        self.consecutive = 0 if finite else self.consecutive + 1
+        self.total += not finite
+        return self.consecutive >= self.limit
+
+
+def _items(values: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in values.items())
 
 
 @dataclasses.dataclass
@@ -81,7 +130,10 @@ class Trainer:
         checkpoint_every: int,
         keep_checkpoints: int,
         skip_nonfinite_steps: bool,
+        max_consecutive_skipped_steps: int,
+        first_checkpoint_at: int | None,
         inject_nonfinite_at_steps: Sequence[int],
+        inject_nonfinite_params_at_steps: Sequence[int],
         progress: bool,
     ):
         problems = []
@@ -95,9 +147,17 @@ class Trainer:
             ("train.checkpoint_every", checkpoint_every),
             ("train.keep_checkpoints", keep_checkpoints),
             ("train.eval_batches", eval_batches),
+            ("train.max_consecutive_skipped_steps", max_consecutive_skipped_steps),
         ]:
             if not isinstance(value, int) or value <= 0:
                 problems.append(f"{name} must be a positive integer, got {value!r}")
+        if first_checkpoint_at is not None and (
+            not isinstance(first_checkpoint_at, int) or first_checkpoint_at < 0
+        ):
+            problems.append(
+                "train.first_checkpoint_at must be None (the first log step), 0 (off) or a "
+                f"positive step, got {first_checkpoint_at!r}"
+            )
         for split in eval_splits:
             if split not in ("train", "val"):
                 problems.append(f"train.eval_splits: unknown split {split!r} (train, val)")
@@ -123,7 +183,19 @@ class Trainer:
         self.log_every, self.checkpoint_every = log_every, checkpoint_every
         self.keep_checkpoints = keep_checkpoints
         self.skip_nonfinite_steps = skip_nonfinite_steps
+        self.max_consecutive_skipped_steps = max_consecutive_skipped_steps
+        # A first checkpoint early, so that a run dying young (a crash, a preemption, the
+        # machine under load) loses little of its work. By default at the first log step,
+        # min(checkpoint_every, log_every): there the host fetches the step metrics anyway
+        # and has just checked the steps finite, so the save adds no synchronization and
+        # saves a state known good; and a crash before the first regular checkpoint loses
+        # at most one log interval. 0 turns it off. It counts among `keep_checkpoints`
+        # like any other and, being the oldest, is the first to go.
+        self.first_checkpoint_at = (
+            min(checkpoint_every, log_every) if first_checkpoint_at is None else first_checkpoint_at
+        )
         self.inject_nonfinite_at_steps = tuple(inject_nonfinite_at_steps)
+        self.inject_nonfinite_params_at_steps = tuple(inject_nonfinite_params_at_steps)
         self.progress = progress
         self.is_chief = jax.process_index() == 0
 
@@ -172,6 +244,7 @@ class Trainer:
         model, tx, task = self.model, self.opt.tx, self.task
         base_key = jax.random.key(self.seed)
         inject = jnp.asarray(self.inject_nonfinite_at_steps or [-1], jnp.int32)
+        inject_params = self.inject_nonfinite_params_at_steps
         skip = self.skip_nonfinite_steps
 
         def train_step(state, batch):
@@ -195,7 +268,13 @@ class Trainer:
             grad_norm = tree_norm(grads)
             updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
             params = optax.apply_updates(state["params"], updates)
-            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            if inject_params:  # Testing hook (train.inject_nonfinite_params_at_steps).
+                params = poison_first_leaf(params, jnp.any(jnp.asarray(inject_params) == step))
+            # A finite loss can still come with an update that breaks the parameters or the
+            # slots (an overflow in the optimizer): such a step is as bad as a NaN loss, and
+            # its state must never be checkpointed.
+            update_finite = all_finite((params, opt_state, model_state))
+            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & update_finite
             if skip:  # Keep the old params and slots; the step counter still advances.
                 keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
                     lambda a, b: jnp.where(finite, a, b), new, old
@@ -216,6 +295,7 @@ class Trainer:
                 "grad_norm": grad_norm,
                 "param_norm": tree_norm(params),
                 "finite": finite,
+                "update_finite": update_finite,
             }
             return new_state, metrics
 
@@ -271,6 +351,7 @@ class Trainer:
             out_shardings=self.replicated,
         )
         self.eval_carry_step = jax.jit(eval_carry_step)
+        self.state_finite = jax.jit(all_finite)
         self.diagnostics = jax.jit(
             diagnostics, in_shardings=(self.state_sharding,), out_shardings=self.replicated
         )
@@ -352,29 +433,40 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------------ loop
+    @property
+    def checkpoint_dir(self) -> str:
+        return os.path.abspath(os.path.join(self.model_dir, "checkpoints"))
+
+    def _is_checkpoint_step(self, step: int) -> bool:
+        return (
+            step % self.checkpoint_every == 0
+            or step == self.train_steps
+            or step == self.first_checkpoint_at
+        )
+
     def run(self, stop_after: int | None = None) -> dict[str, Any]:
         """Trains to `train_steps` (or `stop_after` steps in this call); returns final.json."""
         os.makedirs(self.model_dir, exist_ok=True)
         writer = ScalarWriter(self.model_dir, enabled=self.is_chief)
         manager = ocp.CheckpointManager(
-            os.path.abspath(os.path.join(self.model_dir, "checkpoints")),
+            self.checkpoint_dir,
             options=ocp.CheckpointManagerOptions(max_to_keep=self.keep_checkpoints, create=True),
         )
-        state, train_time, start = None, 0.0, manager.latest_step()
-        if start is not None:
-            restored = manager.restore(
-                start,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(self.abstract_state), meta=ocp.args.JsonRestore()
-                ),
-            )
-            state, train_time = restored["state"], float(restored["meta"]["train_time_s"])
+        try:
+            restored = self._restore(manager)
+        except ConfigError:
+            manager.close()
+            raise
+        if restored is not None:
+            state, train_time, start = restored
             writer.restart_at(start)
             self._say(f"resumed from checkpoint at step {start} in {self.model_dir}")
         else:
-            start = 0
-            state = self.init_state(self.seed)
-        last_good = start if manager.latest_step() is not None else None
+            state, train_time, start = self.init_state(self.seed), 0.0, 0
+            if os.path.exists(writer.jsonl_path):
+                # An earlier try died before its first checkpoint: its records go.
+                writer.restart_at(-1)
+        last_good = start if restored is not None else None
 
         eval_batches = self._eval_batches()
         # Compile outside the timed region: steps/s and time-to-target measure training.
@@ -383,7 +475,7 @@ class Trainer:
             writer.write("train", 0, {"slot_bytes": self.slot_bytes, "num_params": self.num_params})
 
         end = self.train_steps if stop_after is None else min(self.train_steps, start + stop_after)
-        pending, skipped = _Pending(), 0
+        pending, skips = _Pending(), _SkipCount(self.max_consecutive_skipped_steps)
         interval_start, interval_steps = time.perf_counter(), 0
         final_eval: dict[str, float] = {}
         step = start
@@ -395,40 +487,17 @@ class Trainer:
             pending.metrics.append(metrics)
             interval_steps += 1
             is_eval = step % self.eval_every == 0 or step == self.train_steps
-            is_ckpt = step % self.checkpoint_every == 0 or step == self.train_steps
+            is_ckpt = self._is_checkpoint_step(step)
             if step % self.log_every == 0 or is_eval or is_ckpt or step == end:
                 fetched = jax.device_get(pending.metrics)
                 elapsed = time.perf_counter() - interval_start
                 train_time += elapsed
-                bad = [s for s, m in zip(pending.steps, fetched, strict=True) if not m["finite"]]
-                if bad and not self.skip_nonfinite_steps:
-                    writer.close()
-                    manager.wait_until_finished()
-                    kept = (
-                        f"the last good checkpoint is step {last_good} in "
-                        f"{self.model_dir}/checkpoints"
-                        if last_good is not None
-                        else "no checkpoint was written"
-                    )
-                    raise TrainingDiverged(
-                        f"non-finite loss or gradient at step {bad[0]}; stopping ({kept}). "
-                        "Set train.skip_nonfinite_steps = True to skip such steps instead."
-                    )
-                skipped += len(bad)
-                good = [m for m in fetched if m["finite"]] or fetched
-                scalars = {
-                    k: float(np.mean([m[k] for m in good]))
-                    for k in ("loss", "token_loss", "accuracy", "grad_norm")
-                }
-                scalars["param_norm"] = float(fetched[-1]["param_norm"])
-                scalars["learning_rate"] = self.opt.learning_rate(step)
-                scalars["steps_per_sec"] = interval_steps / elapsed
-                scalars[f"{self.unit_name}_per_sec"] = (
-                    interval_steps * self.units_per_batch / elapsed
-                )
+                problem = self._check_steps(pending.steps, fetched, skips)
+                if problem:
+                    raise self._diverged(writer, manager, last_good, *problem)
+                scalars = self._train_scalars(fetched, step, interval_steps, elapsed)
                 scalars["train_time_s"] = train_time
-                scalars["slot_bytes"] = self.slot_bytes
-                scalars["skipped_steps"] = skipped
+                scalars["skipped_steps"] = skips.total
                 scalars.update(
                     {k: float(v) for k, v in jax.device_get(self.diagnostics(state)).items()}
                 )
@@ -443,6 +512,14 @@ class Trainer:
                 pending = _Pending()
                 if is_eval:
                     final_eval = self.evaluate(state, eval_batches)
+                    bad = nonfinite_values(final_eval)
+                    if bad:
+                        raise self._diverged(
+                            writer,
+                            manager,
+                            last_good,
+                            f"non-finite evaluation at step {step} ({_items(bad)})",
+                        )
                     final_eval["train_time_s"] = train_time
                     writer.write("eval", step, final_eval)
                     self._say(
@@ -452,6 +529,8 @@ class Trainer:
                         )
                     )
                 if is_ckpt:
+                    # Every step up to here was finite, its update included (or skipped):
+                    # the state saved is one a restart can use.
                     manager.save(
                         step,
                         args=ocp.args.Composite(
@@ -466,17 +545,10 @@ class Trainer:
         manager.close()
         writer.close()
         if not final_eval and self.is_chief and os.path.exists(writer.jsonl_path):
-            # Restarted on a finished checkpoint (e.g. killed before final.json was written):
-            # the final evaluation is already on record.
-            final_eval = next(
-                (
-                    r
-                    for r in reversed(read_metrics(self.model_dir))
-                    if r["split"] == "eval" and r["step"] == step
-                ),
-                {},
-            )
-            final_eval = {k: v for k, v in final_eval.items() if k not in ("step", "split")}
+            final_eval = self._recorded_eval(step)
+        bad = nonfinite_values(final_eval)
+        if bad:  # final.json never holds NaN or Inf.
+            raise TrainingDiverged(f"non-finite final evaluation at step {step} ({_items(bad)})")
         result = {
             "step": step,
             "finished": step >= self.train_steps,
@@ -491,9 +563,230 @@ class Trainer:
                 json.dump(result, f, indent=2)
         return result
 
+    def _recorded_eval(self, step: int) -> dict[str, float]:
+        """The evaluation at `step` from metrics.jsonl: a run restarted on its finished
+        checkpoint (killed before final.json was written) has it on record."""
+        record = next(
+            (
+                r
+                for r in reversed(read_metrics(self.model_dir))
+                if r["split"] == "eval" and r["step"] == step
+            ),
+            {},
+        )
+        return {k: v for k, v in record.items() if k not in ("step", "split")}
+
+    def _train_scalars(
+        self, fetched: list[dict], step: int, interval_steps: int, elapsed: float
+    ) -> dict[str, float]:
+        """The train record of a log interval; means over its finite steps (all of them if
+        none was finite)."""
+        good = [m for m in fetched if m["finite"]] or fetched
+        scalars = {
+            k: float(np.mean([m[k] for m in good]))
+            for k in ("loss", "token_loss", "accuracy", "grad_norm")
+        }
+        scalars["param_norm"] = float(fetched[-1]["param_norm"])
+        scalars["learning_rate"] = self.opt.learning_rate(step)
+        scalars["steps_per_sec"] = interval_steps / elapsed
+        scalars[f"{self.unit_name}_per_sec"] = interval_steps * self.units_per_batch / elapsed
+        scalars["slot_bytes"] = self.slot_bytes
+        return scalars
+
+    def _check_steps(
+        self, steps: list[int], fetched: list[dict], skips: _SkipCount
+    ) -> tuple[str, str] | None:
+        """Why training must stop after these steps, and a hint, or None: a non-finite
+        step with skipping off, or too many skipped in a row with it on."""
+        if not self.skip_nonfinite_steps:
+            for s, m in zip(steps, fetched, strict=True):
+                if not m["finite"]:
+                    what = (
+                        f"non-finite loss or gradient at step {s}"
+                        if m["update_finite"]
+                        else f"non-finite parameters or optimizer state after the update "
+                        f"of step {s} (the loss and gradient were finite)"
+                    )
+                    return what, _SKIP_HINT
+            return None
+        for s, m in zip(steps, fetched, strict=True):
+            if skips.add(bool(m["finite"])):
+                what = (
+                    f"{skips.limit} consecutive non-finite steps skipped, the last at step {s}"
+                    f" (train.max_consecutive_skipped_steps = {skips.limit})"
+                )
+                return what, ""
+        return None
+
+    def _diverged(
+        self, writer, manager, last_good: int | None, what: str, hint: str = ""
+    ) -> TrainingDiverged:
+        """The error that stops a diverged run, once its records and checkpoints are
+        closed; it names the last good checkpoint."""
+        writer.close()
+        manager.wait_until_finished()
+        manager.close()
+        kept = (
+            f"the last good checkpoint is step {last_good} in {self.checkpoint_dir}"
+            if last_good is not None
+            else "no checkpoint was written"
+        )
+        return TrainingDiverged(f"{what}; stopping ({kept}). {hint}".rstrip())
+
+    # ------------------------------------------------------------------ restore
+    def _restore(self, manager: ocp.CheckpointManager) -> tuple[Any, float, int] | None:
+        """The newest checkpoint that restores, as (state, train_time_s, step); None if
+        there is none.
+
+        One that fails (a truncated file or garbled metadata, from a crash or a full disk
+        while it was written) is reported; once an older one restores, the failed ones are
+        moved aside (`<step>.corrupt`, a name orbax does not list, so that it saves the
+        step again). If none restores, nothing is moved, since the cause may be a
+        configuration these checkpoints do not fit, and a ConfigError names the directory.
+        """
+        failed: list[int] = []
+        for step in sorted(manager.all_steps(), reverse=True):
+            try:
+                state, train_time = self._restore_step(manager, step)
+            except Exception as e:  # orbax and tensorstore raise many types on bad files.
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                self._warn(
+                    f"checkpoint {os.path.join(self.checkpoint_dir, str(step))} cannot be "
+                    f"restored ({type(e).__name__}: {reason})"
+                )
+                failed.append(step)
+                continue
+            if failed:
+                self._move_aside(manager, failed)
+                self._warn(f"falling back to the checkpoint of step {step}")
+            return state, train_time, step
+        if failed:
+            raise ConfigError(
+                f"no checkpoint in {self.checkpoint_dir} can be restored (steps "
+                f"{sorted(failed)}): damaged, or written by another configuration (model, "
+                "optimizer); fix the configuration, or move that directory away to start over"
+            )
+        return None
+
+    def _restore_step(self, manager: ocp.CheckpointManager, step: int) -> tuple[Any, float]:
+        """(state, train_time_s) of one checkpoint; raises if it cannot be read or holds
+        non-finite values (which no checkpoint written by this loop does)."""
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(self.abstract_state), meta=ocp.args.JsonRestore()
+            ),
+        )
+        train_time = float(restored["meta"]["train_time_s"])
+        if not bool(self.state_finite(restored["state"])):
+            raise ValueError("the state holds NaN or Inf values")
+        return restored["state"], train_time
+
+    def _move_aside(self, manager: ocp.CheckpointManager, steps: list[int]) -> None:
+        """Renames the checkpoints of `steps` to `<step>.corrupt` (kept for inspection) and
+        makes `manager` forget them."""
+        if self.is_chief:
+            for step in steps:
+                path = os.path.join(self.checkpoint_dir, str(step))
+                aside, n = f"{path}.corrupt", 1
+                while os.path.exists(aside):
+                    aside, n = f"{path}.corrupt.{n}", n + 1
+                os.rename(path, aside)
+                self._warn(f"moved the damaged checkpoint {path} to {aside}")
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("checkpoints moved aside")
+        manager.reload()
+
+    def describe_data(self) -> dict[str, Any]:
+        """What the task reads, for run.json (see `describe_data`)."""
+        return describe_data(self.task)
+
+    def _warn(self, msg: str) -> None:
+        if self.is_chief:
+            print(f"WARNING: {msg}", file=sys.stderr, flush=True)
+
     def _say(self, msg: str) -> None:
         if self.is_chief:
             print(msg, flush=True)
+
+
+# ---------------------------------------------------------------------- data description
+# Attributes of tasks and sources (experiments/data/) that name where their data is.
+_PATH_ATTRS = ("path", "corpus_path", "valid_path", "data_dir")
+
+
+def describe_data(task: Any) -> dict[str, Any]:
+    """What a task reads, readable in run.json: its class, the dataset (a name, a corpus
+    path or the generated text), the split names, the files and the tokenizer or
+    vocabulary. Built from the attributes the task and its source happen to have, so any
+    task is described as far as it exposes itself (and nothing is an object repr)."""
+    out: dict[str, Any] = {"task": type(task).__name__}
+    source = getattr(task, "source", None)
+    if isinstance(source, str):  # A corpus path, or a description of generated text.
+        out["dataset"] = source
+    elif source is not None:
+        out["source"] = type(source).__name__
+        out["dataset"] = _plain(getattr(source, "name", None)) or type(source).__name__
+        out.update(_paths(source))
+        out.update(_splits(source))
+    if getattr(task, "dataset", None):
+        out["dataset"] = _plain(task.dataset)
+    out.update(_paths(task))
+    out.update(_splits(task))
+    vocabulary = _describe_vocabulary(task)
+    if vocabulary:
+        out["vocabulary"] = vocabulary
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """`value` if JSON holds it as is, else its str()."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+def _paths(obj: Any) -> dict[str, Any]:
+    return {a: _plain(getattr(obj, a)) for a in _PATH_ATTRS if getattr(obj, a, None)}
+
+
+def _splits(obj: Any) -> dict[str, Any]:
+    """Our split names mapped to the dataset's (TFDS sources, image tasks), or the sizes
+    of in-memory token splits (`corpus` with `train` and `val` ids)."""
+    names = getattr(obj, "split_names", None)
+    if isinstance(names, dict):
+        return {"splits": _plain(names)}
+    corpus = getattr(obj, "corpus", None)
+    if corpus is not None and hasattr(corpus, "train") and hasattr(corpus, "val"):
+        return {"split_tokens": {"train": len(corpus.train), "val": len(corpus.val)}}
+    return {}
+
+
+def _describe_vocabulary(task: Any) -> dict[str, Any]:
+    """The tokenizer (its kind and model file) or word vocabulary, with its size."""
+    tokenizer = getattr(task, "tokenizer", None)
+    if tokenizer is not None:
+        out = {"tokenizer": type(tokenizer).__name__}
+        if getattr(tokenizer, "model_path", None):
+            out["path"] = tokenizer.model_path
+        if getattr(tokenizer, "vocab_size", None):
+            out["size"] = int(tokenizer.vocab_size)
+        return out
+    out = {}
+    if getattr(task, "vocab_path", None):
+        out["path"] = task.vocab_path
+    vocab = getattr(task, "vocab", None)
+    if vocab is not None and hasattr(vocab, "__len__"):
+        out["size"] = len(vocab)
+    elif getattr(task, "vocab_size", None):
+        out["size"] = int(task.vocab_size)
+    return out
 
 
 @gin.configurable("train", denylist=["stop_after", "build_only"])
@@ -515,7 +808,10 @@ def train(
     checkpoint_every: int = 500,
     keep_checkpoints: int = 3,
     skip_nonfinite_steps: bool = False,
+    max_consecutive_skipped_steps: int = 10,
+    first_checkpoint_at: int | None = None,
     inject_nonfinite_at_steps: Sequence[int] = (),
+    inject_nonfinite_params_at_steps: Sequence[int] = (),
     progress: bool = True,
     stop_after: int | None = None,
     build_only: bool = False,
@@ -523,6 +819,9 @@ def train(
     """Trains one configuration into `model_dir` (resuming from its checkpoint if any).
 
     `build_only` returns the Trainer without running it (benchmarks drive its step).
+    `inject_nonfinite_at_steps` (a NaN loss) and `inject_nonfinite_params_at_steps` (an
+    update that makes the parameters Inf while the loss is finite) are testing hooks: they
+    poison the given 1-based steps, to exercise the non-finite paths of the loop.
     """
     trainer = Trainer(
         model_dir=model_dir,
@@ -541,7 +840,10 @@ def train(
         checkpoint_every=checkpoint_every,
         keep_checkpoints=keep_checkpoints,
         skip_nonfinite_steps=skip_nonfinite_steps,
+        max_consecutive_skipped_steps=max_consecutive_skipped_steps,
+        first_checkpoint_at=first_checkpoint_at,
         inject_nonfinite_at_steps=inject_nonfinite_at_steps,
+        inject_nonfinite_params_at_steps=inject_nonfinite_params_at_steps,
         progress=progress,
     )
     return trainer if build_only else trainer.run(stop_after=stop_after)

@@ -153,6 +153,9 @@ class ImageClassificationTask(ObjectiveTask):
         if augmentation not in AUGMENTATIONS:
             raise ConfigError(f"augmentation must be one of {AUGMENTATIONS}, got {augmentation!r}")
         self.augmentation, self.in_memory, self.image_size = augmentation, in_memory, image_size
+        # Where the data comes from, for run.json (launch.train.describe_data).
+        self.dataset, self.data_dir = dataset, data_dir
+        self.split_names = {"train": train_split, "val": val_split}
         if dataset != "digits" and not data_dir:
             raise ConfigError(f"tfds dataset {dataset!r} needs a data_dir (gin binding DATA_DIR)")
         if not in_memory:
