@@ -1,6 +1,14 @@
-"""Rewrites the results block of README.md from results/*/summary.json.
+"""Rewrites the results block of README.md from results/*/summary.json, and every
+included results file.
 
-The README's numbers are never typed by hand: run this after a comparison finishes.
+The README's numbers are never typed by hand: run this after a comparison or a benchmark
+finishes. An include block,
+
+    <!-- include: results/benchmarks/optimizer_step.md -->
+    ...
+    <!-- end include -->
+
+is replaced by that file's text, as written by the benchmark, in a code block.
 
   .venv/bin/python launch/readme_results.py [--readme README.md]
 """
@@ -9,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+INCLUDE = re.compile(r"(<!-- include: (\S+) -->\n)(.*?)(<!-- end include -->)", re.S)
 
 
 def _fmt(x, spec: str) -> str:
@@ -67,6 +77,18 @@ def block(results_dir: Path) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def includes(text: str, repo: Path) -> str:
+    """``text`` with every include block refreshed from the file it names."""
+
+    def refresh(m: re.Match) -> str:
+        path = repo / m.group(2)
+        if not path.is_file():
+            raise SystemExit(f"README includes {m.group(2)}, which does not exist")
+        return f"{m.group(1)}```\n{path.read_text().rstrip()}\n```\n{m.group(4)}"
+
+    return INCLUDE.sub(refresh, text)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--readme", default=str(REPO / "README.md"))
@@ -76,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     text = readme.read_text()
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{BEGIN}\n{block(Path(args.results))}{END}{tail}")
+    text = f"{head}{BEGIN}\n{block(Path(args.results))}{END}{tail}"
+    readme.write_text(includes(text, Path(args.results).parent))
     return 0
 
 
