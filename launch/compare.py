@@ -68,6 +68,12 @@ def train_one(
 
 
 # ----------------------------------------------------------------------------- summary
+def training_revisions(summary: dict) -> str:
+    """The revisions a summary's runs were trained at, with their dirty flags."""
+    gits = summary.get("run_gits") or [summary.get("run_git") or {}]
+    return ", ".join(f"{g.get('revision')} (dirty: {g.get('dirty')})" for g in gits)
+
+
 def eval_curve(directory: Path) -> list[dict]:
     return [r for r in read_metrics(str(directory)) if r["split"] == "eval"]
 
@@ -238,11 +244,16 @@ def summarize(
 
     first_dir = Path(runs[base][0]["dir"])
     run_info = json.loads((first_dir / "run.json").read_text())
+    infos = [
+        json.loads((Path(r["dir"]) / "run.json").read_text()) for rs in runs.values() for r in rs
+    ]
     run_commands = {
-        r["dir"]: json.loads((Path(r["dir"]) / "run.json").read_text()).get("argv")
-        for rs in runs.values()
-        for r in rs
+        r["dir"]: i.get("argv") for r, i in zip([r for rs in runs.values() for r in rs], infos)
     }
+    # Every revision the runs were trained at (seeds added later may be at a later one).
+    run_gits = [
+        dict(t) for t in dict.fromkeys(tuple(sorted((i.get("git") or {}).items())) for i in infos)
+    ]
     summary = {
         "experiment": experiment,
         "baseline": base,
@@ -256,6 +267,7 @@ def summarize(
         "run_parent": str(parent),
         "run_commands": run_commands,
         "run_git": run_info.get("git"),
+        "run_gits": run_gits,
         "configs": {opt: str(Path(runs[opt][0]["dir"]) / "config.gin") for opt in runs},
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -337,8 +349,7 @@ def markdown(s: dict) -> str:
         "",
         f"- command: `{' '.join(s['command'])}`",
         f"- git at summary: {g['revision']} (dirty: {g['dirty']}); at training: "
-        f"{(s.get('run_git') or {}).get('revision')} "
-        f"(dirty: {(s.get('run_git') or {}).get('dirty')})",
+        + training_revisions(s),
         "- run commands: see `run_commands` in summary.json and run.json in each run",
         f"- machine: {m.get('device_kind')} x{m.get('device_count')}, "
         f"{m.get('cpu_count')} CPUs, {m.get('platform')}",

@@ -22,6 +22,11 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from launch.compare import training_revisions  # noqa: E402
+
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 INCLUDE = re.compile(r"(<!-- include: (\S+) -->\n)(.*?)(<!-- end include -->)", re.S)
 
@@ -38,9 +43,8 @@ def block(results_dir: Path) -> str:
         m = s.get("machine") or {}
         out += [
             f"**{s['experiment']}** (`{rel}/`; machine: {m.get('device_kind')} "
-            f"x{m.get('device_count')}, {m.get('cpu_count')} CPUs; git "
-            f"{(s.get('run_git') or {}).get('revision')}, dirty "
-            f"{(s.get('run_git') or {}).get('dirty')} at training)",
+            f"x{m.get('device_count')}, {m.get('cpu_count')} CPUs; trained at git "
+            f"{training_revisions(s)})",
             "",
         ]
         if "anchor_check" in s:
