@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv quickstart quickstart-record test test-all lint bench clean
+.PHONY: venv quickstart quickstart-record test test-all lint bench notebooks clean
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ test-all: test
 
 bench: $(STAMP)
 	$(PY) benchmarks/optimizer_step.py
+
+# Executes notebooks/*.py headless (notebooks/README.md): notebooks/executed/*.ipynb,
+# notebooks/headline_table.md and notebooks/figures/loss_curves.png.
+notebooks: $(STAMP)
+	$(PY) notebooks/execute.py
 
 clean:
 	rm -rf $(VENV)
