@@ -244,6 +244,25 @@ class Classification(Objective):
 
 
 @dataclasses.dataclass(frozen=True)
+class SequenceClassification(Objective):
+    """One label per text (or text pair) with a dropout model, e.g. BERT on GLUE:
+    ``model.apply(v, input_ids, segment_ids, attention_mask, deterministic=...)`` ->
+    ``(B, classes)`` logits against ``labels``, weighted by ``weights`` (0 for the padding
+    rows that complete an evaluation split's last batch, 1 otherwise). No batch norm, so
+    not :class:`Classification`; no perplexity. The training loss defaults to the
+    reference's ``"sqrt"`` (jestimator/models/bert/modeling.py ``ModelForSeqCls.xe_loss``:
+    the batch's summed cross-entropy / sqrt(batch size)), the reported eval loss is the
+    per-example mean."""
+
+    inputs: tuple[str, ...] = ("input_ids", "segment_ids", "attention_mask")
+    targets: str = "labels"
+    weights: str | None = "weights"
+    normalization: str = "sqrt"
+
+    reports_perplexity: ClassVar[bool] = False
+
+
+@dataclasses.dataclass(frozen=True)
 class CarriedStateLM(CausalLM):
     """Next-token prediction on consecutive segments with the recurrent state carried from
     batch to batch (truncated BPTT; the reference's LSTM, google-research/jestimator

@@ -9,9 +9,11 @@ from __future__ import annotations
 import flax.linen as nn
 import gin
 
-from experiments.bert.models import BertConfig, BertMlm
+from experiments.bert.models import BertClassifier, BertConfig, BertMlm
 from experiments.data.char_text import CharTextTask
+from experiments.data.glue import GlueTask
 from experiments.data.images import ImageClassificationTask
+from experiments.data.seqio_tasks import SeqioSpanCorruptionTask
 from experiments.data.sources import TfdsSource
 from experiments.data.text_tasks import MaskedLMTask, SpanCorruptionTask
 from experiments.data.word_lm import WordLMTask
@@ -53,6 +55,16 @@ def bert_model(vocab_size: int, *, size: str = "tiny", **overrides) -> nn.Module
 
 
 @gin.configurable
+def bert_classifier(
+    vocab_size: int, num_classes: int, *, size: str = "tiny", **overrides
+) -> nn.Module:
+    """The BERT-family encoder with BERT's pooler and a classifier (GLUE); its encoder
+    parameters have `bert_model`'s names, so a pretrained encoder loads by name."""
+    config = BertConfig.from_size(size, vocab_size=vocab_size, **overrides)
+    return BertClassifier(config, num_classes=num_classes)
+
+
+@gin.configurable
 def t5_model(vocab_size: int, *, size: str = "tiny", **overrides) -> nn.Module:
     """T5 1.1 at a named size, any T5Config field overridden."""
     return T5(T5Config.from_size(size, vocab_size=vocab_size, **overrides))
@@ -67,6 +79,8 @@ for _fn, _name in [
     (TfdsSource, "TfdsSource"),
     (lstm_model, "lstm_model"),
     (resnet_model, "resnet_model"),
+    (SeqioSpanCorruptionTask, "SeqioSpanCorruptionTask"),
+    (GlueTask, "GlueTask"),
 ]:
     gin.external_configurable(_fn, _name)
 gin.external_configurable(optimizers.amos_optimizer, "amos_optimizer")

@@ -34,7 +34,9 @@ Flax names (``kernel``, ``bias``, ``scale``, ``embedding``, and ``relpos_embeddi
 that ``amos.default_eta_fn`` classifies them; projection kernels are 2-D ``(in, out)`` so
 fan-in is their first axis. Amos rules: gin_configs/models/bert_tiny.gin.
 
-No pooler / next-sentence head: the paper pre-trains with the masked-LM loss only.
+No pooler / next-sentence head in the pre-training model: the paper pre-trains with the
+masked-LM loss only. ``BertClassifier`` adds BERT's pooler and a classifier to the same
+encoder (same parameter names) for GLUE-style fine-tuning.
 """
 
 from __future__ import annotations
@@ -241,6 +243,53 @@ class MlmHead(nn.Module):
         return token_embedder.attend(x) + jnp.asarray(bias, cfg.dtype)
 
 
+def encode(
+    cfg: BertConfig,
+    input_ids: jax.Array,
+    segment_ids: jax.Array | None,
+    attention_mask: jax.Array | None,
+    *,
+    deterministic: bool,
+    positions: jax.Array | None,
+) -> tuple[jax.Array, nn.Embed]:
+    """The encoder: embeddings and ``cfg.num_layers`` layers, ``(batch, length, hidden)``,
+    and the token embedder (which the MLM head ties its logits to).
+
+    Called inside the ``@nn.compact`` method of a model, so every submodule is that
+    model's own child with the same name (``token_embedder``, ``layers_0``, ...): the
+    masked-LM model and the classifier have the same encoder parameter paths, and a
+    pretrained encoder loads into a classifier by name. Arguments as
+    :meth:`BertMlm.__call__`.
+    """
+    b, t = input_ids.shape
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(t), (b, t))
+    if segment_ids is None:
+        segment_ids = jnp.zeros_like(input_ids)
+    if attention_mask is None:
+        attention_mask = jnp.ones_like(input_ids)
+
+    def embed(n: int, name: str) -> nn.Embed:
+        return nn.Embed(
+            n, cfg.hidden_size, embedding_init=_normal_init(cfg), dtype=cfg.dtype, name=name
+        )
+
+    token_embedder = embed(cfg.vocab_size, "token_embedder")
+    x = token_embedder(input_ids) + embed(cfg.type_vocab_size, "segment_embedder")(segment_ids)
+    if cfg.position_type == "absolute":
+        if t > cfg.max_length:
+            raise ValueError(f"sequence length {t} > max_length {cfg.max_length}")
+        x = x + embed(cfg.max_length, "position_embedder")(positions)
+    x = _layer_norm(cfg, "embeddings_layer_norm")(x)
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+
+    # Padding keys are masked for every query: a (batch, 1, 1, length) bias.
+    mask_bias = mask_to_bias((attention_mask > 0)[:, None, None, :])
+    for i in range(cfg.num_layers):
+        x = EncoderLayer(cfg, name=f"layers_{i}")(x, mask_bias, positions, deterministic)
+    return x, token_embedder
+
+
 class BertMlm(nn.Module):
     """Token ids ``(batch, length)`` to masked-LM logits ``(batch, length, vocab_size)``."""
 
@@ -268,31 +317,57 @@ class BertMlm(nn.Module):
             ``0 .. length-1`` when ``None``. Relative (RPE) offsets are those of the
             indices, as in the reference, so RPE does not read ``positions``.
         """
+        x, token_embedder = encode(
+            self.config,
+            input_ids,
+            segment_ids,
+            attention_mask,
+            deterministic=deterministic,
+            positions=positions,
+        )
+        return MlmHead(self.config, name="mlm_head")(x, token_embedder)
+
+
+class BertClassifier(nn.Module):
+    """Token ids ``(batch, length)`` to class logits ``(batch, num_classes)``: GLUE-style
+    sequence classification (experiments/data/glue.py) with BERT's head.
+
+    The encoder is :func:`encode`, so its parameters have the masked-LM model's names and
+    shapes (a pretrained ``BertMlm``'s parameters, less ``mlm_head``, load by name). On
+    top, BERT's pooler and classifier (Devlin et al., 2019): the first token's (``[CLS]``)
+    final hidden state through ``pooler`` (dense, truncated normal 0.02, tanh), dropout
+    ``dropout_rate``, then ``classifier`` (dense to ``num_classes``, zero-initialized as
+    the reference's classifier, jestimator/models/bert/modeling.py ``ModelForSeqCls``, so
+    every logit starts at 0). The reference's head itself differs: a learned ``cls``
+    query attends through every encoder layer; this is BERT's pooled output, the usual
+    GLUE head. Both new kernels read unit-scale inputs and get the general Amos rule
+    (``sqrt(1 / hidden)``, biases 0.5), as everything but the MLP output in the
+    reference's BERT ``eta_fn``.
+    """
+
+    config: BertConfig
+    num_classes: int
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        segment_ids: jax.Array | None = None,
+        attention_mask: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+        positions: jax.Array | None = None,
+    ) -> jax.Array:
+        """Arguments as :meth:`BertMlm.__call__`; returns ``(batch, num_classes)`` logits."""
         cfg = self.config
-        b, t = input_ids.shape
-        if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(t), (b, t))
-        if segment_ids is None:
-            segment_ids = jnp.zeros_like(input_ids)
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
-
-        def embed(n: int, name: str) -> nn.Embed:
-            return nn.Embed(
-                n, cfg.hidden_size, embedding_init=_normal_init(cfg), dtype=cfg.dtype, name=name
-            )
-
-        token_embedder = embed(cfg.vocab_size, "token_embedder")
-        x = token_embedder(input_ids) + embed(cfg.type_vocab_size, "segment_embedder")(segment_ids)
-        if cfg.position_type == "absolute":
-            if t > cfg.max_length:
-                raise ValueError(f"sequence length {t} > max_length {cfg.max_length}")
-            x = x + embed(cfg.max_length, "position_embedder")(positions)
-        x = _layer_norm(cfg, "embeddings_layer_norm")(x)
-        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-
-        # Padding keys are masked for every query: a (batch, 1, 1, length) bias.
-        mask_bias = mask_to_bias((attention_mask > 0)[:, None, None, :])
-        for i in range(cfg.num_layers):
-            x = EncoderLayer(cfg, name=f"layers_{i}")(x, mask_bias, positions, deterministic)
-        return MlmHead(cfg, name="mlm_head")(x, token_embedder)
+        x, _ = encode(
+            cfg,
+            input_ids,
+            segment_ids,
+            attention_mask,
+            deterministic=deterministic,
+            positions=positions,
+        )
+        pooled = jnp.tanh(_dense(cfg, cfg.hidden_size, "pooler")(x[:, 0]))
+        pooled = nn.Dropout(cfg.dropout_rate)(pooled, deterministic=deterministic)
+        return _dense(cfg, self.num_classes, "classifier", zero_init=True)(pooled)
