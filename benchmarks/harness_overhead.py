@@ -36,21 +36,21 @@ def bare_loop(trainer: train_lib.Trainer, steps: int) -> float:
     model, tx, task = trainer.model, trainer.opt.tx, trainer.task
     key = jax.random.key(0)
 
-    def step_fn(state, batch):
+    def step_fn(state: train_lib.TrainState, batch):
         def loss_fn(params):
             loss, _, model_state = task.loss(
-                model, {"params": params, **state["model_state"]}, batch, train=True, rng=key
+                model, {"params": params, **state.model_state}, batch, train=True, rng=key
             )
             return loss, model_state
 
-        (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        return {
-            "step": state["step"] + 1,
-            "params": optax.apply_updates(state["params"], updates),
-            "model_state": {**state["model_state"], **model_state},
-            "opt_state": opt_state,
-        }, loss
+        (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        return state.replace(
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, updates),
+            model_state={**state.model_state, **model_state},
+            opt_state=opt_state,
+        ), loss
 
     step = jax.jit(
         step_fn,
@@ -58,13 +58,13 @@ def bare_loop(trainer: train_lib.Trainer, steps: int) -> float:
         in_shardings=(trainer.state_sharding, trainer.batch_sharding),
         out_shardings=(trainer.state_sharding, trainer.replicated),
     )
-    state = trainer.init_state(trainer.seed)
+    state = trainer.init_state(trainer.config.seed)
     state, loss = step(state, trainer.train_batch(1))  # compile + first step
     jax.block_until_ready(loss)
     t0 = time.perf_counter()
     for s in range(2, steps + 2):
         state, loss = step(state, trainer.train_batch(s))
-        if s % trainer.log_every == 0:
+        if s % trainer.config.log_every == 0:
             # Like nanoGPT's loop, read the loss at the log interval. Letting the host run
             # hundreds of steps ahead measured slower on 2 cores (the dispatching thread
             # competes with XLA's), so this is the faster bare loop.
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     b, h = max(bare), max(harness)  # best of repeats: the least disturbed measurement
     print(f"bare loop:    {b:.1f} steps/s")
-    print(f"harness loop: {h:.1f} steps/s (log every {ref.log_every} steps)")
+    print(f"harness loop: {h:.1f} steps/s (log every {ref.config.log_every} steps)")
     print(f"overhead: {100 * (b / h - 1):.1f}% (goal < 5%)")
     if args.out:
         record = {

@@ -9,6 +9,10 @@ where `--gin_file` and `include` look (gin_configs/ is always searched). An expe
   .venv/bin/python launch/run.py --gin_file=experiments/nanogpt_cpu.gin --optimizer=adamw \\
       --gin.MODEL_DIR="'runs/nanogpt_adamw'" --gin.TRAIN_STEPS=2000
 
+`--dry_run` builds the configuration, model and optimizers with `jax.eval_shape` (nothing
+allocated, no data read, MODEL_DIR untouched), prints the parameter count, both arms' slot
+bytes, the bytes per device under the mesh and the largest variables' shardings, and exits.
+
 Exit codes: 0 done, 2 configuration error (one line naming the culprit, no traceback;
 `--verbose` adds it), 3 training diverged.
 """
@@ -109,6 +113,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "--verbose",
         action="store_true",
         help="print the traceback of a configuration error too",
+    )
+    parser.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="build everything abstractly (jax.eval_shape), print sizes and shardings, "
+        "exit without training or writing anything",
     )
     parser.add_argument("--coordinator_address", default=None)
     parser.add_argument("--num_processes", type=int, default=None)
@@ -284,11 +294,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _build_trainer():
+def _build_trainer(build=None):
     from launch import train as train_lib
 
     try:
-        return train_lib.train(build_only=True)
+        return (build or (lambda: train_lib.train(build_only=True)))()
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:  # e.g. a model setting the model rejects
@@ -307,7 +317,10 @@ def _train(args: argparse.Namespace, bindings: list[str], command: list[str], ar
             num_processes=args.num_processes,
             process_id=args.process_id,
         )
-    load_gin(args.gin_file, bindings, [p for p in args.gin_search_paths.split(",") if p])
+    search_paths = [p for p in args.gin_search_paths.split(",") if p]
+    load_gin(args.gin_file, bindings, search_paths)
+    if args.dry_run:
+        return _dry_run(args, bindings, search_paths)
     trainer = _build_trainer()
     model_dir = trainer.model_dir
     is_chief = jax.process_index() == 0
@@ -325,6 +338,7 @@ def _train(args: argparse.Namespace, bindings: list[str], command: list[str], ar
         "optimizer": trainer.opt.name,
         "num_params": trainer.num_params,
         "slot_bytes": trainer.slot_bytes,
+        "layout": trainer.layout(),
         "data": trainer.describe_data(),
     }
 
@@ -353,6 +367,44 @@ def _train(args: argparse.Namespace, bindings: list[str], command: list[str], ar
         record(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), result=result)
     if is_chief:
         print(f"done: {model_dir} (tensorboard --logdir {model_dir})", flush=True)
+    return 0
+
+
+def _dry_run(args: argparse.Namespace, bindings: list[str], search_paths: list[str]) -> int:
+    """`--dry_run`: the configuration's sizes and shardings, from shapes alone."""
+    import jax
+
+    from launch import sharding
+    from launch import train as train_lib
+
+    trainer, data_note = _build_trainer(train_lib.dry_run_trainer)
+    config, state = trainer.config, trainer.abstract_state
+    chosen = trainer.opt.name
+    # The other arms' slots, from the same files with their optimizer file instead.
+    arms = {chosen: (state.opt_state, trainer.state_sharding.opt_state)}
+    for name in OPTIMIZERS:
+        if name == chosen:
+            continue
+        files = [f for f in args.gin_file if f != optimizer_file(chosen)] + [optimizer_file(name)]
+        try:
+            load_gin(files, bindings, search_paths)
+            factory = gin.query_parameter("train.optimizer").scoped_configurable_fn
+            tx = _build_trainer(lambda f=factory: f(config.train_steps)).tx
+        except ConfigError as e:
+            arms[name] = f"not built: {_first_line(e)}"
+            continue
+        opt_state = jax.eval_shape(tx.init, state.params)
+        arms[name] = (
+            opt_state,
+            sharding.opt_state_shardings(
+                opt_state, state.params, trainer.mesh, config.fsdp_min_size
+            ),
+        )
+    load_gin(args.gin_file, bindings, search_paths)  # Back to the configuration asked for.
+    for line in sharding.dry_run_report(
+        trainer, arms, chosen=chosen, data_note=data_note, gin_files=args.gin_file
+    ):
+        print(line)
     return 0
 
 

@@ -1,34 +1,47 @@
-"""The training loop behind launch/run.py: data-parallel, checkpointed, logged.
+"""The training loop behind launch/run.py: sharded, checkpointed, logged.
 
-One `Trainer` runs one configuration: every argument of `train` is a gin binding (see
-gin_configs/train_defaults.gin for the readable macro names). The loop follows the Flax
-WMT/LM1B examples: a jitted step on a donated state, periodic evaluation on fixed held-out
-batches, Orbax checkpoints, TensorBoard scalars.
+* `TrainConfig`: every setting of one run, frozen and validated in one place; gin binds its
+  fields as `train.<field>` (see gin_configs/train_defaults.gin for the readable macros).
+* `TrainState`: the state a step carries and a checkpoint holds (a pytree).
+* `train_step`, `eval_step`, `eval_carry_step`, `init_train_state`: pure functions of the
+  state and a batch, with the model, optimizer and task as keyword arguments; the Trainer
+  jits them with `functools.partial` and the shardings of launch/sharding.py.
+* `Trainer`: builds model, optimizer and mesh from a TrainConfig and runs the loop, with
+  its parts in `Checkpointer` (Orbax, restore fallback) and `MetricsLogger` (TensorBoard,
+  metrics.jsonl, the non-finite checks).
+
+The loop follows the Flax WMT/LM1B examples: a jitted step on a donated state, periodic
+evaluation on fixed held-out batches, Orbax checkpoints, TensorBoard scalars.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
+import functools
+import inspect
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
+import flax.struct
 import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from experiments.errors import ConfigError
+from launch import sharding
 from launch.optimizers import OptimizerSpec, slot_bytes
 from launch.summary_writer import ScalarWriter, read_metrics
 
@@ -39,14 +52,180 @@ class TrainingDiverged(RuntimeError):
     row with it on, and always when an evaluation is non-finite."""
 
 
-def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A ('data', 'model') mesh with every device on `data`.
+# ---------------------------------------------------------------------- configuration
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """The settings of one run. gin binds each field as `train.<field>` (the configurable
+    `train` below builds a TrainConfig from the bindings); `__post_init__` checks them all
+    and raises one ConfigError naming every bad binding.
 
-    The `model` axis has size 1 today; tensor parallelism later only changes this shape and
-    the parameter PartitionSpecs, not the loop.
+    `model` is a factory called with `**task.model_kwargs()`, `optimizer` one called with
+    `train_steps` (launch/optimizers.py); `task` follows experiments/task.py.
     """
-    devices = list(devices if devices is not None else jax.devices())
-    return Mesh(np.asarray(devices).reshape(len(devices), 1), ("data", "model"))
+
+    model_dir: str | None
+    train_steps: int
+    batch_size: int  # Global; split over every device of the mesh.
+    model: Callable[..., nn.Module]
+    task: Any
+    optimizer: Callable[[int], OptimizerSpec]
+    seed: int = 0
+    eval_every: int = 250
+    eval_batches: int = 20
+    eval_batch_size: int | None = None  # None: batch_size.
+    eval_splits: Sequence[str] = ("val",)
+    eval_seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    skip_nonfinite_steps: bool = False
+    max_consecutive_skipped_steps: int = 10
+    # A first checkpoint early, so that a run dying young (a crash, a preemption, the
+    # machine under load) loses little of its work. None: at the first log step,
+    # min(checkpoint_every, log_every): there the host fetches the step metrics anyway and
+    # has just checked the steps finite, so the save adds no synchronization and saves a
+    # state known good. 0 turns it off. It counts among `keep_checkpoints` like any other
+    # and, being the oldest, is the first to go.
+    first_checkpoint_at: int | None = None
+    # The ('data', 'fsdp') mesh (launch/sharding.py); one axis may be -1, the devices left
+    # over. Resolved to sizes in __post_init__.
+    mesh_shape: Mapping[str, int] = dataclasses.field(
+        default_factory=lambda: {"data": -1, "fsdp": 1}
+    )
+    # Parameters with fewer elements stay replicated on the fsdp axis.
+    fsdp_min_size: int = 4096
+    # Testing hooks: poison the given 1-based steps with a NaN loss, or with an update
+    # that makes the parameters Inf while the loss is finite.
+    inject_nonfinite_at_steps: Sequence[int] = ()
+    inject_nonfinite_params_at_steps: Sequence[int] = ()
+    progress: bool = True
+    # Not a binding: `run.py --dry_run` builds a config without a MODEL_DIR.
+    dry_run: bool = False
+
+    def __post_init__(self):
+        problems = []
+        if not self.model_dir and not self.dry_run:
+            problems.append("MODEL_DIR is not set (pass --gin.MODEL_DIR=\"'/path/to/run'\")")
+        for name, value in [
+            ("TRAIN_STEPS", self.train_steps),
+            ("BATCH_SIZE", self.batch_size),
+            ("train.eval_every", self.eval_every),
+            ("train.log_every", self.log_every),
+            ("train.checkpoint_every", self.checkpoint_every),
+            ("train.keep_checkpoints", self.keep_checkpoints),
+            ("train.eval_batches", self.eval_batches),
+            ("train.max_consecutive_skipped_steps", self.max_consecutive_skipped_steps),
+        ]:
+            if not _positive_int(value):
+                problems.append(f"{name} must be a positive integer, got {value!r}")
+        if self.eval_batch_size is not None and not _positive_int(self.eval_batch_size):
+            problems.append(
+                f"train.eval_batch_size must be None or a positive integer, got "
+                f"{self.eval_batch_size!r}"
+            )
+        if self.first_checkpoint_at is not None and (
+            not _positive_int(self.first_checkpoint_at) and self.first_checkpoint_at != 0
+        ):
+            problems.append(
+                "train.first_checkpoint_at must be None (the first log step), 0 (off) or a "
+                f"positive step, got {self.first_checkpoint_at!r}"
+            )
+        for split in self.eval_splits:
+            if split not in ("train", "val", "test"):
+                problems.append(f"train.eval_splits: unknown split {split!r} (train, val, test)")
+        if isinstance(self.fsdp_min_size, bool) or not isinstance(self.fsdp_min_size, int):
+            problems.append(
+                f"train.fsdp_min_size (FSDP_MIN_SIZE) must be an integer, got "
+                f"{self.fsdp_min_size!r}"
+            )
+        try:
+            mesh = sharding.resolve_mesh_shape(self.mesh_shape, jax.device_count())
+        except ConfigError as e:
+            problems.append(str(e))
+        else:
+            object.__setattr__(self, "mesh_shape", mesh)
+            n_dev = math.prod(mesh.values())
+            for name, value in [
+                ("BATCH_SIZE", self.batch_size),
+                ("train.eval_batch_size", self.global_eval_batch_size),
+            ]:
+                if _positive_int(value) and value % n_dev:
+                    problems.append(
+                        f"{name}={value} is not divisible by the {n_dev} devices of the mesh "
+                        f"({_mesh_text(mesh)}; the batch is split over all of them)"
+                    )
+        if problems:
+            raise ConfigError("; ".join(problems))
+        object.__setattr__(self, "eval_splits", tuple(self.eval_splits))
+        object.__setattr__(self, "inject_nonfinite_at_steps", tuple(self.inject_nonfinite_at_steps))
+        object.__setattr__(
+            self, "inject_nonfinite_params_at_steps", tuple(self.inject_nonfinite_params_at_steps)
+        )
+
+    @property
+    def global_eval_batch_size(self) -> int:
+        return self.eval_batch_size or self.batch_size
+
+    @property
+    def first_checkpoint_step(self) -> int:
+        """The step of the early checkpoint (0: none); see `first_checkpoint_at`."""
+        if self.first_checkpoint_at is None:
+            return min(self.checkpoint_every, self.log_every)
+        return self.first_checkpoint_at
+
+    def replace(self, **changes) -> TrainConfig:
+        """A copy with `changes`, validated again."""
+        return dataclasses.replace(self, **changes)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _mesh_text(mesh: Mapping[str, int]) -> str:
+    return " x ".join(f"{axis}={size}" for axis, size in mesh.items())
+
+
+# The fields that are not gin bindings.
+_NOT_BOUND = ("dry_run",)
+
+
+def _train_config(**settings) -> TrainConfig:
+    return TrainConfig(**settings)
+
+
+# gin reads a configurable's parameters from its signature: the fields' own, so each
+# setting is written once (in TrainConfig). Fields without a default are gin.REQUIRED.
+_train_config.__signature__ = inspect.Signature(
+    [
+        inspect.Parameter(
+            f.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=(
+                f.default
+                if f.default is not dataclasses.MISSING
+                else f.default_factory()
+                if f.default_factory is not dataclasses.MISSING
+                else gin.REQUIRED
+            ),
+        )
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in _NOT_BOUND
+    ]
+)
+train_config = gin.configurable("train")(_train_config)
+train_config.__doc__ = "The TrainConfig of the gin bindings `train.<field>`; kwargs override."
+
+
+# ---------------------------------------------------------------------- state and steps
+class TrainState(flax.struct.PyTreeNode):
+    """What a step carries and a checkpoint holds."""
+
+    step: jax.Array  # int32 scalar: the number of steps taken.
+    params: Any
+    # Non-parameter collections (e.g. batch_stats, the LSTM's carried state), unoptimized.
+    model_state: Any
+    opt_state: Any
 
 
 def tree_norm(tree) -> jax.Array:
@@ -77,7 +256,275 @@ def nonfinite_values(values: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)}
 
 
+def example_batch_shapes(
+    task: Any, *, seed: int, batch_size: int, rows: slice
+) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes and dtypes of rows `rows` of a training batch: `task.example_shapes(
+    batch_size=..., rows=...)` where the task defines it (nothing is read), else those of
+    its first training batch."""
+    if hasattr(task, "example_shapes"):
+        shapes = task.example_shapes(batch_size=batch_size, rows=rows)
+    else:
+        shapes = task.train_batch(seed=seed, step=1, batch_size=batch_size, rows=rows)
+    return {k: jax.ShapeDtypeStruct(tuple(v.shape), v.dtype) for k, v in shapes.items()}
+
+
+def init_train_state(
+    seed: int,
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    task: Any,
+    example_batch: Mapping[str, jax.ShapeDtypeStruct],
+) -> TrainState:
+    """The state before the first step: the model initialized on zeros shaped like
+    `example_batch` (only shapes matter to an init), the optimizer's slots for it."""
+    sample = {k: jnp.zeros(v.shape, v.dtype) for k, v in example_batch.items()}
+    variables = dict(task.init_variables(model, jax.random.key(seed), sample))
+    params = variables.pop("params")
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state=variables,
+        opt_state=tx.init(params),
+    )
+
+
+def train_step(
+    state: TrainState,
+    batch: Mapping[str, jax.Array],
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    task: Any,
+    seed: int = 0,
+    skip_nonfinite: bool = False,
+    inject_nonfinite_at_steps: Sequence[int] = (),
+    inject_nonfinite_params_at_steps: Sequence[int] = (),
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step on `batch`: the new state and the step's metrics (`loss`,
+    `token_loss`, `accuracy`, `grad_norm`, `param_norm`, `finite`, `update_finite`).
+
+    The dropout key of step t is `fold_in(key(seed), t)`. A step whose loss, gradient or
+    update is non-finite has `finite` False; with `skip_nonfinite` it leaves the
+    parameters, slots and model state as they were (the step counter still advances).
+    The `inject_*` arguments are the testing hooks of TrainConfig.
+    """
+    step = state.step + 1  # The 1-based number of the step being taken.
+    rng = jax.random.fold_in(jax.random.key(seed), step)
+    inject = jnp.asarray(tuple(inject_nonfinite_at_steps) or (-1,), jnp.int32)
+
+    def loss_fn(params):
+        loss, metrics, model_state = task.loss(
+            model, {"params": params, **state.model_state}, batch, train=True, rng=rng
+        )
+        loss = jnp.where(jnp.any(inject == step), jnp.nan, loss)
+        # The per-token loss, whatever the training loss's normalization.
+        token_loss = metrics.get("token_loss", loss)
+        return loss, (metrics["accuracy"], token_loss, model_state)
+
+    (loss, (acc, token_loss, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params
+    )
+    model_state = {**state.model_state, **model_state}
+    grad_norm = tree_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    if inject_nonfinite_params_at_steps:
+        poison = jnp.any(jnp.asarray(tuple(inject_nonfinite_params_at_steps)) == step)
+        params = poison_first_leaf(params, poison)
+    # A finite loss can still come with an update that breaks the parameters or the slots
+    # (an overflow in the optimizer): such a step is as bad as a NaN loss, and its state
+    # must never be checkpointed.
+    update_finite = all_finite((params, opt_state, model_state))
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & update_finite
+    if skip_nonfinite:
+
+        def keep(new, old):
+            return jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+        params = keep(params, state.params)
+        opt_state = keep(opt_state, state.opt_state)
+        model_state = keep(model_state, state.model_state)
+    metrics = {
+        "loss": loss,
+        "token_loss": token_loss,
+        "accuracy": acc,
+        "grad_norm": grad_norm,
+        "param_norm": tree_norm(params),
+        "finite": finite,
+        "update_finite": update_finite,
+    }
+    new_state = TrainState(step=step, params=params, model_state=model_state, opt_state=opt_state)
+    return new_state, metrics
+
+
+def eval_step(
+    state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module, task: Any, seed: int = 0
+) -> tuple[jax.Array, jax.Array]:
+    """(per-token loss, accuracy) of the state on one held-out batch."""
+    loss, metrics, _ = task.loss(
+        model,
+        {"params": state.params, **state.model_state},
+        batch,
+        train=False,
+        rng=jax.random.key(seed),
+    )
+    # The per-token loss where the objective is a sum (see Task.loss).
+    return metrics.get("token_loss", loss), metrics["accuracy"]
+
+
+def eval_carry_step(
+    state: TrainState,
+    carried: Mapping[str, Any],
+    batch: Mapping[str, jax.Array],
+    *,
+    model: nn.Module,
+    task: Any,
+    state_collections: Sequence[str],
+    seed: int = 0,
+) -> tuple[jax.Array, jax.Array, jax.Array, dict[str, Any]]:
+    """One batch of an evaluation that threads `state_collections` (the recurrent state)
+    from batch to batch: (token loss, accuracy, target count, the collections after it).
+    `carried` holds them after the previous batch (zeros, or {} for the model to make
+    them, at the first); the training state's own are left out."""
+    others = {k: v for k, v in state.model_state.items() if k not in state_collections}
+    loss, metrics, updated = task.loss(
+        model,
+        {"params": state.params, **others, **carried},
+        batch,
+        train=False,
+        rng=jax.random.key(seed),
+    )
+    carried = {k: updated[k] for k in state_collections}
+    return metrics["token_loss"], metrics["accuracy"], metrics["num_targets"], carried
+
+
+# ---------------------------------------------------------------------- checkpoints
+class Checkpointer:
+    """Orbax checkpoints of the train state in `directory`, sharded as the state is (the
+    abstract state carries the shardings, so a restore lays every array out as training
+    does). Only states known finite are saved; a restore takes the newest checkpoint that
+    restores, moving damaged newer ones aside."""
+
+    def __init__(
+        self,
+        directory: str,
+        *,
+        keep: int,
+        abstract_state: TrainState,
+        state_finite: Callable[[TrainState], jax.Array],
+        is_chief: bool,
+    ):
+        self.directory = directory
+        self.abstract_state = abstract_state
+        self.state_finite = state_finite
+        self.is_chief = is_chief
+        # The newest step saved or restored by this run: what a restart would resume from.
+        self.last_good: int | None = None
+        self.manager = ocp.CheckpointManager(
+            directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+        )
+
+    def save(self, step: int, state: TrainState, train_time: float) -> None:
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                meta=ocp.args.JsonSave({"train_time_s": train_time}),
+            ),
+        )
+        self.last_good = step
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+    def describe_last_good(self) -> str:
+        if self.last_good is None:
+            return "no checkpoint was written"
+        return f"the last good checkpoint is step {self.last_good} in {self.directory}"
+
+    def restore(self) -> tuple[TrainState, float, int] | None:
+        """The newest checkpoint that restores, as (state, train_time_s, step); None if
+        there is none.
+
+        One that fails (a truncated file or garbled metadata, from a crash or a full disk
+        while it was written) is reported; once an older one restores, the failed ones are
+        moved aside (`<step>.corrupt`, a name orbax does not list, so that it saves the
+        step again). If none restores, nothing is moved, since the cause may be a
+        configuration these checkpoints do not fit, and a ConfigError names the directory
+        (the manager is closed first).
+        """
+        failed: list[int] = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                state, train_time = self.restore_step(step)
+            except Exception as e:  # orbax and tensorstore raise many types on bad files.
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                _warn(
+                    self.is_chief,
+                    f"checkpoint {os.path.join(self.directory, str(step))} cannot be "
+                    f"restored ({type(e).__name__}: {reason})",
+                )
+                failed.append(step)
+                continue
+            if failed:
+                self._move_aside(failed)
+                _warn(self.is_chief, f"falling back to the checkpoint of step {step}")
+            self.last_good = step
+            return state, train_time, step
+        if failed:
+            self.manager.close()
+            raise ConfigError(
+                f"no checkpoint in {self.directory} can be restored (steps "
+                f"{sorted(failed)}): damaged, or written by another configuration (model, "
+                "optimizer); fix the configuration, or move that directory away to start over"
+            )
+        return None
+
+    def restore_step(self, step: int) -> tuple[TrainState, float]:
+        """(state, train_time_s) of one checkpoint; raises if it cannot be read or holds
+        non-finite values (which no checkpoint written by this loop does)."""
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(self.abstract_state), meta=ocp.args.JsonRestore()
+            ),
+        )
+        train_time = float(restored["meta"]["train_time_s"])
+        if not bool(self.state_finite(restored["state"])):
+            raise ValueError("the state holds NaN or Inf values")
+        return restored["state"], train_time
+
+    def _move_aside(self, steps: list[int]) -> None:
+        """Renames the checkpoints of `steps` to `<step>.corrupt` (kept for inspection) and
+        makes the manager forget them."""
+        if self.is_chief:
+            for step in steps:
+                path = os.path.join(self.directory, str(step))
+                aside, n = f"{path}.corrupt", 1
+                while os.path.exists(aside):
+                    aside, n = f"{path}.corrupt.{n}", n + 1
+                os.rename(path, aside)
+                _warn(self.is_chief, f"moved the damaged checkpoint {path} to {aside}")
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("checkpoints moved aside")
+        self.manager.reload()
+
+
+# ---------------------------------------------------------------------- metrics
 _SKIP_HINT = "Set train.skip_nonfinite_steps = True to skip such steps instead."
+
+
+class _Stop(Exception):
+    """Why training must stop (the loop turns it into TrainingDiverged)."""
+
+    def __init__(self, what: str, hint: str = ""):
+        super().__init__(what)
+        self.what, self.hint = what, hint
 
 
 @dataclasses.dataclass
@@ -99,266 +546,237 @@ def _items(values: dict[str, float]) -> str:
     return ", ".join(f"{k} {v}" for k, v in values.items())
 
 
-@dataclasses.dataclass
-class _Pending:
-    """Per-step metrics still on device; fetched together at the next log, so the host
-    never waits on the device between logs."""
+class MetricsLogger:
+    """metrics.jsonl and the TensorBoard scalars of one run, the per-step metrics still
+    on the device (fetched together at the next log, so the host never waits on the
+    device between logs) and the checks of the fetched steps."""
 
-    steps: list[int] = dataclasses.field(default_factory=list)
-    metrics: list[dict[str, jax.Array]] = dataclasses.field(default_factory=list)
+    def __init__(self, model_dir: str, *, enabled: bool, skip_nonfinite: bool, skip_limit: int):
+        self.writer = ScalarWriter(model_dir, enabled=enabled)
+        self.skip_nonfinite = skip_nonfinite
+        self.skips = _SkipCount(skip_limit)
+        self.steps: list[int] = []
+        self.metrics: list[dict[str, jax.Array]] = []
+        self.start_interval()
 
+    @property
+    def jsonl_path(self) -> str:
+        return self.writer.jsonl_path
 
-class Trainer:
-    """Builds model, data, optimizer and mesh from the bindings and runs the loop."""
+    def resume(self, step: int | None) -> None:
+        """Drops records after the restored `step`; with none restored, every record an
+        earlier try left (it died before its first checkpoint)."""
+        if step is not None:
+            self.writer.restart_at(step)
+        elif os.path.exists(self.writer.jsonl_path):
+            self.writer.restart_at(-1)
 
-    def __init__(
-        self,
-        *,
-        model_dir: str | None,
-        seed: int,
-        train_steps: int,
-        batch_size: int,
-        model: Callable[..., nn.Module],
-        task: Any,
-        optimizer: Callable[[int], OptimizerSpec],
-        eval_every: int,
-        eval_batches: int,
-        eval_batch_size: int | None,
-        eval_splits: Sequence[str],
-        eval_seed: int,
-        log_every: int,
-        checkpoint_every: int,
-        keep_checkpoints: int,
-        skip_nonfinite_steps: bool,
-        max_consecutive_skipped_steps: int,
-        first_checkpoint_at: int | None,
-        inject_nonfinite_at_steps: Sequence[int],
-        inject_nonfinite_params_at_steps: Sequence[int],
-        progress: bool,
-    ):
-        problems = []
-        if not model_dir:
-            problems.append("MODEL_DIR is not set (pass --gin.MODEL_DIR=\"'/path/to/run'\")")
-        for name, value in [
-            ("TRAIN_STEPS", train_steps),
-            ("BATCH_SIZE", batch_size),
-            ("train.eval_every", eval_every),
-            ("train.log_every", log_every),
-            ("train.checkpoint_every", checkpoint_every),
-            ("train.keep_checkpoints", keep_checkpoints),
-            ("train.eval_batches", eval_batches),
-            ("train.max_consecutive_skipped_steps", max_consecutive_skipped_steps),
-        ]:
-            if not isinstance(value, int) or value <= 0:
-                problems.append(f"{name} must be a positive integer, got {value!r}")
-        if first_checkpoint_at is not None and (
-            not isinstance(first_checkpoint_at, int) or first_checkpoint_at < 0
-        ):
-            problems.append(
-                "train.first_checkpoint_at must be None (the first log step), 0 (off) or a "
-                f"positive step, got {first_checkpoint_at!r}"
-            )
-        for split in eval_splits:
-            if split not in ("train", "val"):
-                problems.append(f"train.eval_splits: unknown split {split!r} (train, val)")
-        self.mesh = make_mesh()
-        n_dev, n_proc = self.mesh.devices.size, jax.process_count()
-        eval_batch_size = eval_batch_size or batch_size
-        for name, value in [("BATCH_SIZE", batch_size), ("train.eval_batch_size", eval_batch_size)]:
-            if isinstance(value, int) and value % n_dev:
-                problems.append(
-                    f"{name}={value} is not divisible by the {n_dev} devices of the data axis"
+    def start_interval(self) -> None:
+        self.interval_start, self.interval_steps = time.perf_counter(), 0
+
+    def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+        self.steps.append(step)
+        self.metrics.append(metrics)
+        self.interval_steps += 1
+
+    def fetch(self) -> tuple[list[int], list[dict], float]:
+        """(steps, their metrics on the host, seconds since the interval started)."""
+        fetched = jax.device_get(self.metrics)
+        steps, self.steps, self.metrics = self.steps, [], []
+        return steps, fetched, time.perf_counter() - self.interval_start
+
+    def check(self, steps: list[int], fetched: list[dict]) -> None:
+        """Raises _Stop for a non-finite step with skipping off, or too many skipped in a
+        row with it on."""
+        if not self.skip_nonfinite:
+            for s, m in zip(steps, fetched, strict=True):
+                if not m["finite"]:
+                    what = (
+                        f"non-finite loss or gradient at step {s}"
+                        if m["update_finite"]
+                        else f"non-finite parameters or optimizer state after the update "
+                        f"of step {s} (the loss and gradient were finite)"
+                    )
+                    raise _Stop(what, _SKIP_HINT)
+            return
+        for s, m in zip(steps, fetched, strict=True):
+            if self.skips.add(bool(m["finite"])):
+                raise _Stop(
+                    f"{self.skips.limit} consecutive non-finite steps skipped, the last at "
+                    f"step {s} (train.max_consecutive_skipped_steps = {self.skips.limit})"
                 )
-        if problems:
-            raise ConfigError("; ".join(problems))
 
-        self.model_dir = model_dir
-        self.seed, self.train_steps, self.batch_size = seed, train_steps, batch_size
-        self.eval_every, self.eval_batches, self.eval_batch_size = (
-            eval_every,
-            eval_batches,
-            eval_batch_size,
-        )
-        self.eval_splits, self.eval_seed = tuple(eval_splits), eval_seed
-        self.log_every, self.checkpoint_every = log_every, checkpoint_every
-        self.keep_checkpoints = keep_checkpoints
-        self.skip_nonfinite_steps = skip_nonfinite_steps
-        self.max_consecutive_skipped_steps = max_consecutive_skipped_steps
-        # A first checkpoint early, so that a run dying young (a crash, a preemption, the
-        # machine under load) loses little of its work. By default at the first log step,
-        # min(checkpoint_every, log_every): there the host fetches the step metrics anyway
-        # and has just checked the steps finite, so the save adds no synchronization and
-        # saves a state known good; and a crash before the first regular checkpoint loses
-        # at most one log interval. 0 turns it off. It counts among `keep_checkpoints`
-        # like any other and, being the oldest, is the first to go.
-        self.first_checkpoint_at = (
-            min(checkpoint_every, log_every) if first_checkpoint_at is None else first_checkpoint_at
-        )
-        self.inject_nonfinite_at_steps = tuple(inject_nonfinite_at_steps)
-        self.inject_nonfinite_params_at_steps = tuple(inject_nonfinite_params_at_steps)
-        self.progress = progress
+    def train_scalars(self, fetched: list[dict], elapsed: float) -> dict[str, float]:
+        """Means over the interval's finite steps (all of them if none was finite)."""
+        good = [m for m in fetched if m["finite"]] or fetched
+        scalars = {
+            k: float(np.mean([m[k] for m in good]))
+            for k in ("loss", "token_loss", "accuracy", "grad_norm")
+        }
+        scalars["param_norm"] = float(fetched[-1]["param_norm"])
+        scalars["steps_per_sec"] = self.interval_steps / elapsed
+        scalars["skipped_steps"] = self.skips.total
+        return scalars
+
+    def write(self, split: str, step: int, scalars: Mapping[str, float]) -> None:
+        self.writer.write(split, step, scalars)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _warn(is_chief: bool, msg: str) -> None:
+    if is_chief:
+        print(f"WARNING: {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------- the trainer
+class Trainer:
+    """Builds model, optimizer, mesh and jitted steps from a TrainConfig; `run` trains."""
+
+    # Settings only the loop reads, not compiled into any function: `replace` may change
+    # them on a copy that shares the compiled steps.
+    LOOP_SETTINGS = frozenset(
+        {
+            "model_dir",
+            "eval_every",
+            "eval_batches",
+            "eval_splits",
+            "log_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "max_consecutive_skipped_steps",
+            "first_checkpoint_at",
+            "progress",
+        }
+    )
+
+    def __init__(self, config: TrainConfig):
+        self.config = c = config
         self.is_chief = jax.process_index() == 0
-
         # The task (experiments/task.py protocol) fixes the model's data-dependent
         # arguments, the objective and what throughput counts.
-        self.task = task
-        self.model = model(**task.model_kwargs())
-        self.opt = optimizer(train_steps)
-        self.unit_name = task.unit_name
-        self.units_per_batch = batch_size * task.units_per_example
-        self.reports_perplexity = task.reports_perplexity
+        self.task = c.task
+        self.model = c.model(**self.task.model_kwargs())
+        self.opt = c.optimizer(c.train_steps)
+        self.unit_name = self.task.unit_name
+        self.units_per_batch = c.batch_size * self.task.units_per_example
+        self.reports_perplexity = self.task.reports_perplexity
         # A task whose model carries a recurrent state from batch to batch (consecutive
         # segments, e.g. experiments/data/word_lm.py) names the collections holding it;
         # its state is sized by the whole global batch, and its evaluation reads
         # `task.eval_num_batches(split, batch_size)` consecutive batches per split in
         # order, threading the state from zero (see `evaluate`).
-        self.state_collections = tuple(getattr(task, "state_collections", ()))
+        self.state_collections = tuple(getattr(self.task, "state_collections", ()))
 
-        # Each host feeds its own rows of the global batch.
-        per_host = batch_size // n_proc
-        self.rows = slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
-        eval_per_host = eval_batch_size // n_proc
-        self.eval_rows = slice(
-            jax.process_index() * eval_per_host, (jax.process_index() + 1) * eval_per_host
-        )
+        self.mesh = sharding.make_mesh(c.mesh_shape)
         self.replicated = NamedSharding(self.mesh, P())
-        self.batch_sharding = NamedSharding(self.mesh, P("data"))
-
+        self.batch_sharding = sharding.batch_sharding(self.mesh)
+        # Each host feeds its own rows of the global batch.
+        n_proc, index = jax.process_count(), jax.process_index()
+        per_host = c.batch_size // n_proc
+        self.rows = slice(index * per_host, (index + 1) * per_host)
+        eval_per_host = c.global_eval_batch_size // n_proc
+        self.eval_rows = slice(index * eval_per_host, (index + 1) * eval_per_host)
         self._build_functions()
 
+    @property
+    def model_dir(self) -> str | None:
+        return self.config.model_dir
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return os.path.abspath(os.path.join(self.config.model_dir, "checkpoints"))
+
+    def replace(self, **changes) -> Trainer:
+        """A copy running with other loop settings (`LOOP_SETTINGS`, e.g. another
+        `model_dir`), sharing this Trainer's compiled functions."""
+        compiled = sorted(set(changes) - self.LOOP_SETTINGS)
+        if compiled:
+            raise ValueError(
+                f"Trainer.replace: {compiled} shape the compiled steps; build a new Trainer"
+            )
+        trainer = copy.copy(self)
+        trainer.config = self.config.replace(**changes)
+        return trainer
+
     # ------------------------------------------------------------------ functions
-    def _init_state(self, seed: int):
-        rows = slice(0, self.batch_size) if self.state_collections else slice(0, 1)
-        sample = self.task.train_batch(seed=seed, step=1, batch_size=self.batch_size, rows=rows)
-        variables = dict(self.task.init_variables(self.model, jax.random.key(seed), sample))
-        params = variables.pop("params")
-        # Non-parameter collections (e.g. batch_stats) travel in the state, unoptimized.
-        return {
-            "step": jnp.zeros((), jnp.int32),
-            "params": params,
-            "model_state": variables,
-            "opt_state": self.opt.tx.init(params),
-        }
-
     def _build_functions(self) -> None:
+        c = self.config
         model, tx, task = self.model, self.opt.tx, self.task
-        base_key = jax.random.key(self.seed)
-        inject = jnp.asarray(self.inject_nonfinite_at_steps or [-1], jnp.int32)
-        inject_params = self.inject_nonfinite_params_at_steps
-        skip = self.skip_nonfinite_steps
-
-        def train_step(state, batch):
-            step = state["step"] + 1  # The 1-based number of the step being taken.
-            rng = jax.random.fold_in(base_key, step)
-
-            def loss_fn(params):
-                loss, metrics, model_state = task.loss(
-                    model, {"params": params, **state["model_state"]}, batch, train=True, rng=rng
-                )
-                # Testing hook (train.inject_nonfinite_at_steps): poison chosen steps.
-                loss = jnp.where(jnp.any(inject == step), jnp.nan, loss)
-                # The per-token loss, whatever the training loss's normalization.
-                token_loss = metrics.get("token_loss", loss)
-                return loss, (metrics["accuracy"], token_loss, model_state)
-
-            (loss, (acc, token_loss, model_state)), grads = jax.value_and_grad(
-                loss_fn, has_aux=True
-            )(state["params"])
-            model_state = {**state["model_state"], **model_state}
-            grad_norm = tree_norm(grads)
-            updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-            params = optax.apply_updates(state["params"], updates)
-            if inject_params:  # Testing hook (train.inject_nonfinite_params_at_steps).
-                params = poison_first_leaf(params, jnp.any(jnp.asarray(inject_params) == step))
-            # A finite loss can still come with an update that breaks the parameters or the
-            # slots (an overflow in the optimizer): such a step is as bad as a NaN loss, and
-            # its state must never be checkpointed.
-            update_finite = all_finite((params, opt_state, model_state))
-            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & update_finite
-            if skip:  # Keep the old params and slots; the step counter still advances.
-                keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
-                    lambda a, b: jnp.where(finite, a, b), new, old
-                )
-                params = keep(params, state["params"])
-                opt_state = keep(opt_state, state["opt_state"])
-                model_state = keep(model_state, state["model_state"])
-            new_state = {
-                "step": step,
-                "params": params,
-                "model_state": model_state,
-                "opt_state": opt_state,
-            }
-            metrics = {
-                "loss": loss,
-                "token_loss": token_loss,
-                "accuracy": acc,
-                "grad_norm": grad_norm,
-                "param_norm": tree_norm(params),
-                "finite": finite,
-                "update_finite": update_finite,
-            }
-            return new_state, metrics
-
-        def eval_step(state, batch):
-            loss, metrics, _ = task.loss(
-                model,
-                {"params": state["params"], **state["model_state"]},
-                batch,
-                train=False,
-                rng=base_key,
-            )
-            # The per-token loss where the objective is a sum (see Task.loss).
-            return metrics.get("token_loss", loss), metrics["accuracy"]
-
-        def eval_carry_step(state, carried, batch):
-            # `carried`: the state collections after the previous batch (zeros, or {} for
-            # the model to make them, at the first); the training state's are left out.
-            others = {
-                k: v for k, v in state["model_state"].items() if k not in self.state_collections
-            }
-            loss, metrics, updated = task.loss(
-                model,
-                {"params": state["params"], **others, **carried},
-                batch,
-                train=False,
-                rng=base_key,
-            )
-            carried = {k: updated[k] for k in self.state_collections}
-            return metrics["token_loss"], metrics["accuracy"], metrics["num_targets"], carried
-
-        def diagnostics(state):
-            if self.opt.diagnostics is None:
-                return {}
-            return self.opt.diagnostics(state["opt_state"], state["params"])
-
-        abstract = jax.eval_shape(lambda: self._init_state(self.seed))
-        self.state_sharding = jax.tree_util.tree_map(lambda _: self.replicated, abstract)
+        rows = slice(0, c.batch_size) if self.state_collections else slice(0, 1)
+        self.example_batch = example_batch_shapes(
+            task, seed=c.seed, batch_size=c.batch_size, rows=rows
+        )
+        init = functools.partial(
+            init_train_state, model=model, tx=tx, task=task, example_batch=self.example_batch
+        )
+        abstract = jax.eval_shape(init, c.seed)
+        self.state_sharding = sharding.state_shardings(abstract, self.mesh, c.fsdp_min_size)
         self.abstract_state = jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated), abstract
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            abstract,
+            self.state_sharding,
         )
-        self.init_state = jax.jit(
-            self._init_state, static_argnums=0, out_shardings=self.state_sharding
-        )
+        self.init_state = jax.jit(init, static_argnums=0, out_shardings=self.state_sharding)
         self.train_step = jax.jit(
-            train_step,
+            functools.partial(
+                train_step,
+                model=model,
+                tx=tx,
+                task=task,
+                seed=c.seed,
+                skip_nonfinite=c.skip_nonfinite_steps,
+                inject_nonfinite_at_steps=c.inject_nonfinite_at_steps,
+                inject_nonfinite_params_at_steps=c.inject_nonfinite_params_at_steps,
+            ),
             donate_argnums=0,
             in_shardings=(self.state_sharding, self.batch_sharding),
             out_shardings=(self.state_sharding, self.replicated),
         )
         self.eval_step = jax.jit(
-            eval_step,
+            functools.partial(eval_step, model=model, task=task, seed=c.seed),
             in_shardings=(self.state_sharding, self.batch_sharding),
             out_shardings=self.replicated,
         )
-        self.eval_carry_step = jax.jit(eval_carry_step)
+        self.eval_carry_step = jax.jit(
+            functools.partial(
+                eval_carry_step,
+                model=model,
+                task=task,
+                seed=c.seed,
+                state_collections=self.state_collections,
+            )
+        )
         self.state_finite = jax.jit(all_finite)
+        diagnostics = self.opt.diagnostics or (lambda opt_state, params: {})
         self.diagnostics = jax.jit(
-            diagnostics, in_shardings=(self.state_sharding,), out_shardings=self.replicated
+            lambda state: diagnostics(state.opt_state, state.params),
+            out_shardings=self.replicated,
         )
-        self.slot_bytes = slot_bytes(abstract["opt_state"])
+        self.slot_bytes = slot_bytes(abstract.opt_state)
         self.num_params = sum(
-            math.prod(x.shape) for x in jax.tree_util.tree_leaves(abstract["params"])
+            math.prod(x.shape) for x in jax.tree_util.tree_leaves(abstract.params)
         )
+        self.param_bytes_per_device = sharding.per_device_bytes(
+            abstract.params, self.state_sharding.params
+        )
+        self.slot_bytes_per_device = sharding.per_device_bytes(
+            abstract.opt_state, self.state_sharding.opt_state
+        )
+
+    def layout(self) -> dict[str, Any]:
+        """The mesh and the bytes per device, for run.json."""
+        return {
+            "mesh": dict(self.mesh.shape),
+            "fsdp_min_size": self.config.fsdp_min_size,
+            "param_bytes": sharding.total_bytes(self.abstract_state.params),
+            "param_bytes_per_device": self.param_bytes_per_device,
+            "slot_bytes_per_device": self.slot_bytes_per_device,
+        }
 
     # ------------------------------------------------------------------ data
     def device_batch(self, local: dict[str, np.ndarray], global_batch: int):
@@ -371,36 +789,39 @@ class Trainer:
 
     def train_batch(self, step: int):
         """The global batch of 1-based step `step`: a pure function of (seed, step)."""
+        c = self.config
         local = self.task.train_batch(
-            seed=self.seed, step=step, batch_size=self.batch_size, rows=self.rows
+            seed=c.seed, step=step, batch_size=c.batch_size, rows=self.rows
         )
-        return self.device_batch(local, self.batch_size)
+        return self.device_batch(local, c.batch_size)
 
     def _eval_batches(self) -> dict[str, list]:
         # Fixed held-out batches, the same at every evaluation and for every run seed, so
         # eval curves of different runs are measured on identical data.
+        c = self.config
         return {
             split: [
                 self.device_batch(
                     self.task.eval_batch(
                         split,
-                        seed=self.eval_seed,
+                        seed=c.eval_seed,
                         index=i,
-                        batch_size=self.eval_batch_size,
+                        batch_size=c.global_eval_batch_size,
                         rows=self.eval_rows,
                     ),
-                    self.eval_batch_size,
+                    c.global_eval_batch_size,
                 )
                 for i in range(self._num_eval_batches(split))
             ]
-            for split in self.eval_splits
+            for split in c.eval_splits
         }
 
     def _num_eval_batches(self, split: str) -> int:
         if self.state_collections:  # Consecutive batches covering the whole split.
-            return self.task.eval_num_batches(split, self.eval_batch_size)
-        return self.eval_batches
+            return self.task.eval_num_batches(split, self.config.global_eval_batch_size)
+        return self.config.eval_batches
 
+    # ------------------------------------------------------------------ evaluation
     def _evaluate_carried(self, state, split_batches) -> tuple[float, float]:
         """Token-weighted mean loss and accuracy over consecutive batches, the state
         threaded through them in order from zero."""
@@ -432,134 +853,148 @@ class Trainer:
                 out[f"{prefix}perplexity"] = math.exp(min(loss, 50.0))
         return out
 
-    # ------------------------------------------------------------------ loop
-    @property
-    def checkpoint_dir(self) -> str:
-        return os.path.abspath(os.path.join(self.model_dir, "checkpoints"))
+    def _evaluate_and_log(
+        self, state, batches, step: int, train_time: float, logger: MetricsLogger
+    ) -> dict[str, float]:
+        result = self.evaluate(state, batches)
+        bad = nonfinite_values(result)
+        if bad:
+            raise _Stop(f"non-finite evaluation at step {step} ({_items(bad)})")
+        result["train_time_s"] = train_time
+        logger.write("eval", step, result)
+        self._say(
+            f"eval step {step}: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in result.items() if "time" not in k)
+        )
+        return result
 
+    # ------------------------------------------------------------------ logging
+    def _log_train(self, state, step: int, train_time: float, logger: MetricsLogger) -> float:
+        """Fetches the interval's metrics, checks them (raising _Stop), writes the train
+        record and the progress line; returns the interval's seconds (`train_time`: the
+        training time before it)."""
+        steps, fetched, elapsed = logger.fetch()
+        logger.check(steps, fetched)
+        scalars = logger.train_scalars(fetched, elapsed)
+        scalars["learning_rate"] = self.opt.learning_rate(step)
+        scalars[f"{self.unit_name}_per_sec"] = (
+            logger.interval_steps * self.units_per_batch / elapsed
+        )
+        scalars["slot_bytes"] = self.slot_bytes
+        scalars["train_time_s"] = train_time + elapsed
+        scalars.update({k: float(v) for k, v in jax.device_get(self.diagnostics(state)).items()})
+        logger.write("train", step, scalars)
+        if self.config.progress:
+            total = self.config.train_steps
+            left = (total - step) / max(scalars["steps_per_sec"], 1e-9)
+            self._say(
+                f"step {step}/{total} | loss {scalars['loss']:.4f} | "
+                f"{scalars['steps_per_sec']:.1f} steps/s | "
+                f"left {datetime.timedelta(seconds=round(left))}"
+            )
+        return elapsed
+
+    def _static_record(self, state: TrainState) -> dict[str, float]:
+        """The step-0 record: sizes, and the bytes per device of the parameters and the
+        optimizer state as their arrays' addressable shards really hold them."""
+        return {
+            "slot_bytes": self.slot_bytes,
+            "num_params": self.num_params,
+            "param_bytes_per_device": sharding.addressable_bytes(state.params),
+            "slot_bytes_per_device": sharding.addressable_bytes(state.opt_state),
+        }
+
+    # ------------------------------------------------------------------ loop
     def _is_checkpoint_step(self, step: int) -> bool:
+        c = self.config
         return (
-            step % self.checkpoint_every == 0
-            or step == self.train_steps
-            or step == self.first_checkpoint_at
+            step % c.checkpoint_every == 0
+            or step == c.train_steps
+            or step == c.first_checkpoint_step
         )
 
     def run(self, stop_after: int | None = None) -> dict[str, Any]:
         """Trains to `train_steps` (or `stop_after` steps in this call); returns final.json."""
-        os.makedirs(self.model_dir, exist_ok=True)
-        writer = ScalarWriter(self.model_dir, enabled=self.is_chief)
-        manager = ocp.CheckpointManager(
-            self.checkpoint_dir,
-            options=ocp.CheckpointManagerOptions(max_to_keep=self.keep_checkpoints, create=True),
+        c = self.config
+        os.makedirs(c.model_dir, exist_ok=True)
+        logger = MetricsLogger(
+            c.model_dir,
+            enabled=self.is_chief,
+            skip_nonfinite=c.skip_nonfinite_steps,
+            skip_limit=c.max_consecutive_skipped_steps,
         )
-        try:
-            restored = self._restore(manager)
-        except ConfigError:
-            manager.close()
-            raise
+        checkpointer = Checkpointer(
+            self.checkpoint_dir,
+            keep=c.keep_checkpoints,
+            abstract_state=self.abstract_state,
+            state_finite=self.state_finite,
+            is_chief=self.is_chief,
+        )
+        restored = checkpointer.restore()
         if restored is not None:
             state, train_time, start = restored
-            writer.restart_at(start)
-            self._say(f"resumed from checkpoint at step {start} in {self.model_dir}")
+            self._say(f"resumed from checkpoint at step {start} in {c.model_dir}")
         else:
-            state, train_time, start = self.init_state(self.seed), 0.0, 0
-            if os.path.exists(writer.jsonl_path):
-                # An earlier try died before its first checkpoint: its records go.
-                writer.restart_at(-1)
-        last_good = start if restored is not None else None
+            state, train_time, start = self.init_state(c.seed), 0.0, 0
+        logger.resume(start if restored is not None else None)
 
         eval_batches = self._eval_batches()
         # Compile outside the timed region: steps/s and time-to-target measure training.
         self.train_step.lower(state, self.train_batch(start + 1)).compile()
         if start == 0:  # Static facts of the run, once (a resumed run already has them).
-            writer.write("train", 0, {"slot_bytes": self.slot_bytes, "num_params": self.num_params})
+            logger.write("train", 0, self._static_record(state))
 
-        end = self.train_steps if stop_after is None else min(self.train_steps, start + stop_after)
-        pending, skips = _Pending(), _SkipCount(self.max_consecutive_skipped_steps)
-        interval_start, interval_steps = time.perf_counter(), 0
+        end = c.train_steps if stop_after is None else min(c.train_steps, start + stop_after)
         final_eval: dict[str, float] = {}
         step = start
-        while step < end:
-            batch = self.train_batch(step + 1)
-            state, metrics = self.train_step(state, batch)
-            step += 1
-            pending.steps.append(step)
-            pending.metrics.append(metrics)
-            interval_steps += 1
-            is_eval = step % self.eval_every == 0 or step == self.train_steps
-            is_ckpt = self._is_checkpoint_step(step)
-            if step % self.log_every == 0 or is_eval or is_ckpt or step == end:
-                fetched = jax.device_get(pending.metrics)
-                elapsed = time.perf_counter() - interval_start
-                train_time += elapsed
-                problem = self._check_steps(pending.steps, fetched, skips)
-                if problem:
-                    raise self._diverged(writer, manager, last_good, *problem)
-                scalars = self._train_scalars(fetched, step, interval_steps, elapsed)
-                scalars["train_time_s"] = train_time
-                scalars["skipped_steps"] = skips.total
-                scalars.update(
-                    {k: float(v) for k, v in jax.device_get(self.diagnostics(state)).items()}
-                )
-                writer.write("train", step, scalars)
-                if self.progress:
-                    left = (self.train_steps - step) / max(scalars["steps_per_sec"], 1e-9)
-                    self._say(
-                        f"step {step}/{self.train_steps} | loss {scalars['loss']:.4f} | "
-                        f"{scalars['steps_per_sec']:.1f} steps/s | "
-                        f"left {datetime.timedelta(seconds=round(left))}"
-                    )
-                pending = _Pending()
+        logger.start_interval()
+        try:
+            while step < end:
+                state, metrics = self.train_step(state, self.train_batch(step + 1))
+                step += 1
+                logger.add(step, metrics)
+                is_eval = step % c.eval_every == 0 or step == c.train_steps
+                is_ckpt = self._is_checkpoint_step(step)
+                if not (step % c.log_every == 0 or is_eval or is_ckpt or step == end):
+                    continue
+                train_time += self._log_train(state, step, train_time, logger)
                 if is_eval:
-                    final_eval = self.evaluate(state, eval_batches)
-                    bad = nonfinite_values(final_eval)
-                    if bad:
-                        raise self._diverged(
-                            writer,
-                            manager,
-                            last_good,
-                            f"non-finite evaluation at step {step} ({_items(bad)})",
-                        )
-                    final_eval["train_time_s"] = train_time
-                    writer.write("eval", step, final_eval)
-                    self._say(
-                        f"eval step {step}: "
-                        + ", ".join(
-                            f"{k} {v:.4f}" for k, v in final_eval.items() if "time" not in k
-                        )
+                    final_eval = self._evaluate_and_log(
+                        state, eval_batches, step, train_time, logger
                     )
                 if is_ckpt:
                     # Every step up to here was finite, its update included (or skipped):
                     # the state saved is one a restart can use.
-                    manager.save(
-                        step,
-                        args=ocp.args.Composite(
-                            state=ocp.args.StandardSave(state),
-                            meta=ocp.args.JsonSave({"train_time_s": train_time}),
-                        ),
-                    )
-                    last_good = step
-                writer.flush()
-                interval_start, interval_steps = time.perf_counter(), 0
-        manager.wait_until_finished()
-        manager.close()
-        writer.close()
-        if not final_eval and self.is_chief and os.path.exists(writer.jsonl_path):
+                    checkpointer.save(step, state, train_time)
+                logger.flush()
+                logger.start_interval()
+        except _Stop as stop:
+            logger.close()
+            checkpointer.close()
+            raise TrainingDiverged(
+                f"{stop.what}; stopping ({checkpointer.describe_last_good()}). {stop.hint}".rstrip()
+            ) from None
+        checkpointer.close()
+        logger.close()
+        if not final_eval and self.is_chief and os.path.exists(logger.jsonl_path):
             final_eval = self._recorded_eval(step)
         bad = nonfinite_values(final_eval)
         if bad:  # final.json never holds NaN or Inf.
             raise TrainingDiverged(f"non-finite final evaluation at step {step} ({_items(bad)})")
         result = {
             "step": step,
-            "finished": step >= self.train_steps,
+            "finished": step >= c.train_steps,
             "eval": final_eval,
             "train_time_s": train_time,
             "slot_bytes": self.slot_bytes,
             "num_params": self.num_params,
             "optimizer": self.opt.name,
+            "mesh": dict(self.mesh.shape),
+            "param_bytes_per_device": self.param_bytes_per_device,
+            "slot_bytes_per_device": self.slot_bytes_per_device,
         }
         if self.is_chief and result["finished"]:
-            with open(os.path.join(self.model_dir, "final.json"), "w") as f:
+            with open(os.path.join(c.model_dir, "final.json"), "w") as f:
                 json.dump(result, f, indent=2)
         return result
 
@@ -569,143 +1004,16 @@ class Trainer:
         record = next(
             (
                 r
-                for r in reversed(read_metrics(self.model_dir))
+                for r in reversed(read_metrics(self.config.model_dir))
                 if r["split"] == "eval" and r["step"] == step
             ),
             {},
         )
         return {k: v for k, v in record.items() if k not in ("step", "split")}
 
-    def _train_scalars(
-        self, fetched: list[dict], step: int, interval_steps: int, elapsed: float
-    ) -> dict[str, float]:
-        """The train record of a log interval; means over its finite steps (all of them if
-        none was finite)."""
-        good = [m for m in fetched if m["finite"]] or fetched
-        scalars = {
-            k: float(np.mean([m[k] for m in good]))
-            for k in ("loss", "token_loss", "accuracy", "grad_norm")
-        }
-        scalars["param_norm"] = float(fetched[-1]["param_norm"])
-        scalars["learning_rate"] = self.opt.learning_rate(step)
-        scalars["steps_per_sec"] = interval_steps / elapsed
-        scalars[f"{self.unit_name}_per_sec"] = interval_steps * self.units_per_batch / elapsed
-        scalars["slot_bytes"] = self.slot_bytes
-        return scalars
-
-    def _check_steps(
-        self, steps: list[int], fetched: list[dict], skips: _SkipCount
-    ) -> tuple[str, str] | None:
-        """Why training must stop after these steps, and a hint, or None: a non-finite
-        step with skipping off, or too many skipped in a row with it on."""
-        if not self.skip_nonfinite_steps:
-            for s, m in zip(steps, fetched, strict=True):
-                if not m["finite"]:
-                    what = (
-                        f"non-finite loss or gradient at step {s}"
-                        if m["update_finite"]
-                        else f"non-finite parameters or optimizer state after the update "
-                        f"of step {s} (the loss and gradient were finite)"
-                    )
-                    return what, _SKIP_HINT
-            return None
-        for s, m in zip(steps, fetched, strict=True):
-            if skips.add(bool(m["finite"])):
-                what = (
-                    f"{skips.limit} consecutive non-finite steps skipped, the last at step {s}"
-                    f" (train.max_consecutive_skipped_steps = {skips.limit})"
-                )
-                return what, ""
-        return None
-
-    def _diverged(
-        self, writer, manager, last_good: int | None, what: str, hint: str = ""
-    ) -> TrainingDiverged:
-        """The error that stops a diverged run, once its records and checkpoints are
-        closed; it names the last good checkpoint."""
-        writer.close()
-        manager.wait_until_finished()
-        manager.close()
-        kept = (
-            f"the last good checkpoint is step {last_good} in {self.checkpoint_dir}"
-            if last_good is not None
-            else "no checkpoint was written"
-        )
-        return TrainingDiverged(f"{what}; stopping ({kept}). {hint}".rstrip())
-
-    # ------------------------------------------------------------------ restore
-    def _restore(self, manager: ocp.CheckpointManager) -> tuple[Any, float, int] | None:
-        """The newest checkpoint that restores, as (state, train_time_s, step); None if
-        there is none.
-
-        One that fails (a truncated file or garbled metadata, from a crash or a full disk
-        while it was written) is reported; once an older one restores, the failed ones are
-        moved aside (`<step>.corrupt`, a name orbax does not list, so that it saves the
-        step again). If none restores, nothing is moved, since the cause may be a
-        configuration these checkpoints do not fit, and a ConfigError names the directory.
-        """
-        failed: list[int] = []
-        for step in sorted(manager.all_steps(), reverse=True):
-            try:
-                state, train_time = self._restore_step(manager, step)
-            except Exception as e:  # orbax and tensorstore raise many types on bad files.
-                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-                self._warn(
-                    f"checkpoint {os.path.join(self.checkpoint_dir, str(step))} cannot be "
-                    f"restored ({type(e).__name__}: {reason})"
-                )
-                failed.append(step)
-                continue
-            if failed:
-                self._move_aside(manager, failed)
-                self._warn(f"falling back to the checkpoint of step {step}")
-            return state, train_time, step
-        if failed:
-            raise ConfigError(
-                f"no checkpoint in {self.checkpoint_dir} can be restored (steps "
-                f"{sorted(failed)}): damaged, or written by another configuration (model, "
-                "optimizer); fix the configuration, or move that directory away to start over"
-            )
-        return None
-
-    def _restore_step(self, manager: ocp.CheckpointManager, step: int) -> tuple[Any, float]:
-        """(state, train_time_s) of one checkpoint; raises if it cannot be read or holds
-        non-finite values (which no checkpoint written by this loop does)."""
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(self.abstract_state), meta=ocp.args.JsonRestore()
-            ),
-        )
-        train_time = float(restored["meta"]["train_time_s"])
-        if not bool(self.state_finite(restored["state"])):
-            raise ValueError("the state holds NaN or Inf values")
-        return restored["state"], train_time
-
-    def _move_aside(self, manager: ocp.CheckpointManager, steps: list[int]) -> None:
-        """Renames the checkpoints of `steps` to `<step>.corrupt` (kept for inspection) and
-        makes `manager` forget them."""
-        if self.is_chief:
-            for step in steps:
-                path = os.path.join(self.checkpoint_dir, str(step))
-                aside, n = f"{path}.corrupt", 1
-                while os.path.exists(aside):
-                    aside, n = f"{path}.corrupt.{n}", n + 1
-                os.rename(path, aside)
-                self._warn(f"moved the damaged checkpoint {path} to {aside}")
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices("checkpoints moved aside")
-        manager.reload()
-
     def describe_data(self) -> dict[str, Any]:
         """What the task reads, for run.json (see `describe_data`)."""
         return describe_data(self.task)
-
-    def _warn(self, msg: str) -> None:
-        if self.is_chief:
-            print(f"WARNING: {msg}", file=sys.stderr, flush=True)
 
     def _say(self, msg: str) -> None:
         if self.is_chief:
@@ -789,61 +1097,115 @@ def _describe_vocabulary(task: Any) -> dict[str, Any]:
     return out
 
 
-@gin.configurable("train", denylist=["stop_after", "build_only"])
 def train(
-    *,
-    model_dir: str | None = gin.REQUIRED,
-    seed: int = 0,
-    train_steps: int = gin.REQUIRED,
-    batch_size: int = gin.REQUIRED,
-    model: Callable[..., nn.Module] = gin.REQUIRED,
-    task: Any = gin.REQUIRED,
-    optimizer: Callable[[int], OptimizerSpec] = gin.REQUIRED,
-    eval_every: int = 250,
-    eval_batches: int = 20,
-    eval_batch_size: int | None = None,
-    eval_splits: Sequence[str] = ("val",),
-    eval_seed: int = 0,
-    log_every: int = 50,
-    checkpoint_every: int = 500,
-    keep_checkpoints: int = 3,
-    skip_nonfinite_steps: bool = False,
-    max_consecutive_skipped_steps: int = 10,
-    first_checkpoint_at: int | None = None,
-    inject_nonfinite_at_steps: Sequence[int] = (),
-    inject_nonfinite_params_at_steps: Sequence[int] = (),
-    progress: bool = True,
-    stop_after: int | None = None,
-    build_only: bool = False,
+    *, stop_after: int | None = None, build_only: bool = False, **overrides
 ) -> dict[str, Any] | Trainer:
-    """Trains one configuration into `model_dir` (resuming from its checkpoint if any).
+    """Trains the configuration of the gin bindings (`train.<field>`, `overrides` win) into
+    its `model_dir`, resuming from its checkpoint if any; returns final.json's content.
 
     `build_only` returns the Trainer without running it (benchmarks drive its step).
-    `inject_nonfinite_at_steps` (a NaN loss) and `inject_nonfinite_params_at_steps` (an
-    update that makes the parameters Inf while the loss is finite) are testing hooks: they
-    poison the given 1-based steps, to exercise the non-finite paths of the loop.
     """
-    trainer = Trainer(
-        model_dir=model_dir,
-        seed=seed,
-        train_steps=train_steps,
-        batch_size=batch_size,
-        model=model,
-        task=task,
-        optimizer=optimizer,
-        eval_every=eval_every,
-        eval_batches=eval_batches,
-        eval_batch_size=eval_batch_size,
-        eval_splits=eval_splits,
-        eval_seed=eval_seed,
-        log_every=log_every,
-        checkpoint_every=checkpoint_every,
-        keep_checkpoints=keep_checkpoints,
-        skip_nonfinite_steps=skip_nonfinite_steps,
-        max_consecutive_skipped_steps=max_consecutive_skipped_steps,
-        first_checkpoint_at=first_checkpoint_at,
-        inject_nonfinite_at_steps=inject_nonfinite_at_steps,
-        inject_nonfinite_params_at_steps=inject_nonfinite_params_at_steps,
-        progress=progress,
-    )
+    trainer = Trainer(train_config(**overrides))
     return trainer if build_only else trainer.run(stop_after=stop_after)
+
+
+# ---------------------------------------------------------------------- dry runs
+# `run.py --dry_run`: the vocabulary size assumed when a text task's tokenizer file is
+# absent (gin macro DRY_RUN_VOCAB_SIZE, gin_configs/train_defaults.gin).
+DRY_RUN_VOCAB_SIZE = 32000
+_STAND_IN_CHARS = 200_000
+_AS_A_RUN = "the configured task, built as a run builds it (reading what its constructor reads)"
+
+
+class _Given:
+    """A value bound in gin as it is: gin deep-copies bound values when it calls a
+    configurable, and this one hands over the object itself instead of a copy."""
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __deepcopy__(self, memo) -> Any:
+        return self.value
+
+
+class _VocabularyOf:
+    """A task that tells the model another vocabulary size than its tokenizer's (the
+    dry run's stand-in, whose tokenizer is not the configured one)."""
+
+    def __init__(self, task: Any, vocab_size: int):
+        self.wrapped, self.vocab_size = task, vocab_size
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {**self.wrapped.model_kwargs(), "vocab_size": self.vocab_size}
+
+
+def _bound(selector: str, name: str, default: Any) -> Any:
+    """The evaluated gin binding `selector.name`, or `default` if there is none."""
+    try:
+        return copy.deepcopy(gin.query_parameter(f"{selector}.{name}"))
+    except ValueError:
+        return default
+
+
+def dry_run_task() -> tuple[Any, str]:
+    """The task for `run.py --dry_run`, and a line saying where its data comes from.
+
+    A text task (experiments/data/text_tasks.py: masked LM, span corruption) is the
+    configured class with its configured lengths and objective, on generated text instead
+    of its source, so that nothing of the dataset is read and the dataset need not exist:
+    only the batch shapes matter to a dry run, and they do not depend on the text. Its
+    vocabulary is the configured tokenizer's when that file exists (the tokenizer alone
+    is read), else DRY_RUN_VOCAB_SIZE. Any other task is built as a run builds it: tasks
+    that hold their data in memory (character and word corpora, images, seqio) read it
+    when they are built, to know their vocabulary or their examples.
+    """
+    from experiments.data.sources import GeneratedTextSource
+    from experiments.data.text_tasks import TextExamples, resolve_tokenizer
+    from experiments.data.tokenizers import ByteTokenizer
+
+    reference = gin.query_parameter("train.task")
+    cls = getattr(getattr(reference, "configurable", None), "wrapped", None)
+    if not (isinstance(cls, type) and issubclass(cls, TextExamples)):
+        return copy.deepcopy(reference), _AS_A_RUN
+    signature = inspect.signature(cls)
+    positional = list(signature.parameters)[:2]
+    default = signature.parameters["tokenizer"].default if "tokenizer" in positional else None
+    tokenizer = _bound(reference.selector, "tokenizer", default)
+    if positional != ["source", "tokenizer"] or tokenizer == "char":
+        # 'char' takes its alphabet from the text itself.
+        return copy.deepcopy(reference), _AS_A_RUN
+    source = GeneratedTextSource(num_chars=_STAND_IN_CHARS)
+    path = tokenizer if isinstance(tokenizer, str) and tokenizer.endswith(".model") else None
+    if path is None or os.path.exists(path):
+        # Positional, so that gin does not build the configured source (it evaluates
+        # every bound keyword argument, even those a caller passes).
+        task = reference.scoped_configurable_fn(source, resolve_tokenizer(tokenizer, source))
+        return task, f"none read: generated text in the configured shapes; vocabulary {tokenizer!r}"
+    try:
+        vocab_size = gin.query_parameter("%DRY_RUN_VOCAB_SIZE")
+    except ValueError:
+        vocab_size = DRY_RUN_VOCAB_SIZE
+    task = reference.scoped_configurable_fn(source, ByteTokenizer())
+    note = (
+        f"none read: generated text in the configured shapes; vocabulary size {vocab_size} "
+        f"(DRY_RUN_VOCAB_SIZE: the tokenizer {path!r} is absent)"
+    )
+    return _VocabularyOf(task, vocab_size), note
+
+
+def dry_run_trainer() -> tuple[Trainer, str]:
+    """The Trainer of the gin configuration for `run.py --dry_run`, on `dry_run_task()`,
+    and that function's line about the data. Building it allocates nothing: the state is
+    a `jax.eval_shape` (`abstract_state`) and the steps are jitted lazily."""
+    task, note = dry_run_task()
+    previous = gin.query_parameter("train.task")
+    with gin.unlock_config():
+        gin.bind_parameter("train.task", _Given(task))
+    try:
+        return Trainer(train_config(dry_run=True)), note
+    finally:
+        with gin.unlock_config():
+            gin.bind_parameter("train.task", previous)

@@ -322,7 +322,7 @@ def test_run_split_in_two_halves_equals_one_run(tmp_path):
     # run() starts from that directory's latest checkpoint, or from scratch.
     trainer = train(model_dir=str(tmp_path / "whole"), build_only=True, **_trainer_args(tmp_path))
     whole = trainer.run()
-    trainer.model_dir = str(tmp_path / "halves")
+    trainer = trainer.replace(model_dir=str(tmp_path / "halves"))
     trainer.run(stop_after=3)
     assert _numbers(tmp_path / "halves")[-1]["step"] == 3
     second = trainer.run()  # Restores the step-3 checkpoint, carried state included.
@@ -341,7 +341,7 @@ def test_carry_after_step_s_is_the_state_of_step_s_plus_one(tmp_path):
     trainer = train(model_dir=str(tmp_path / "run"), build_only=True, **_trainer_args(tmp_path))
     task, model = trainer.task, trainer.model
     state0 = trainer.init_state(0)
-    assert state0["model_state"][CARRY]["memory"].shape == (4, 16)  # One row per stream.
+    assert state0.model_state[CARRY]["memory"].shape == (4, 16)  # One row per stream.
     snapshot = jax.tree_util.tree_map(np.array, state0)
     state1, _ = trainer.train_step(state0, trainer.train_batch(1))
     key = jax.random.key(0)
@@ -355,16 +355,16 @@ def test_carry_after_step_s_is_the_state_of_step_s_plus_one(tmp_path):
     def hand_loss(params, carry, step):
         return objective(params, carry, task.train_batch(seed=0, step=step, batch_size=4), step)
 
-    _, _, carried = hand_loss(snapshot["params"], snapshot["model_state"], 1)
+    _, _, carried = hand_loss(snapshot.params, snapshot.model_state, 1)
     np.testing.assert_allclose(
-        state1["model_state"][CARRY]["memory"], carried[CARRY]["memory"], rtol=1e-5, atol=1e-6
+        state1.model_state[CARRY]["memory"], carried[CARRY]["memory"], rtol=1e-5, atol=1e-6
     )
     state1_copy = jax.tree_util.tree_map(np.array, state1)
     _, metrics2 = trainer.train_step(state1, trainer.train_batch(2))
-    loss2, _, _ = hand_loss(state1_copy["params"], state1_copy["model_state"], 2)
+    loss2, _, _ = hand_loss(state1_copy.params, state1_copy.model_state, 2)
     assert float(metrics2["loss"]) == pytest.approx(float(loss2), rel=1e-5)
-    zero = jax.tree_util.tree_map(np.zeros_like, state1_copy["model_state"])
-    loss2_from_zero, _, _ = hand_loss(state1_copy["params"], zero, 2)
+    zero = jax.tree_util.tree_map(np.zeros_like, state1_copy.model_state)
+    loss2_from_zero, _, _ = hand_loss(state1_copy.params, zero, 2)
     assert abs(float(loss2_from_zero) - float(loss2)) > 1e-4  # The carry matters.
 
 
@@ -378,8 +378,10 @@ def test_eval_covers_the_held_out_text_once_with_the_state_carried(tmp_path, eva
     trainer = train(model_dir=str(tmp_path / "run"), build_only=True, **args)
     state = trainer.init_state(0)
     leaves = iter(jax.random.split(jax.random.key(7), 20))
-    state["params"] = jax.tree_util.tree_map(
-        lambda x: x + 0.3 * jax.random.normal(next(leaves), x.shape), state["params"]
+    state = state.replace(
+        params=jax.tree_util.tree_map(
+            lambda x: x + 0.3 * jax.random.normal(next(leaves), x.shape), state.params
+        )
     )
     result = trainer.evaluate(state, trainer._eval_batches())
 
@@ -393,7 +395,7 @@ def test_eval_covers_the_held_out_text_once_with_the_state_carried(tmp_path, eva
     for row, start in enumerate(starts):
         piece = text[start : min(start + per_stream, len(val))]
         inputs[row, : len(piece)] = piece
-    logits = jax.jit(trainer.model.apply)({"params": state["params"]}, jnp.asarray(inputs))
+    logits = jax.jit(trainer.model.apply)({"params": state.params}, jnp.asarray(inputs))
     log_probs = np.asarray(jax.nn.log_softmax(logits, axis=-1))
     nll = np.concatenate(
         [

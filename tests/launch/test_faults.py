@@ -8,7 +8,6 @@ Trainer per directory): compiling dominates a tiny run on 2 cores.
 
 from __future__ import annotations
 
-import copy
 import glob
 import json
 import math
@@ -44,11 +43,9 @@ def build_trainer(model_dir: Path, *extra: str, steps: int = 60) -> train_lib.Tr
 
 
 def run_in(trainer: train_lib.Trainer, model_dir: Path, **changes) -> dict:
-    """Runs a copy of `trainer` (sharing its compiled steps) in `model_dir`."""
-    t = copy.copy(trainer)
-    t.model_dir = str(model_dir)
-    for name, value in changes.pop("attributes", {}).items():
-        setattr(t, name, value)
+    """Runs a copy of `trainer` (sharing its compiled steps) in `model_dir`, with the loop
+    settings in `settings` changed."""
+    t = trainer.replace(model_dir=str(model_dir), **changes.pop("settings", {}))
     return t.run(**changes)
 
 
@@ -273,7 +270,7 @@ def test_a_nonfinite_final_evaluation_is_divergence(exploding, tmp_path: Path):
     # No limit reached, one evaluation at the end: parameters finite but huge, eval NaN.
     limits = {"max_consecutive_skipped_steps": 10_000, "eval_every": 10_000}
     with pytest.raises(train_lib.TrainingDiverged, match="non-finite evaluation at step 60"):
-        run_in(exploding, d, attributes=limits)
+        run_in(exploding, d, settings=limits)
     assert not (d / "final.json").exists()
     assert all(r["split"] != "eval" for r in read_metrics(str(d)))
 
