@@ -13,6 +13,7 @@ from benchmarks import harness_overhead, optimizer_step
 from tests.launch.harness_helpers import TINY
 
 
+@pytest.mark.slow  # compiles eight optimizers' updates
 def test_optimizer_step_prints_a_ratio_for_every_optimizer(capsys):
     assert optimizer_step.main(["--rounds", "2", "--hidden", "32", "--layers", "1"]) == 0
     out = capsys.readouterr().out

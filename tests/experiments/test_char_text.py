@@ -9,23 +9,44 @@ from experiments.data.char_text import (
     CharTextTask,
     corpus_from_text,
     generated_text,
+    get_batch,
     load_corpus,
 )
 from experiments.errors import ConfigError
 
 
 def test_split_and_vocab_small_text():
-    c = corpus_from_text("abcabcabcd")
+    c = corpus_from_text("abcabcabcdab")
     assert c.chars == "abcd" and c.vocab_size == 4
-    assert len(c.train) == 9 and len(c.val) == 1
-    assert c.decode(c.train) == "abcabcabc" and c.decode(c.val) == "d"
+    assert (len(c.train), len(c.val), len(c.test)) == (10, 1, 1)
+    assert c.decode(c.train) == "abcabcabcd"
+    assert (c.decode(c.val), c.decode(c.test)) == ("a", "b")
+    # An odd held-out part gives validation the extra character.
+    odd = corpus_from_text("abcabcabcd")
+    assert (odd.decode(odd.val), odd.decode(odd.test)) == ("d", "")
+
+
+def test_three_splits_tile_the_text_and_train_is_nanogpts():
+    text = generated_text(30_001, seed=2)
+    c = corpus_from_text(text)
+    # The training split as it was before the test split existed (nanoGPT's first 90%),
+    # computed here from the text alone.
+    assert c.decode(c.train) == text[: int(len(text) * 0.9)]
+    # Validation then test, the held-out tail cut in two: disjoint and covering the text.
+    held = text[int(len(text) * 0.9) :]
+    assert c.decode(c.val) == held[: (len(held) + 1) // 2]
+    assert c.decode(c.test) == held[(len(held) + 1) // 2 :]
+    assert c.decode(np.concatenate([c.train, c.val, c.test])) == text
+    with pytest.raises(ConfigError, match="no split 'dev'"):
+        c.split("dev")
 
 
 def test_tinyshakespeare_matches_nanogpt_prepare(shakespeare):
     c = load_corpus(str(shakespeare))
-    # nanoGPT's prepare.py: 65 characters, 1,003,854 train and 111,540 val tokens.
+    # nanoGPT's prepare.py: 65 characters, 1,003,854 train and 111,540 val tokens; the
+    # 111,540 held out are validation and test here, half each.
     assert c.vocab_size == 65
-    assert (len(c.train), len(c.val)) == (1003854, 111540)
+    assert (len(c.train), len(c.val), len(c.test)) == (1003854, 55770, 55770)
     assert c.decode(c.train[:14]) == "First Citizen:"
 
 
@@ -51,6 +72,33 @@ def test_batches_are_pure_functions_of_seed_and_step():
         assert val.find(row.astype(np.uint8).tobytes()) >= 0
 
 
+def _windows_of(split: np.ndarray, rows: np.ndarray) -> bool:
+    data = split.astype(np.uint8).tobytes()
+    return all(data.find(r.astype(np.uint8).tobytes()) >= 0 for r in rows)
+
+
+def test_test_batches_are_pure_and_come_from_the_test_split():
+    task = CharTextTask(generated_chars=20_000, block_size=16)
+    a = task.eval_batch("test", seed=0, index=3, batch_size=8)
+    again = CharTextTask(generated_chars=20_000, block_size=16).eval_batch(
+        "test", seed=0, index=3, batch_size=8
+    )
+    np.testing.assert_array_equal(a["inputs"], again["inputs"])
+    assert not np.array_equal(
+        a["inputs"], task.eval_batch("test", seed=0, index=4, batch_size=8)["inputs"]
+    )
+    assert not np.array_equal(
+        a["inputs"], task.eval_batch("test", seed=1, index=3, batch_size=8)["inputs"]
+    )
+    np.testing.assert_array_equal(a["inputs"][:, 1:], a["targets"][:, :-1])
+    # Every window (inputs and the last target) is a piece of the test split.
+    assert _windows_of(task.corpus.test, np.concatenate([a["inputs"], a["targets"][:, -1:]], 1))
+    half = task.eval_batch("test", seed=0, index=3, batch_size=8, rows=slice(0, 4))
+    np.testing.assert_array_equal(half["targets"], a["targets"][:4])
+    with pytest.raises(ConfigError, match="split='test', purpose='train'"):
+        get_batch(task.corpus, "test", seed=0, index=1, batch_size=2, block_size=16)
+
+
 def test_generated_text_is_deterministic_and_structured():
     t = generated_text(20000, seed=0)
     assert t == generated_text(20000, seed=0) and t != generated_text(20000, seed=1)
@@ -68,3 +116,9 @@ def test_missing_or_too_small_data_is_a_clear_error(tmp_path):
     small.write_text("hello world")
     with pytest.raises(ConfigError, match="block_size=64"):
         CharTextTask(str(small), block_size=64)
+    # The test split must hold a window too: 31 held-out characters, 16 val and 15 test.
+    mid = tmp_path / "mid.txt"
+    mid.write_text("abcdefghij" * 31)
+    CharTextTask(str(mid), block_size=14)
+    with pytest.raises(ConfigError, match=r"block_size=15 .* 16 val / 15 test tokens"):
+        CharTextTask(str(mid), block_size=15)

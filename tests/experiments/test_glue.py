@@ -229,6 +229,19 @@ def test_eval_covers_the_validation_split_once(glue_dir):
     assert task.eval_batch("train", seed=0, index=0, batch_size=8)["weights"].sum() == 8
 
 
+def test_test_split_is_a_clear_error_and_validation_stays_whole(glue_dir):
+    """GLUE's test labels are hidden: no test split to score. Validation is not halved."""
+    task = GlueTask("sst2", glue_dir, ByteTokenizer(), seq_length=32)
+    assert len(task.splits["val"]) == SIZES["validation"]
+    assert len(task.splits["train"]) == SIZES["train"]
+    for ask in (
+        lambda: task.eval_batch("test", seed=0, index=0, batch_size=8),
+        lambda: task.eval_num_batches("test", 8),
+    ):
+        with pytest.raises(ConfigError, match=r"test labels are hidden.*EVAL_SPLITS"):
+            ask()
+
+
 def test_mnli_three_classes_matched_validation(glue_dir):
     task = GlueTask("mnli", glue_dir, ByteTokenizer(), seq_length=64)
     assert task.num_classes == 3 and task.split_names["val"] == "validation_matched"
@@ -420,6 +433,7 @@ def _pretrained_like(params, key):
     return flax.traverse_util.unflatten_dict({p: draw(p, x) for p, x in flat.items()})
 
 
+@pytest.mark.slow  # trains both optimizers (tens of seconds)
 def test_classifier_trains_on_the_tiny_task(glue_dir):
     from launch.optimizers import adamw_optimizer, amos_optimizer
 

@@ -83,16 +83,20 @@ def tiny_image_tfds(tmp_path_factory):
             )
 
         def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples(0, 60), "test": self._generate_examples(1, 12)}
+            return {
+                "train": self._generate_examples(0, 60),
+                "test": self._generate_examples(1, 12),
+                "hidden": self._generate_examples(2, 4, hidden=True),
+            }
 
-        def _generate_examples(self, seed, n):
+        def _generate_examples(self, seed, n, hidden=False):
             rng = np.random.default_rng(seed)
             for i in range(n):
-                label = i % 3
-                image = np.full((40, 48, 3), 60 * label, np.uint8) + rng.integers(
+                label = -1 if hidden else i % 3
+                image = np.full((40, 48, 3), 60 * max(label, 0), np.uint8) + rng.integers(
                     0, 40, (40, 48, 3), dtype=np.uint8
                 )
-                yield i, {"image": image, "label": label}
+                yield i, {"image": image, "label": label}  # Label -1: hidden, as GLUE's test.
 
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     TinyImages(data_dir=data_dir).download_and_prepare()
@@ -139,3 +143,108 @@ def test_missing_tfds_dataset_names_data_dir_and_dataset(tmp_path):
         ImageClassificationTask("cifar10", data_dir=str(tmp_path), augmentation="cifar")
     with pytest.raises(ConfigError, match="needs a data_dir"):
         ImageClassificationTask("cifar10", augmentation="cifar")
+
+
+# ------------------------------------------------------------------------------ splits
+
+
+def _same_rows(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and np.array_equal(a, b)
+
+
+def test_digits_splits_are_disjoint_cover_the_data_and_keep_the_training_split():
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = (data.images[..., None] * (255.0 / 16.0)).astype(np.float32)
+    # The split before the test split existed, computed here from its definition: a fixed
+    # permutation (seed 0), its first 20% held out, the rest training.
+    order = np.random.default_rng(0).permutation(1797)
+    old_train, held = order[359:], order[:359]
+    task = ImageClassificationTask("digits")
+    s = task.splits
+    assert _same_rows(s.train_images, images[old_train])
+    np.testing.assert_array_equal(s.train_labels, data.target[old_train])
+    # Validation: the first 180 held-out images; test: the other 179.
+    assert _same_rows(s.val_images, images[held[:180]])
+    assert _same_rows(s.test_images, images[held[180:]])
+    np.testing.assert_array_equal(s.test_labels, data.target[held[180:]])
+    assert len(s.train_labels) + len(s.val_labels) + len(s.test_labels) == 1797
+    assert task.split_names == {
+        "train": "permutation[359:]",
+        "val": "permutation[:180]",
+        "test": "permutation[180:359]",
+    }
+    # The normalization is the training split's, as before.
+    np.testing.assert_allclose(task.mean, images[old_train].mean(axis=(0, 1, 2)), rtol=1e-5)
+
+
+def test_digits_test_batches_are_pure_and_drawn_from_the_test_split():
+    task = ImageClassificationTask("digits")
+    a = task.eval_batch("test", seed=0, index=2, batch_size=32)
+    b = ImageClassificationTask("digits").eval_batch("test", seed=0, index=2, batch_size=32)
+    np.testing.assert_array_equal(a["images"], b["images"])
+    np.testing.assert_array_equal(a["labels"], b["labels"])
+    assert not np.array_equal(
+        a["images"], task.eval_batch("test", seed=0, index=3, batch_size=32)["images"]
+    )
+    assert not np.array_equal(
+        a["images"], task.eval_batch("val", seed=0, index=2, batch_size=32)["images"]
+    )
+    # Every image is one of the test split's (normalized, not augmented).
+    test = (task.splits.test_images - task.mean) / task.std
+    for image in a["images"]:
+        assert np.any(np.all(np.isclose(test, image), axis=(1, 2, 3)))
+    with pytest.raises(ConfigError, match="split='dev'"):
+        task.eval_batch("dev", seed=0, index=0, batch_size=4)
+
+
+def test_tfds_images_held_out_split_is_halved_or_the_own_test_split_used(tiny_image_tfds):
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder("tiny_images", data_dir=tiny_image_tfds)
+    train = tfds.as_numpy(builder.as_dataset(split="train", batch_size=-1))
+    test = tfds.as_numpy(builder.as_dataset(split="test", batch_size=-1))
+    task = ImageClassificationTask("tiny_images", data_dir=tiny_image_tfds, augmentation="cifar")
+    assert task.split_names == {"train": "train", "val": "test[0:6]", "test": "test[6:12]"}
+    s = task.splits
+    assert _same_rows(s.train_images, train["image"])  # training as before
+    assert _same_rows(np.concatenate([s.val_images, s.test_images]), test["image"])
+    np.testing.assert_array_equal(np.concatenate([s.val_labels, s.test_labels]), test["label"])
+    own = ImageClassificationTask(
+        "tiny_images",
+        data_dir=tiny_image_tfds,
+        augmentation="cifar",
+        train_split="train[:50]",
+        val_split="train[50:]",
+        test_split="test",
+    )
+    assert _same_rows(own.splits.test_images, test["image"])
+    assert _same_rows(own.splits.val_images, train["image"][50:])
+    with pytest.raises(ConfigError, match="'hidden' .* hidden labels"):
+        ImageClassificationTask(
+            "tiny_images", data_dir=tiny_image_tfds, augmentation="cifar", test_split="hidden"
+        )
+    with pytest.raises(ConfigError, match="no split 'dev' .*test_split"):
+        ImageClassificationTask(
+            "tiny_images", data_dir=tiny_image_tfds, augmentation="cifar", test_split="dev"
+        )
+
+
+def test_tfds_images_streaming_test_batches_are_pure(tiny_image_tfds):
+    def make():
+        return ImageClassificationTask(
+            "tiny_images",
+            data_dir=tiny_image_tfds,
+            augmentation="imagenet",
+            in_memory=False,
+            image_size=32,
+        )
+
+    task = make()
+    first = [task.eval_batch("test", seed=0, index=i, batch_size=3) for i in range(2)]
+    again = make().eval_batch("test", seed=0, index=1, batch_size=3)  # out of order
+    np.testing.assert_allclose(again["images"], first[1]["images"], rtol=1e-6)
+    np.testing.assert_array_equal(again["labels"], first[1]["labels"])
+    val = task.eval_batch("val", seed=0, index=0, batch_size=3)
+    assert not np.allclose(val["images"], first[0]["images"])

@@ -27,6 +27,7 @@ def files(tmp_path_factory, shakespeare) -> dict[str, str]:
     lines = shakespeare.read_text().splitlines(keepends=True)
     (tmp / "train.txt").write_text("".join(lines[:1500]))
     (tmp / "validation.txt").write_text("".join(lines[-300:]))
+    (tmp / "test.txt").write_text("".join(lines[-600:-300]))
     model = train_sentencepiece(
         [str(tmp / "train.txt")],
         str(tmp / "spm"),
@@ -37,6 +38,7 @@ def files(tmp_path_factory, shakespeare) -> dict[str, str]:
     return {
         "train": str(tmp / "train.txt"),
         "validation": str(tmp / "validation.txt"),
+        "test": str(tmp / "test.txt"),
         "model": model,
     }
 
@@ -138,7 +140,7 @@ CHUNK = sc.random_spans_helper(64)[0]  # 70 tokens per example.
 
 def make_task(files, **kw) -> seqio_tasks.SeqioSpanCorruptionTask:
     """A fresh task object, as a fresh (e.g. resumed) process builds it."""
-    kw.setdefault("text_files", {"train": files["train"], "validation": files["validation"]})
+    kw.setdefault("text_files", {split: files[split] for split in ("train", "validation", "test")})
     kw.setdefault("vocabulary_path", files["model"])
     kw.setdefault("targets_length", 14)
     kw.setdefault("shuffle_buffer_size", 64)  # Small: the buffer fills before a first batch.
@@ -209,7 +211,32 @@ def test_eval_batches_are_fixed_passes_over_the_split(files):
     with pytest.raises(ConfigError, match="train.eval_batches"):
         task.eval_batch("val", seed=0, index=available, batch_size=8)
     with pytest.raises(ConfigError, match="train.eval_splits"):
-        task.eval_batch("test", seed=0, index=0, batch_size=8)
+        task.eval_batch("dev", seed=0, index=0, batch_size=8)
+
+
+def test_test_batches_are_a_fixed_pass_over_the_test_split(files):
+    task = make_task(files)
+    tok = SentencePieceTokenizer(files["model"])
+    batch = task.eval_batch("test", seed=0, index=1, batch_size=4)
+    assert_same(make_task(files).eval_batch("test", seed=0, index=1, batch_size=4), batch)
+    assert differ(batch, task.eval_batch("val", seed=0, index=1, batch_size=4))
+    stream = token_stream(tok, Path(files["test"]).read_text().splitlines())
+    for r in range(4):
+        got = sc.reconstruct(
+            batch["encoder_input_tokens"][r], batch["decoder_target_tokens"][r], tok
+        )
+        np.testing.assert_array_equal(got, stream[(4 + r) * CHUNK : (5 + r) * CHUNK])
+    # A registered Task without a test split: asking for one names the split.
+    seqio_tasks.register_span_corruption_task(
+        "amos_test_no_test_split",
+        vocabulary_path=files["model"],
+        text_files={"train": files["train"], "validation": files["validation"]},
+    )
+    looked_up = seqio_tasks.SeqioSpanCorruptionTask(
+        "amos_test_no_test_split", inputs_length=64, targets_length=14
+    )
+    with pytest.raises(ConfigError, match="has no 'test' split"):
+        looked_up.eval_batch("test", seed=0, index=0, batch_size=4)
 
 
 def test_rows_split_the_global_batch_and_each_host_reads_its_shard(files):
@@ -246,14 +273,29 @@ def test_rows_split_the_global_batch_and_each_host_reads_its_shard(files):
 
 
 def test_one_corpus_file_and_a_registered_task(files):
-    """``corpus_path`` holds out the file's last lines; with no source, ``name`` is looked up."""
+    """``corpus_path`` holds out the file's last lines, validation then test; with no
+    source, ``name`` is looked up."""
     tok = SentencePieceTokenizer(files["model"])
     task = make_task(files, text_files=None, corpus_path=files["train"], validation_fraction=0.2)
     lines = [line for line in Path(files["train"]).read_text().splitlines() if line.strip()]
-    held_out = token_stream(tok, lines[int(len(lines) * 0.8) :])
-    batch = task.eval_batch("val", seed=0, index=0, batch_size=4)
-    got = sc.reconstruct(batch["encoder_input_tokens"][0], batch["decoder_target_tokens"][0], tok)
-    np.testing.assert_array_equal(got, held_out[:CHUNK])
+    n = int(len(lines) * 0.8)
+    k = (len(lines) - n + 1) // 2
+    for split, expected in [("val", lines[n : n + k]), ("test", lines[n + k :])]:
+        batch = task.eval_batch(split, seed=0, index=0, batch_size=4)
+        got = sc.reconstruct(
+            batch["encoder_input_tokens"][0], batch["decoder_target_tokens"][0], tok
+        )
+        np.testing.assert_array_equal(got, token_stream(tok, expected)[:CHUNK])
+    # The source's three splits: training as before (the first 80% of the lines), then the
+    # held-out lines cut in two; disjoint, and together the whole file.
+    source = seqio_tasks.text_file_splits(files["train"], 0.2)
+    got = {
+        split: [b.decode() for b in source.get_dataset(split, shuffle=False).as_numpy_iterator()]
+        for split in ("train", "validation", "test")
+    }
+    assert got["train"] == lines[:n]
+    assert got["validation"] == lines[n : n + k] and got["test"] == lines[n + k :]
+    assert got["train"] + got["validation"] + got["test"] == lines
 
     looked_up = seqio_tasks.SeqioSpanCorruptionTask(TASK_NAME, inputs_length=64, targets_length=14)
     assert looked_up.seqio_task is task.seqio_task and looked_up.model_kwargs() == {
@@ -263,6 +305,34 @@ def test_one_corpus_file_and_a_registered_task(files):
         looked_up.train_batch(seed=0, step=2, batch_size=4),
         task.train_batch(seed=0, step=2, batch_size=4),
     )
+
+
+def test_a_tfds_source_without_a_test_split_has_its_validation_cut_in_two(files, tmp_path):
+    """As TfdsSource: validation's first half stays validation, its second half is test."""
+    import tensorflow_datasets as tfds
+
+    from tests.experiments.test_sources import TinyAmosText
+
+    TinyAmosText(data_dir=str(tmp_path)).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+    )
+    task = seqio_tasks.register_span_corruption_task(
+        "amos_test_tfds_span_corruption",
+        vocabulary_path=files["model"],
+        tfds_name="tiny_amos_text:1.0.0",
+        tfds_data_dir=str(tmp_path),
+    )
+
+    def texts(split: str) -> list[bytes]:
+        ds = task.source.get_dataset(split, shuffle=False)
+        return [x["text"] for x in ds.as_numpy_iterator()]
+
+    assert len(texts("train")) == 60
+    val, test = texts("validation"), texts("test")
+    assert len(val) == len(test) == 6 and not set(val) & set(test)
+    assert sorted(val + test) == [
+        f"v{i:03d} a short document for the test.".encode() for i in range(12)
+    ]
 
 
 def test_configuration_errors_name_the_binding(files, tmp_path):
@@ -275,7 +345,7 @@ def test_configuration_errors_name_the_binding(files, tmp_path):
         make_task(files, text_files=None, corpus_path=str(tmp_path / "nope.txt"))
     with pytest.raises(ConfigError, match="not corpus_path and text_files"):
         make_task(files, corpus_path=files["train"])
-    with pytest.raises(ConfigError, match=rf"{where}\.text_files has no \['validation'\]"):
+    with pytest.raises(ConfigError, match=rf"{where}\.text_files has no \['test', 'validation'\]"):
         make_task(files, text_files={"train": files["train"]})
     with pytest.raises(ConfigError, match=rf"{where}\.targets_length=10 is too short"):
         make_task(files, targets_length=10)

@@ -27,16 +27,32 @@ def test_text_file_held_out_fraction(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text("".join(f"line {i}\n" for i in range(100)))
     source = TextFileSource(str(path), validation_fraction=0.2)
+    # Training: the first 80% of the lines, as before the test split existed; the held-out
+    # 20% is cut in two, validation then test.
     assert source.documents("train") == [f"line {i}" for i in range(80)]
-    assert source.documents("validation") == [f"line {i}" for i in range(80, 100)]
-    assert list(source.iter_documents("validation"))[0] == "line 80"
+    assert source.documents("validation") == [f"line {i}" for i in range(80, 90)]
+    assert source.documents("test") == [f"line {i}" for i in range(90, 100)]
+    assert list(source.iter_documents("test"))[0] == "line 90"
     whole = TextFileSource(str(path), mode="whole")
-    train, val = whole.documents("train")[0], whole.documents("validation")[0]
-    assert train + val == path.read_text() and len(val) == len(path.read_text()) - int(
-        len(path.read_text()) * 0.9
-    )
-    with pytest.raises(ConfigError, match="split 'test'"):
-        source.documents("test")
+    text = path.read_text()
+    train, val, test = (whole.documents(split)[0] for split in ("train", "validation", "test"))
+    assert train == text[: int(len(text) * 0.9)] and train + val + test == text
+    assert len(val) == (len(text) - len(train) + 1) // 2
+    with pytest.raises(ConfigError, match="split 'dev'"):
+        source.documents("dev")
+
+
+def test_in_memory_splits_are_disjoint_and_cover_the_documents():
+    docs = [f"document {i}" for i in range(45)]
+    source = InMemorySource(docs)
+    splits = [source.documents(split) for split in ("train", "validation", "test")]
+    assert splits[0] == docs[: int(45 * 0.9)]  # the training split as it was: 40 documents
+    assert [len(x) for x in splits] == [40, 3, 2]
+    assert splits[0] + splits[1] + splits[2] == docs
+    assert source.text() == "\n".join(docs)
+    # Too few held-out documents for a test split: an error, not an empty split.
+    with pytest.raises(ConfigError, match="the test split is empty"):
+        InMemorySource(["a", "b"], validation_fraction=0.4)
 
 
 def test_text_file_errors_name_the_culprit(tmp_path):
@@ -101,9 +117,28 @@ def test_tfds_source_streams_and_loads(data_dir):
     train = list(source.iter_documents("train"))
     assert sorted(train) == [f"t{i:03d} a short document for the test." for i in range(60)]
     assert list(source.iter_documents("train")) == train  # a fixed order: resumable
-    assert len(list(source.iter_documents("validation"))) == 12
+    # No test split of its own: validation is cut in two, in file order.
+    assert source.split_names == {
+        "train": "train",
+        "validation": "validation[0:6]",
+        "test": "validation[6:12]",
+    }
+    val, test = (list(source.iter_documents(split)) for split in ("validation", "test"))
+    assert len(val) == len(test) == 6 and not set(val) & set(test)
+    assert sorted(val + test) == [f"v{i:03d} a short document for the test." for i in range(12)]
+    assert list(source.iter_documents("test")) == test
     with pytest.raises(ConfigError, match="in_memory=False"):
         source.documents("train")
+    own = TfdsSource(
+        "tiny_amos_text",
+        data_dir,
+        split_names={"train": "train[:50]", "validation": "validation", "test": "train[50:]"},
+    )
+    assert own.split_names["validation"] == "validation"
+    assert len(list(own.iter_documents("validation"))) == 12
+    assert sorted(own.iter_documents("test")) == sorted(
+        set(train) - set(own.iter_documents("train"))
+    )
     small = TfdsSource(
         "tiny_amos_text",
         data_dir,
@@ -111,7 +146,14 @@ def test_tfds_source_streams_and_loads(data_dir):
         max_documents=5,
         split_names={"train": "train", "validation": "train[50:]"},
     )
-    assert len(small.documents("train")) == 5 and len(small.documents("validation")) == 10
+    assert len(small.documents("train")) == 5
+    assert small.split_names["validation"] == "train[50:55]"
+    assert small.split_names["test"] == "train[55:60]"
+    assert len(small.documents("validation")) == len(small.documents("test")) == 5
+    # max_documents caps the held-out split before it is cut in two.
+    capped = TfdsSource("tiny_amos_text", data_dir, in_memory=True, max_documents=5)
+    assert capped.split_names["validation"] == "validation[0:3]"
+    assert capped.split_names["test"] == "validation[3:5]"
 
 
 def test_tfds_errors_name_data_dir_and_dataset(data_dir, tmp_path):

@@ -118,6 +118,7 @@ def _tiny_model(**overrides):
     return config, T5(config)
 
 
+@pytest.mark.slow  # over a minute on 2 cores: T5-tiny applied six ways
 def test_forward_masks_and_causality():
     config, model = _tiny_model(dropout_rate=0.5)
     key_e, key_d, key_i = jax.random.split(jax.random.key(0), 3)

@@ -90,8 +90,12 @@ def test_mlm_batches_are_pure(mlm_task):
     _assert_same(v0, mlm_task.eval_batch("val", seed=0, index=0, batch_size=8))
     assert _differs(v0, mlm_task.eval_batch("val", seed=0, index=1, batch_size=8))
     assert _differs(mlm_task.eval_batch("train", seed=0, index=1, batch_size=8), b1)
-    with pytest.raises(ConfigError, match="split='test'"):
-        mlm_task.eval_batch("test", seed=0, index=0, batch_size=8)
+    t0 = mlm_task.eval_batch("test", seed=0, index=0, batch_size=8)
+    _assert_same(t0, mlm_task.eval_batch("test", seed=0, index=0, batch_size=8))
+    assert _differs(t0, mlm_task.eval_batch("test", seed=0, index=1, batch_size=8))
+    assert _differs(t0, v0)  # its own stream and its own documents
+    with pytest.raises(ConfigError, match="split='dev'"):
+        mlm_task.eval_batch("dev", seed=0, index=0, batch_size=8)
     assert mlm_task.model_kwargs() == {"vocab_size": mlm_task.tokenizer.vocab_size}
     assert (mlm_task.unit_name, mlm_task.units_per_example, mlm_task.reports_perplexity) == (
         "tokens",
@@ -100,18 +104,34 @@ def test_mlm_batches_are_pure(mlm_task):
     )
 
 
+def _unmasked(batch) -> np.ndarray:
+    """A masked-LM batch's original ids: the targets where tokens were masked."""
+    return np.where(batch["weights"] > 0, batch["targets"], batch["input_ids"])
+
+
 def test_mlm_eval_reads_held_out_text():
-    source = InMemorySource(
-        [f"train doc {i}." for i in range(90)] + [f"VALID DOC {i}!" for i in range(10)]
+    """Held out: the last 10 documents, the first 5 validation and the last 5 test."""
+    docs = [f"train doc {i}." for i in range(90)] + [f"HELD DOC {i}!" for i in range(10)]
+    task = MaskedLMTask(InMemorySource(docs), "char", seq_length=16, mask_rate=0.01)
+    tok = task.tokenizer
+
+    def text(batch) -> str:
+        return tok.decode(_unmasked(batch).ravel())
+
+    train = text(task.train_batch(seed=0, step=1, batch_size=4))
+    val = "".join(text(task.eval_batch("val", seed=0, index=i, batch_size=4)) for i in range(5))
+    test = "".join(text(task.eval_batch("test", seed=0, index=i, batch_size=4)) for i in range(5))
+    assert "HELD" not in train
+    for held, numbers, others in ((val, "01234", "56789"), (test, "56789", "01234")):
+        assert "HELD" in held and "train" not in held
+        digits = {c for c in held if c.isdigit()}
+        assert digits and digits <= set(numbers) and not digits & set(others)
+    # A pure function of (seed, index): a fresh task gives the same test batch.
+    fresh = MaskedLMTask(InMemorySource(docs), "char", seq_length=16, mask_rate=0.01)
+    _assert_same(
+        fresh.eval_batch("test", seed=0, index=3, batch_size=4),
+        task.eval_batch("test", seed=0, index=3, batch_size=4),
     )
-    task = MaskedLMTask(source, "char", seq_length=16, mask_rate=0.01)
-    val = task.tokenizer.decode(
-        task.eval_batch("val", seed=0, index=0, batch_size=4)["input_ids"].ravel()
-    )
-    train = task.tokenizer.decode(
-        task.train_batch(seed=0, step=1, batch_size=4)["input_ids"].ravel()
-    )
-    assert "VALID" in val and "train" not in val and "VALID" not in train
 
 
 def test_mlm_loss_is_the_reference_sqrt_normalized_sum(mlm_task):
@@ -183,6 +203,37 @@ def test_span_batches_are_pure(span_task):
     )
 
 
+def test_span_splits_train_as_before_and_test_from_the_last_documents(span_task):
+    """Training windows come from the first 90% of the documents (the split before the
+    test split existed, computed here from the generated text); test windows from the last
+    half of the held-out 10%."""
+    from experiments.data.char_text import generated_text
+
+    docs = [line for line in generated_text(60_000).splitlines() if line.strip()]
+    n = int(len(docs) * 0.9)
+    held = docs[n:]
+    k = (len(held) + 1) // 2
+    train_text, val_text, test_text = "".join(docs[:n]), "".join(held[:k]), "".join(held[k:])
+    tok = span_task.tokenizer
+
+    def pieces(batch) -> list[str]:
+        return [
+            tok.decode(sc.reconstruct(enc, tgt, tok))
+            for enc, tgt in zip(batch["encoder_input_tokens"], batch["decoder_target_tokens"])
+        ]
+
+    for piece in pieces(span_task.train_batch(seed=0, step=5, batch_size=6)):
+        assert piece in train_text
+    test = span_task.eval_batch("test", seed=0, index=1, batch_size=6)
+    for piece in pieces(test):
+        assert piece in test_text and piece not in val_text and piece not in train_text
+    fresh = SpanCorruptionTask(
+        GeneratedTextSource(60_000), ByteTokenizer(), inputs_length=64, targets_length=16
+    )
+    _assert_same(test, fresh.eval_batch("test", seed=0, index=1, batch_size=6))
+    assert _differs(test, span_task.eval_batch("test", seed=1, index=1, batch_size=6))
+
+
 def test_span_loss_sum_and_mean(span_task):
     batch = span_task.train_batch(seed=0, step=1, batch_size=4)
     model = DummyEncDec(**span_task.model_kwargs())
@@ -227,7 +278,7 @@ class _StreamingSource:
 
     def iter_documents(self, split):
         self.passes += 1
-        n, tag = (300, "t") if split == "train" else (40, "v")
+        n, tag = {"train": (300, "t"), "validation": (40, "v"), "test": (40, "x")}[split]
         return iter(f"{tag}{i:04d} document text." for i in range(n))
 
 
@@ -255,6 +306,18 @@ def test_streaming_resumes_by_skipping():
     assert task.train_batch(seed=0, step=400, batch_size=4)["input_ids"].shape == (4, 32)
     val = original(task.eval_batch("val", seed=0, index=0, batch_size=4))
     assert tok.decode(val[0]).startswith("v0000 document text.[SEP]v0001")
+    # The test split streams its own documents, in order, the same from a fresh task.
+    test = task.eval_batch("test", seed=0, index=1, batch_size=4)
+    test_stream = np.concatenate(
+        [tok.encode(f"x{i:04d} document text.") + [tok.sep_id] for i in range(40)]
+    )
+    np.testing.assert_array_equal(original(test).ravel(), test_stream[4 * 31 : 8 * 31])
+    _assert_same(
+        MaskedLMTask(_StreamingSource(), ByteTokenizer(), seq_length=32).eval_batch(
+            "test", seed=0, index=1, batch_size=4
+        ),
+        test,
+    )
 
 
 def test_importing_the_data_modules_does_not_import_tensorflow():

@@ -193,9 +193,11 @@ def test_task_on_tiny_shakespeare(tmp_path, shakespeare):
     assert task.model_kwargs() == {"vocab_size": 2000}
     assert task.state_collections == ("carry",)
     assert task.units_per_example == 32
-    # The last 10% of the tokens held out.
-    total = len(task.corpus.train) + len(task.corpus.val)
-    assert len(task.corpus.train) == int(total * 0.9)
+    # The last 10% of the tokens held out: validation, then test.
+    c = task.corpus
+    total = len(c.train) + len(c.val) + len(c.test)
+    assert len(c.train) == int(total * 0.9) == 211_885
+    assert (len(c.val), len(c.test)) == (11_772, 11_771)
     # One block per epoch without consecutive_segments.
     assert task.consecutive(32) == (len(task.corpus.train) - 32) // (32 * 32)
     # The saved vocabulary reproduces the same ids when given by path.
@@ -225,9 +227,88 @@ def test_task_errors_name_the_culprit(tmp_path):
     with pytest.raises(ConfigError, match="text file not found: '/missing.txt' .*CORPUS_PATH"):
         WordLMTask("/missing.txt")
     small = tmp_path / "small.txt"
-    small.write_text("a b c\n" * 10)
+    small.write_text("a b c\n" * 20)
     with pytest.raises(ConfigError, match="seq_length=64 does not fit"):
         WordLMTask(str(small), seq_length=64)
     task = WordLMTask(str(small), seq_length=2, consecutive_segments=3)
-    with pytest.raises(ConfigError, match="fewer than BATCH_SIZE=8 streams"):
-        task.train_batch(seed=0, step=1, batch_size=8)
+    with pytest.raises(ConfigError, match="fewer than BATCH_SIZE=16 streams"):
+        task.train_batch(seed=0, step=1, batch_size=16)
+    # 72 train, 4 val and 4 test tokens: the test split must hold a segment too.
+    with pytest.raises(ConfigError, match="seq_length=4 .* 4 val / 4 test tokens"):
+        WordLMTask(str(small), seq_length=4)
+    with pytest.raises(ConfigError, match="test_path=.* needs a valid_path"):
+        WordLMTask(str(small), seq_length=2, test_path=str(small))
+    with pytest.raises(ConfigError, match="no evaluation batches for split 'dev'"):
+        task.eval_num_batches("dev", 2)
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def _corpus_text(n_lines: int = 300) -> str:
+    rng = np.random.default_rng(1)
+    return "".join(
+        " ".join(f"w{i}" for i in rng.integers(0, 40, rng.integers(3, 9))) + "\n"
+        for _ in range(n_lines)
+    )
+
+
+def test_held_out_tail_is_cut_into_validation_and_test(tmp_path):
+    """Without files of its own, the last 10% of the tokens is held out, its first half
+    validation and its second half test; the training split is what it was before."""
+    path = tmp_path / "corpus.txt"
+    path.write_text(_corpus_text())
+    task = WordLMTask(str(path), seq_length=5)
+    # The old training split, from the text alone: its first 90% of the words (line ends
+    # included), with the vocabulary built from them.
+    words = flat_words(lines_of(path.read_text()))
+    n = int(len(words) * 0.9)
+    vocab = build_vocabulary([[w for w in words[:n] if w is not LINE_END]], 10_000)
+    assert task.vocab == vocab
+    c = task.corpus
+    np.testing.assert_array_equal(c.train, vocab.encode(words[:n]))
+    # Validation then test tile the held-out tail: disjoint, covering it, in order.
+    held = vocab.encode(words[n:])
+    assert len(c.val) == (len(held) + 1) // 2 and len(c.val) + len(c.test) == len(held)
+    np.testing.assert_array_equal(np.concatenate([c.train, c.val, c.test]), vocab.encode(words))
+
+
+def test_a_separate_held_out_file_is_halved_unless_there_is_a_test_file(tmp_path):
+    """PTB's layout: train, valid and test files. With valid_path alone, the file is cut
+    in two; with test_path too, each file is its split."""
+    train, valid, test = (tmp_path / f"{name}.txt" for name in ("train", "valid", "test"))
+    train.write_text(_corpus_text(200))
+    valid.write_text("w1 w2 w3\nw4 w5\nw6 w7 w8 w9\n")
+    test.write_text("w9 w8\nw7 w6 w5\n")
+    halved = WordLMTask(str(train), seq_length=3, valid_path=str(valid))
+    v = halved.vocab
+    held = v.encode(flat_words(lines_of(valid.read_text())))
+    np.testing.assert_array_equal(
+        halved.corpus.train, v.encode(flat_words(lines_of(train.read_text())))
+    )
+    np.testing.assert_array_equal(halved.corpus.val, held[:6])
+    np.testing.assert_array_equal(halved.corpus.test, held[6:])
+    own = WordLMTask(str(train), seq_length=3, valid_path=str(valid), test_path=str(test))
+    np.testing.assert_array_equal(own.corpus.train, halved.corpus.train)
+    np.testing.assert_array_equal(own.corpus.val, held)
+    np.testing.assert_array_equal(own.corpus.test, v.encode(flat_words(lines_of(test.read_text()))))
+    assert own.test_path == str(test)
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_test_evaluation_covers_the_test_split_once_and_is_pure(tmp_path, batch_size):
+    task = _task(tmp_path)
+    test = task.corpus.test
+    n = task.eval_num_batches("test", batch_size)
+    assert n == math.ceil(math.ceil(len(test) / batch_size) / 5)
+    batches = [task.eval_batch("test", seed=0, index=i, batch_size=batch_size) for i in range(n)]
+    targets = np.concatenate([b["targets"] for b in batches], axis=1)
+    weights = np.concatenate([b["weights"] for b in batches], axis=1)
+    np.testing.assert_array_equal(targets[weights == 1], test)
+    # A pure function of (seed, index): the same from a fresh task and for any seed.
+    fresh = _task(tmp_path)
+    for i, b in enumerate(batches):
+        for seed in (0, 3):
+            again = fresh.eval_batch("test", seed=seed, index=i, batch_size=batch_size)
+            for k in b:
+                np.testing.assert_array_equal(again[k], b[k])

@@ -64,3 +64,47 @@ def numbers(model_dir) -> list[tuple]:
     return [
         tuple(sorted((k, v) for k, v in r.items() if k not in TIMING)) for r in metrics(model_dir)
     ]
+
+
+def fake_run(
+    model_dir,
+    val: list[float],
+    test: list[float] | None = None,
+    *,
+    every: int = 10,
+    seconds_per_eval: float = 1.0,
+    slot_bytes: int = 1000,
+    status: str = "finished",
+) -> Path:
+    """A run directory as launch/run.py leaves it (metrics.jsonl, final.json, run.json,
+    config.gin), with the given validation (and test) losses at steps every, 2 * every,
+    ...: summaries can be checked on numbers chosen by hand, without training. A
+    `status='diverged'` run has no final.json."""
+    d = Path(model_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    evals = []
+    for i, loss in enumerate(val):
+        r = {"step": every * (i + 1), "split": "eval", "loss": loss, "accuracy": 0.1 * i}
+        if test is not None:
+            r.update(test_loss=test[i], test_accuracy=0.1 * i)
+        evals.append({**r, "train_time_s": seconds_per_eval * (i + 1)})
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evals))
+    (d / "config.gin").write_text(f"# fake run {d.name}\n")
+    info = {
+        "argv": ["fake"],
+        "git": {"revision": None, "dirty": None},
+        "machine": {"device_kind": "cpu", "device_count": 1, "cpu_count": 2},
+        "status": status,
+    }
+    (d / "run.json").write_text(json.dumps(info))
+    if status == "finished":
+        last = {k: v for k, v in evals[-1].items() if k not in ("step", "split")}
+        final = {
+            "step": evals[-1]["step"],
+            "finished": True,
+            "eval": last,
+            "train_time_s": last["train_time_s"],
+            "slot_bytes": slot_bytes,
+        }
+        (d / "final.json").write_text(json.dumps(final))
+    return d

@@ -9,7 +9,70 @@ from pathlib import Path
 
 import pytest
 
-from tests.launch.harness_helpers import PYTHON, REPO, TINY, env_with
+from launch import compare, readme_results
+from tests.launch.harness_helpers import PYTHON, REPO, TINY, env_with, fake_run
+
+
+def _fake_comparison(parent: Path, with_test: bool = True) -> dict:
+    """Two seeds of adamw and amos, and a row that never gets there, by hand. AdamW's mean
+    final test loss is (2.1 + 2.3) / 2 = 2.2."""
+    curves = {
+        "adamw": [([3.0, 2.5, 2.0], [3.1, 2.6, 2.1]), ([3.0, 2.4, 2.2], [3.1, 2.5, 2.3])],
+        "amos": [([2.5, 2.0, 1.9], [2.4, 2.1, 2.0]), ([2.9, 2.8, 2.7], [2.6, 2.2, 2.1])],
+        "slow": [([3.0, 2.9, 2.8], [3.0, 2.9, 2.8]), ([3.0, 2.9, 2.8], [3.0, 2.9, 2.8])],
+    }
+    rows = {}
+    for name, seeds in curves.items():
+        rows[name] = []
+        for seed, (val, test) in enumerate(seeds):
+            d = fake_run(parent / name / f"seed_{seed}", val, test if with_test else None)
+            rows[name].append((seed, d))
+    return rows
+
+
+def test_the_summary_reports_the_test_split_beside_validation(tmp_path: Path):
+    parent, out = tmp_path / "runs", tmp_path / "results" / "fake"
+    s = compare.summarize_runs("fake", parent, _fake_comparison(parent), out, ["cmd"])
+    assert math.isclose(s["target_test_loss"], 2.2)
+    assert s["target_test_definition"] == "mean final test loss of adamw over its seeds"
+    assert math.isclose(s["target_eval_loss"], 2.1)  # validation as before
+    a, m, slow = (s["optimizers"][k] for k in ("adamw", "amos", "slow"))
+    assert a["final_test_loss"] == [2.1, 2.3] and math.isclose(a["final_test_loss_mean"], 2.2)
+    assert math.isclose(a["final_test_loss_std"], 0.2 / math.sqrt(2))
+    # Per seed: adamw seed 0 crosses 2.2 between steps 20 (2.6) and 30 (2.1), at 28; seed 1
+    # ends at 2.3, above it. The seed-mean curve reaches it at its last evaluation.
+    steps = a["steps_to_test_target_per_seed"]
+    assert math.isclose(steps[0], 28.0) and steps[1] is None
+    assert a["runs_reaching_test_target"] == 1
+    assert a["steps_to_test_target_mean"] == 30.0 and a["test_steps_ratio_to_baseline"] == 1.0
+    # Amos: its mean test curve 2.5, 2.15, 2.05 crosses at 10 + 10 * 0.3 / 0.35 steps.
+    assert math.isclose(m["steps_to_test_target_mean"], 10 + 10 * 0.3 / 0.35)
+    assert math.isclose(m["time_to_test_target_s_mean"], 1 + 0.3 / 0.35)
+    assert math.isclose(m["test_steps_ratio_to_baseline"], (10 + 10 * 0.3 / 0.35) / 30)
+    assert math.isclose(m["steps_to_test_target_per_seed"][0], 10 + 10 * 0.2 / 0.3)
+    assert math.isclose(m["steps_to_test_target_per_seed"][1], 20.0)
+    assert slow["steps_to_test_target_mean"] == "never"
+    assert slow["test_steps_ratio_to_baseline"] == slow["test_time_ratio_to_baseline"] == "never"
+    assert slow["steps_to_test_target_per_seed"] == [None, None]
+    # On validation Amos' mean curve (2.7, 2.4, 2.3) never gets to adamw's 2.1.
+    assert m["steps_to_target_mean"] == "never"
+    md = (out / "summary.md").read_text()
+    assert "Test split: target = mean final test loss of adamw over its seeds = 2.2000." in md
+    assert "| slow | 2 | 2.8000 ± 0.0000 | never | never | never | never | never, never |" in md
+    block = "\n".join(readme_results.block_test_split(s))
+    assert "| amos | 2 | 2.0500 ± 0.0707 | 19 (0.62) | 1.9 (0.62) |" in block
+    assert "Test target: mean final test loss of adamw over its seeds = 2.2000." in block
+    # Each run's records, at its path below the parent.
+    assert (out / "runs" / "amos" / "seed_1" / "metrics.jsonl").exists()
+
+
+def test_without_test_evaluations_the_summary_is_as_before(tmp_path: Path):
+    parent, out = tmp_path / "runs", tmp_path / "results" / "fake"
+    s = compare.summarize_runs("fake", parent, _fake_comparison(parent, False), out, ["cmd"])
+    assert "target_test_loss" not in s
+    assert not any("test" in key for v in s["optimizers"].values() for key in v)
+    assert "Test split" not in (out / "summary.md").read_text()
+    assert readme_results.block_test_split(s) == []
 
 
 @pytest.mark.slow

@@ -353,7 +353,11 @@ def test_describe_data_is_readable_for_every_task_kind(trainer, tmp_path: Path):
 
     digits = train_lib.describe_data(ImageClassificationTask("digits"))
     assert digits["dataset"] == "digits"
-    assert digits["splits"] == {"train": "train", "val": "test"}
+    assert digits["splits"] == {
+        "train": "permutation[359:]",
+        "val": "permutation[:180]",
+        "test": "permutation[180:359]",
+    }
 
     # A TFDS source (never downloads, so none is prepared here): its attributes alone.
     tfds = object.__new__(TfdsSource)

@@ -80,6 +80,7 @@ def test_tensorboard_events_match_jsonl(reference_run: Path):
         assert tag in acc.Tags()["scalars"], tag
 
 
+@pytest.mark.slow  # end to end: extra runs of launch/run.py
 def test_resume_after_sigkill_is_exact(reference_run: Path, tmp_path: Path):
     d = tmp_path / "run"
     cmd = run_cmd(d, "--gin.EVAL_EVERY=20", "--gin.CHECKPOINT_EVERY=20", steps=120)
@@ -104,6 +105,7 @@ def test_resume_after_sigkill_is_exact(reference_run: Path, tmp_path: Path):
     assert numbers(d) == numbers(reference_run)
 
 
+@pytest.mark.slow  # end to end: extra runs of launch/run.py
 def test_eight_device_mesh_matches_one_device(reference_run: Path, tmp_path: Path):
     d = tmp_path / "eight"
     env = env_with(XLA_FLAGS="--xla_force_host_platform_device_count=8")

@@ -115,7 +115,13 @@ def test_headline_table_tolerates_fields_a_sweep_adds(tmp_path):
     s = json.loads(path.read_text())
     s["tuned"] = True
     s["optimizers"]["amos"]["test_loss"] = [2.5, 2.7]
-    s["optimizers"]["amos_tuned"] = {"seeds": [0], "final_eval_loss": [2.1]}
+    s["optimizers"]["amos_tuned"] = {
+        "seeds": [0],
+        "final_eval_loss": [2.1],
+        # As launch/compare.py writes it for runs evaluated on test.
+        "final_test_loss_mean": 2.2,
+        "final_test_loss_std": 0.05,
+    }
     del s["optimizers"]["adamw"]["slot_bytes_ratio_to_baseline"]
     path.write_text(json.dumps(s))
     run("headline_table", tmp_path, AMOS_RESULTS=str(results))
@@ -126,6 +132,7 @@ def test_headline_table_tolerates_fields_a_sweep_adds(tmp_path):
     assert rows["adamw"]["slot-bytes ratio"] == "not run yet"
     extra = rows["amos_tuned"]
     assert extra["final eval loss (mean ± std)"] == "2.1000 ± 0.0000"
+    assert extra["test loss"] == "2.2000 ± 0.0500"
     assert extra["steps ratio"] == extra["steps claim (≤ 0.70)"] == "not run yet"
     assert extra["flagged runs"] == "not checked"
 
