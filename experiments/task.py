@@ -27,21 +27,26 @@ Batch = dict[str, np.ndarray]
 
 
 # Distinct random streams per (split, purpose): the training batches and the fixed
-# evaluation batches of each split never share draws.
+# evaluation batches of each split never share draws. A new stream takes a new number:
+# renumbering would change every batch drawn from the old ones.
 BATCH_STREAMS: dict[tuple[str, str], int] = {
     ("train", "train"): 0,
     ("val", "eval"): 1,
     ("train", "eval"): 2,
+    ("test", "eval"): 3,
 }
+# The splits every task has (the study's protocol, README): train; validation, for
+# choosing settings; test, for reporting, disjoint from both.
+SPLITS = ("train", "val", "test")
 
 
 def batch_stream(split: str, purpose: str) -> int:
-    """The stream number of batches of ``split`` ('train', 'val') drawn for ``purpose``
-    ('train', 'eval')."""
+    """The stream number of batches of ``split`` ('train', 'val', 'test') drawn for
+    ``purpose`` ('train', 'eval')."""
     if (split, purpose) not in BATCH_STREAMS:
         raise ConfigError(
             f"no batches for split={split!r}, purpose={purpose!r}; training uses "
-            f"split 'train', evaluation 'val' or 'train'"
+            f"split 'train', evaluation 'val', 'test' or 'train'"
         )
     return BATCH_STREAMS[(split, purpose)]
 
@@ -69,7 +74,7 @@ class Task(Protocol):
     def eval_batch(
         self, split: str, *, seed: int, index: int, batch_size: int, rows: slice
     ) -> Batch:
-        """The ``index``-th fixed evaluation batch of ``split`` ('val' or 'train')."""
+        """The ``index``-th fixed evaluation batch of ``split`` ('val', 'test' or 'train')."""
 
     def init_variables(self, model: nn.Module, rng: jax.Array, batch: Batch) -> dict[str, Any]:
         """``model.init`` on a batch: ``{"params": ..., <other collections, e.g. batch_stats>}``."""

@@ -9,6 +9,11 @@ gin_configs/experiments/<experiment>.gin composed with gin_configs/optimizers/<o
 resume from their checkpoints. The summary goes to results/<experiment>/: summary.json,
 summary.md and loss_curves.png, with the command, git revision, config and machine.
 `--resummarize` only re-reads existing run directories.
+
+Runs evaluated on the test split too (`--gin.EVAL_SPLITS="['val', 'test']"`: eval records
+hold `test_loss`) are also reported on it, as the study's protocol asks (README): final
+test loss, and steps and time to the baseline's mean final test loss, beside the same
+numbers on validation.
 """
 
 from __future__ import annotations
@@ -41,6 +46,21 @@ def experiment_file(experiment: str) -> str:
     return f"experiments/{experiment}.gin"
 
 
+def train_command(
+    experiment: str, optimizer: str, seed: int, directory: Path, extra: list[str]
+) -> list[str]:
+    """The `launch/run.py` command of one (optimizer, seed) run; `extra` bindings last."""
+    return [
+        sys.executable,
+        str(REPO / "launch" / "run.py"),
+        f"--gin_file={experiment_file(experiment)}",
+        f"--optimizer={optimizer}",
+        f"--gin.MODEL_DIR='{directory}'",
+        f"--gin.SEED={seed}",
+        *extra,
+    ]
+
+
 def train_one(
     experiment: str,
     optimizer: str,
@@ -52,15 +72,7 @@ def train_one(
     if (directory / "final.json").exists():
         print(f"[compare] {directory} already finished; skipping", flush=True)
         return
-    cmd = [
-        sys.executable,
-        str(REPO / "launch" / "run.py"),
-        f"--gin_file={experiment_file(experiment)}",
-        f"--optimizer={optimizer}",
-        f"--gin.MODEL_DIR='{directory}'",
-        f"--gin.SEED={seed}",
-        *extra,
-    ]
+    cmd = train_command(experiment, optimizer, seed, directory, extra)
     print("[compare] " + " ".join(cmd), flush=True)
     proc = subprocess.run(cmd, cwd=REPO, env=env)
     if proc.returncode:
@@ -78,15 +90,16 @@ def eval_curve(directory: Path) -> list[dict]:
     return [r for r in read_metrics(str(directory)) if r["split"] == "eval"]
 
 
-def first_reach(curve: list[dict], target: float, key: str) -> float | None:
-    """`key` (step or train time) at which eval loss first reaches `target`, linearly
-    interpolated between the two evaluations around the crossing; None if never."""
+def first_reach(curve: list[dict], target: float, key: str, loss_key: str = "loss") -> float | None:
+    """`key` (step or train time) at which the eval loss `loss_key` ('loss': validation,
+    'test_loss') first reaches `target`, linearly interpolated between the two evaluations
+    around the crossing; None if never."""
     prev = None
     for r in curve:
-        if r["loss"] <= target:
-            if prev is None or prev["loss"] == r["loss"]:
+        if r[loss_key] <= target:
+            if prev is None or prev[loss_key] == r[loss_key]:
                 return float(r[key])
-            frac = (prev["loss"] - target) / (prev["loss"] - r["loss"])
+            frac = (prev[loss_key] - target) / (prev[loss_key] - r[loss_key])
             return float(prev[key] + frac * (r[key] - prev[key]))
         prev = r
     return None
@@ -143,8 +156,10 @@ def stall_reason(curve: list[dict]) -> str | None:
     )
 
 
-def mean_curve(curves: list[list[dict]]) -> list[dict]:
-    """Eval loss and training time averaged over seeds at the steps all curves share."""
+def mean_curve(curves: list[list[dict]], loss_key: str = "loss") -> list[dict]:
+    """Eval loss `loss_key` and training time averaged over seeds at the steps all curves
+    share (and have `loss_key` at)."""
+    curves = [[r for r in c if loss_key in r] for c in curves]
     common = set.intersection(*[{r["step"] for r in c} for c in curves])
     out = []
     for step in sorted(common):
@@ -152,7 +167,7 @@ def mean_curve(curves: list[list[dict]]) -> list[dict]:
         out.append(
             {
                 "step": step,
-                "loss": sum(r["loss"] for r in rows) / len(rows),
+                loss_key: sum(r[loss_key] for r in rows) / len(rows),
                 "train_time_s": sum(r["train_time_s"] for r in rows) / len(rows),
             }
         )
@@ -164,6 +179,98 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0)
 
 
+def _reach(rs: list[dict], target: float, loss_key: str) -> dict:
+    """Steps and training time to `target` on the `loss_key` curve, per seed (a seed ending
+    above the mean never reaches it) and for the seed-mean curve, which the headline
+    numbers use: on it the baseline reaches its own target exactly at its last evaluation."""
+    curves = [[c for c in r["curve"] if loss_key in c] for r in rs]
+    mean = mean_curve(curves, loss_key)
+    steps = [first_reach(c, target, "step", loss_key) for c in curves]
+    mean_steps = first_reach(mean, target, "step", loss_key)
+    mean_time = first_reach(mean, target, "train_time_s", loss_key)
+    return {
+        "steps_per_seed": steps,
+        "time_per_seed": [first_reach(c, target, "train_time_s", loss_key) for c in curves],
+        "reaching": sum(x is not None for x in steps),
+        "steps_mean": "never" if mean_steps is None else mean_steps,
+        "time_mean": "never" if mean_time is None else mean_time,
+    }
+
+
+def _has_test(rs: list[dict]) -> bool:
+    """Whether every run of a row was evaluated on the test split."""
+    return all("test_loss" in r["final"]["eval"] for r in rs)
+
+
+def _ratio(value, base) -> float | str:
+    if isinstance(value, float) and isinstance(base, float) and base > 0:
+        return value / base
+    return "never"
+
+
+def _row_summary(rs: list[dict], target: float, test_target: float | None) -> dict:
+    """One optimizer's (row's) numbers: validation always, test when it was evaluated."""
+    losses = [r["final"]["eval"]["loss"] for r in rs]
+    val = _reach(rs, target, "loss")
+    mean, std = _mean_std(losses)
+    out = {
+        "seeds": [r["seed"] for r in rs],
+        "run_dirs": [r["dir"] for r in rs],
+        "final_eval_loss": losses,
+        "final_eval_loss_mean": mean,
+        "final_eval_loss_std": std,
+        "train_steps": rs[0]["final"]["step"],
+        "train_time_s_mean": _mean_std([r["final"]["train_time_s"] for r in rs])[0],
+        "steps_to_target_per_seed": val["steps_per_seed"],
+        "time_to_target_s_per_seed": val["time_per_seed"],
+        "runs_reaching_target": val["reaching"],
+        "steps_to_target_mean": val["steps_mean"],
+        "time_to_target_s_mean": val["time_mean"],
+        "slot_bytes": rs[0]["final"]["slot_bytes"],
+        "collapsed_runs": {
+            str(r["seed"]): reason
+            for r in rs
+            if (reason := collapse_reason(r["curve"])) is not None
+        },
+        "stalled_runs": {
+            str(r["seed"]): reason for r in rs if (reason := stall_reason(r["curve"])) is not None
+        },
+    }
+    if test_target is not None and _has_test(rs):
+        test_losses = [r["final"]["eval"]["test_loss"] for r in rs]
+        test = _reach(rs, test_target, "test_loss")
+        test_mean, test_std = _mean_std(test_losses)
+        out.update(
+            {
+                "final_test_loss": test_losses,
+                "final_test_loss_mean": test_mean,
+                "final_test_loss_std": test_std,
+                "steps_to_test_target_per_seed": test["steps_per_seed"],
+                "time_to_test_target_s_per_seed": test["time_per_seed"],
+                "runs_reaching_test_target": test["reaching"],
+                "steps_to_test_target_mean": test["steps_mean"],
+                "time_to_test_target_s_mean": test["time_mean"],
+            }
+        )
+    return out
+
+
+def collect_runs(rows: dict[str, list[tuple[int, Path]]]) -> dict[str, list[dict]]:
+    """The finished runs of each row (an optimizer, or a sweep's setting): seed, directory,
+    final.json and eval curve; an unfinished run is left out, with a note."""
+    runs: dict[str, list[dict]] = {}
+    for row, seed_dirs in rows.items():
+        for seed, d in seed_dirs:
+            if not (d / "final.json").exists():
+                print(f"[compare] missing finished run {d}; left out", flush=True)
+                continue
+            final = json.loads((d / "final.json").read_text())
+            runs.setdefault(row, []).append(
+                {"seed": seed, "dir": str(d), "final": final, "curve": eval_curve(d)}
+            )
+    return runs
+
+
 def summarize(
     experiment: str,
     parent: Path,
@@ -173,83 +280,61 @@ def summarize(
     command: list[str],
     expect: tuple[float, float] | None = None,
 ) -> dict:
-    runs: dict[str, list[dict]] = {}
-    for opt in optimizers:
-        for seed in seeds:
-            d = run_dir(parent, opt, seed)
-            if not (d / "final.json").exists():
-                print(f"[compare] missing finished run {d}; left out", flush=True)
-                continue
-            final = json.loads((d / "final.json").read_text())
-            runs.setdefault(opt, []).append(
-                {"seed": seed, "dir": str(d), "final": final, "curve": eval_curve(d)}
-            )
+    rows = {opt: [(seed, run_dir(parent, opt, seed)) for seed in seeds] for opt in optimizers}
+    return summarize_runs(experiment, parent, rows, out_dir, command, expect)
+
+
+def summarize_runs(
+    experiment: str,
+    parent: Path,
+    rows: dict[str, list[tuple[int, Path]]],
+    out_dir: Path,
+    command: list[str],
+    expect: tuple[float, float] | None = None,
+    row_fields: dict[str, dict] | None = None,
+    fields: dict | None = None,
+) -> dict:
+    """The summary of the runs of each row (row -> [(seed, run directory)]), written to
+    `out_dir` with the records of every run. The baseline row is BASELINE if present.
+    `row_fields` are added to the rows' entries and `fields` to the summary (a sweep's
+    `tuned` flags and picked values)."""
+    runs = collect_runs(rows)
     if not runs:
         raise SystemExit(f"[compare] no finished runs under {parent}")
     base = BASELINE if BASELINE in runs else next(iter(runs))
     target = _mean_std([r["final"]["eval"]["loss"] for r in runs[base]])[0]
+    test_target = (
+        _mean_std([r["final"]["eval"]["test_loss"] for r in runs[base]])[0]
+        if _has_test(runs[base])
+        else None
+    )
 
-    per_opt = {}
-    for opt, rs in runs.items():
-        losses = [r["final"]["eval"]["loss"] for r in rs]
-        # Per seed, for reference: a seed ending above the mean never reaches it.
-        steps = [first_reach(r["curve"], target, "step") for r in rs]
-        times = [first_reach(r["curve"], target, "train_time_s") for r in rs]
-        # The headline numbers use the seed-mean curve (eval loss and training time averaged
-        # over seeds at each evaluation step), so the baseline reaches its own target
-        # exactly at its last evaluation.
-        curve = mean_curve([r["curve"] for r in rs])
-        mean_steps = first_reach(curve, target, "step")
-        mean_time = first_reach(curve, target, "train_time_s")
-        mean, std = _mean_std(losses)
-        per_opt[opt] = {
-            "seeds": [r["seed"] for r in rs],
-            "run_dirs": [r["dir"] for r in rs],
-            "final_eval_loss": losses,
-            "final_eval_loss_mean": mean,
-            "final_eval_loss_std": std,
-            "train_steps": rs[0]["final"]["step"],
-            "train_time_s_mean": _mean_std([r["final"]["train_time_s"] for r in rs])[0],
-            "steps_to_target_per_seed": steps,
-            "time_to_target_s_per_seed": times,
-            "runs_reaching_target": sum(x is not None for x in steps),
-            "steps_to_target_mean": "never" if mean_steps is None else mean_steps,
-            "time_to_target_s_mean": "never" if mean_time is None else mean_time,
-            "slot_bytes": rs[0]["final"]["slot_bytes"],
-            "collapsed_runs": {
-                str(r["seed"]): reason
-                for r in rs
-                if (reason := collapse_reason(r["curve"])) is not None
-            },
-            "stalled_runs": {
-                str(r["seed"]): reason
-                for r in rs
-                if (reason := stall_reason(r["curve"])) is not None
-            },
-        }
+    per_opt = {opt: _row_summary(rs, target, test_target) for opt, rs in runs.items()}
     b = per_opt[base]
     for v in per_opt.values():
-        for key, ratio in [
+        ratios = [
             ("steps_to_target_mean", "steps_ratio_to_baseline"),
             ("time_to_target_s_mean", "time_ratio_to_baseline"),
-        ]:
-            v[ratio] = (
-                v[key] / b[key]
-                if isinstance(v[key], float) and isinstance(b[key], float) and b[key] > 0
-                else "never"
-            )
+        ]
+        if "final_test_loss" in v:
+            ratios += [
+                ("steps_to_test_target_mean", "test_steps_ratio_to_baseline"),
+                ("time_to_test_target_s_mean", "test_time_ratio_to_baseline"),
+            ]
+        for key, ratio in ratios:
+            v[ratio] = _ratio(v[key], b[key])
         v["slot_bytes_ratio_to_baseline"] = (
             v["slot_bytes"] / b["slot_bytes"] if b["slot_bytes"] else None
         )
+    for opt, extra in (row_fields or {}).items():
+        if opt in per_opt:
+            per_opt[opt].update(extra)
 
     first_dir = Path(runs[base][0]["dir"])
     run_info = json.loads((first_dir / "run.json").read_text())
-    infos = [
-        json.loads((Path(r["dir"]) / "run.json").read_text()) for rs in runs.values() for r in rs
-    ]
-    run_commands = {
-        r["dir"]: i.get("argv") for r, i in zip([r for rs in runs.values() for r in rs], infos)
-    }
+    all_runs = [r for rs in runs.values() for r in rs]
+    infos = [json.loads((Path(r["dir"]) / "run.json").read_text()) for r in all_runs]
+    run_commands = {r["dir"]: i.get("argv") for r, i in zip(all_runs, infos)}
     # Every revision the runs were trained at (seeds added later may be at a later one).
     run_gits = [
         dict(t) for t in dict.fromkeys(tuple(sorted((i.get("git") or {}).items())) for i in infos)
@@ -259,18 +344,26 @@ def summarize(
         "baseline": base,
         "target_eval_loss": target,
         "target_definition": f"mean final eval loss of {base} over its seeds",
-        "optimizers": per_opt,
-        "command": command,
-        "git": git_revision(),
-        "packages": package_versions(),
-        "machine": run_info.get("machine"),
-        "run_parent": str(parent),
-        "run_commands": run_commands,
-        "run_git": run_info.get("git"),
-        "run_gits": run_gits,
-        "configs": {opt: str(Path(runs[opt][0]["dir"]) / "config.gin") for opt in runs},
-        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if test_target is not None:
+        summary["target_test_loss"] = test_target
+        summary["target_test_definition"] = f"mean final test loss of {base} over its seeds"
+    summary.update(
+        {
+            "optimizers": per_opt,
+            "command": command,
+            "git": git_revision(),
+            "packages": package_versions(),
+            "machine": run_info.get("machine"),
+            "run_parent": str(parent),
+            "run_commands": run_commands,
+            "run_git": run_info.get("git"),
+            "run_gits": run_gits,
+            "configs": {opt: str(Path(runs[opt][0]["dir"]) / "config.gin") for opt in runs},
+            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+    )
+    summary.update(fields or {})
     if expect is not None:  # An anchor measured elsewhere (reference section 7).
         got = per_opt[base]["final_eval_loss_mean"]
         summary["anchor_check"] = {
@@ -284,15 +377,28 @@ def summarize(
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     for opt in runs:  # The operative configs, beside the numbers they produced.
         shutil.copy(Path(runs[opt][0]["dir"]) / "config.gin", out_dir / f"config_{opt}.gin")
-        # runs/ is not versioned: keep each run's small records with the summary.
-        for r in runs[opt]:
-            dest = out_dir / "runs" / opt / f"seed_{r['seed']}"
-            dest.mkdir(parents=True, exist_ok=True)
-            for name in ["metrics.jsonl", "final.json", "run.json", "config.gin"]:
-                shutil.copy(Path(r["dir"]) / name, dest / name)
+    copy_run_records(parent, [Path(r["dir"]) for r in all_runs], out_dir)
     (out_dir / "summary.md").write_text(markdown(summary))
     plot(runs, target, out_dir / "loss_curves.png", experiment)
     return summary
+
+
+RUN_RECORDS = ["metrics.jsonl", "final.json", "run.json", "config.gin"]
+
+
+def copy_run_records(parent: Path, dirs: list[Path], out_dir: Path) -> None:
+    """runs/ is not versioned: keep each run's small records with the summary, under
+    out_dir/runs/ at the run's path below `parent` (PARENT/<optimizer>/seed_<k>)."""
+    for d in dict.fromkeys(dirs):
+        try:
+            rel = d.resolve().relative_to(parent.resolve())
+        except ValueError:  # Not under the parent: keep its last two levels.
+            rel = Path(*d.parts[-2:])
+        dest = out_dir / "runs" / rel
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in RUN_RECORDS:
+            if (d / name).exists():
+                shutil.copy(d / name, dest / name)
 
 
 def _fmt(x, spec: str = ".4g") -> str:
@@ -318,6 +424,7 @@ def markdown(s: dict) -> str:
             f"{_fmt(v['time_ratio_to_baseline'], '.3f')} | {v['slot_bytes']} | "
             f"{_fmt(v['slot_bytes_ratio_to_baseline'], '.3f')} |"
         )
+    lines += markdown_test_split(s)
     for key, title in [
         ("collapsed_runs", "COLLAPSED runs (non-finite, or a constant prediction)"),
         ("stalled_runs", "STALLED runs (learned early, then the eval loss stopped falling)"),
@@ -359,6 +466,38 @@ def markdown(s: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _per_seed(values: list) -> str:
+    return ", ".join("never" if x is None else format(x, ".0f") for x in values)
+
+
+def markdown_test_split(s: dict) -> list[str]:
+    """The test-split section of summary.md (the protocol's reported numbers); empty when
+    the runs were not evaluated on test."""
+    if "target_test_loss" not in s:
+        return []
+    lines = [
+        "",
+        f"Test split: target = {s['target_test_definition']} = {s['target_test_loss']:.4f}.",
+        "",
+        "| optimizer | seeds | final test loss (mean ± std) | steps to test target | ratio | "
+        "train time to test target (s) | ratio | steps per seed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for opt, v in s["optimizers"].items():
+        if "final_test_loss" not in v:
+            lines.append(f"| {opt} | {len(v['seeds'])} | not evaluated | | | | | |")
+            continue
+        lines.append(
+            f"| {opt} | {len(v['seeds'])} | {v['final_test_loss_mean']:.4f} ± "
+            f"{v['final_test_loss_std']:.4f} | {_fmt(v['steps_to_test_target_mean'], '.0f')} | "
+            f"{_fmt(v['test_steps_ratio_to_baseline'], '.3f')} | "
+            f"{_fmt(v['time_to_test_target_s_mean'], '.1f')} | "
+            f"{_fmt(v['test_time_ratio_to_baseline'], '.3f')} | "
+            f"{_per_seed(v['steps_to_test_target_per_seed'])} |"
+        )
+    return lines
 
 
 def plot(runs: dict, target: float, path: Path, title: str) -> None:

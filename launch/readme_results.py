@@ -35,9 +35,18 @@ def _fmt(x, spec: str) -> str:
     return format(x, spec) if isinstance(x, (int, float)) else str(x)
 
 
+def _label(opt: str, v: dict) -> str:
+    """A row's name; a sweep's tuned rows say so (launch/sweep.py)."""
+    return f"{opt} (tuned)" if v.get("tuned") is True else opt
+
+
 def block(results_dir: Path) -> str:
     out = []
-    for path in sorted(results_dir.glob("*/summary.json")):
+    # compare.py's summaries, then the study's (launch/sweep.py: results/study/<experiment>).
+    paths = sorted(results_dir.glob("*/summary.json")) + sorted(
+        results_dir.glob("study/*/summary.json")
+    )
+    for path in paths:
         s = json.loads(path.read_text())
         rel = path.parent.relative_to(REPO)
         m = s.get("machine") or {}
@@ -62,7 +71,7 @@ def block(results_dir: Path) -> str:
         ]
         for opt, v in s["optimizers"].items():
             out.append(
-                f"| {opt} | {len(v['seeds'])} | {v['final_eval_loss_mean']:.4f} ± "
+                f"| {_label(opt, v)} | {len(v['seeds'])} | {v['final_eval_loss_mean']:.4f} ± "
                 f"{v['final_eval_loss_std']:.4f} | {_fmt(v['steps_to_target_mean'], '.0f')} "
                 f"({_fmt(v['steps_ratio_to_baseline'], '.2f')}) | "
                 f"{_fmt(v['time_to_target_s_mean'], '.1f')} "
@@ -70,6 +79,7 @@ def block(results_dir: Path) -> str:
                 f"({_fmt(v['slot_bytes_ratio_to_baseline'], '.2f')}) |"
             )
         out += ["", f"Target: {s['target_definition']} = {s['target_eval_loss']:.4f}.", ""]
+        out += block_test_split(s)
         for key, label in [("collapsed_runs", "COLLAPSED"), ("stalled_runs", "STALLED")]:
             flagged = [
                 f"{opt} seed {seed} ({reason})"
@@ -79,6 +89,33 @@ def block(results_dir: Path) -> str:
             if flagged:
                 out += [f"{label}: " + "; ".join(flagged) + ".", ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def block_test_split(s: dict) -> list[str]:
+    """The test-split table of one summary (runs evaluated on 'test'), or nothing."""
+    if "target_test_loss" not in s:
+        return []
+    out = [
+        "| optimizer | seeds | final test loss | steps to test target (ratio) | "
+        "time to test target s (ratio) |",
+        "|---|---|---|---|---|",
+    ]
+    for opt, v in s["optimizers"].items():
+        if "final_test_loss_mean" not in v:
+            out.append(f"| {_label(opt, v)} | {len(v['seeds'])} | not evaluated | | |")
+            continue
+        out.append(
+            f"| {_label(opt, v)} | {len(v['seeds'])} | {v['final_test_loss_mean']:.4f} ± "
+            f"{v['final_test_loss_std']:.4f} | {_fmt(v['steps_to_test_target_mean'], '.0f')} "
+            f"({_fmt(v['test_steps_ratio_to_baseline'], '.2f')}) | "
+            f"{_fmt(v['time_to_test_target_s_mean'], '.1f')} "
+            f"({_fmt(v['test_time_ratio_to_baseline'], '.2f')}) |"
+        )
+    return out + [
+        "",
+        f"Test target: {s['target_test_definition']} = {s['target_test_loss']:.4f}.",
+        "",
+    ]
 
 
 def includes(text: str, repo: Path) -> str:

@@ -1022,7 +1022,7 @@ class Trainer:
 
 # ---------------------------------------------------------------------- data description
 # Attributes of tasks and sources (experiments/data/) that name where their data is.
-_PATH_ATTRS = ("path", "corpus_path", "valid_path", "data_dir")
+_PATH_ATTRS = ("path", "corpus_path", "valid_path", "test_path", "data_dir")
 
 
 def describe_data(task: Any) -> dict[str, Any]:
@@ -1066,13 +1066,15 @@ def _paths(obj: Any) -> dict[str, Any]:
 
 def _splits(obj: Any) -> dict[str, Any]:
     """Our split names mapped to the dataset's (TFDS sources, image tasks), or the sizes
-    of in-memory token splits (`corpus` with `train` and `val` ids)."""
+    of in-memory token splits (`corpus` with `train`, `val` and maybe `test` ids)."""
     names = getattr(obj, "split_names", None)
     if isinstance(names, dict):
         return {"splits": _plain(names)}
     corpus = getattr(obj, "corpus", None)
     if corpus is not None and hasattr(corpus, "train") and hasattr(corpus, "val"):
-        return {"split_tokens": {"train": len(corpus.train), "val": len(corpus.val)}}
+        names = ("train", "val", "test")  # 'test' where the corpus holds one out too.
+        sizes = {n: len(getattr(corpus, n)) for n in names if getattr(corpus, n, None) is not None}
+        return {"split_tokens": sizes}
     return {}
 
 

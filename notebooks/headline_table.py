@@ -158,7 +158,7 @@ for name, s in summaries.items():
                 v.get("final_eval_loss_mean"),
                 v.get("final_eval_loss_std"),
             ),
-            mean_std(test_loss, v.get("final_test_loss_std", v.get("test_loss_std"))),
+            mean_std(test_loss, std=v.get("final_test_loss_std", v.get("test_loss_std"))),
             fmt(v.get("steps_to_target_mean"), ".0f"),
             fmt(ratios["steps"], ".3f"),
             verdicts["steps"],

@@ -1,11 +1,12 @@
 """Character-level text data, nanoGPT style (`data/shakespeare_char/prepare.py`).
 
 The vocabulary is the sorted set of characters of the whole corpus; the first 90% of the
-encoded text is the training split and the last 10% the validation split. Batches are
-random windows drawn by `experiments.task.batch_rng`, so every batch is a pure function of
-(seed, split, step): resuming a run at step k reproduces exactly the batches an
-uninterrupted run would have seen, with no iterator state to checkpoint. The objective is
-`experiments.objectives.CausalLM`.
+encoded text is the training split (nanoGPT's) and the last 10% is held out, its first
+half the validation split and its second half the test split (`experiments.data.splits`).
+Batches are random windows drawn by `experiments.task.batch_rng`, so every batch is a pure
+function of (seed, split, step): resuming a run at step k reproduces exactly the batches
+an uninterrupted run would have seen, with no iterator state to checkpoint. The objective
+is `experiments.objectives.CausalLM`.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import dataclasses
 import numpy as np
 
 from experiments.data.files import read_text
+from experiments.data.splits import halves
 from experiments.errors import ConfigError
 from experiments.objectives import CausalLM
-from experiments.task import ObjectiveTask, batch_rng
+from experiments.task import SPLITS, ObjectiveTask, batch_rng
 
 TRAIN_FRACTION = 0.9  # nanoGPT's split.
 
@@ -29,6 +31,13 @@ class CharCorpus:
     chars: str
     train: np.ndarray  # uint8 or uint16 token ids
     val: np.ndarray
+    test: np.ndarray
+
+    def split(self, name: str) -> np.ndarray:
+        """The ids of split ``name``: 'train', 'val' or 'test'."""
+        if name not in SPLITS:
+            raise ConfigError(f"no split {name!r}; the corpus has 'train', 'val' and 'test'")
+        return getattr(self, name)
 
     @property
     def vocab_size(self) -> int:
@@ -44,7 +53,8 @@ def corpus_from_text(text: str, train_fraction: float = TRAIN_FRACTION) -> CharC
     dtype = np.uint8 if len(chars) <= 256 else np.uint16
     ids = np.fromiter((lookup[c] for c in text), dtype=dtype, count=len(text))
     n = int(len(ids) * train_fraction)
-    return CharCorpus(chars=chars, train=ids[:n], val=ids[n:])
+    val, test = halves(ids[n:])
+    return CharCorpus(chars=chars, train=ids[:n], val=val, test=test)
 
 
 def load_corpus(path: str, train_fraction: float = TRAIN_FRACTION) -> CharCorpus:
@@ -105,14 +115,14 @@ def get_batch(
     purpose: str = "train",
     rows: slice | None = None,
 ) -> dict[str, np.ndarray]:
-    """Batch `index` of `split` ('train' or 'val') drawn for `purpose` ('train' or 'eval'):
-    inputs and next-character targets, int32 (B, T).
+    """Batch `index` of `split` ('train', 'val' or 'test') drawn for `purpose` ('train' or
+    'eval'): inputs and next-character targets, int32 (B, T).
 
     `rows` selects this host's rows of the global batch; all hosts draw the same global
     offsets (cheap) so the data does not depend on the number of hosts.
     """
     rng = batch_rng(seed=seed, split=split, purpose=purpose, index=index)
-    data = corpus.val if split == "val" else corpus.train
+    data = corpus.split(split)
     starts = window_starts(len(data), block_size, batch_size, rng)
     if rows is not None:
         starts = starts[rows]
@@ -123,7 +133,7 @@ def get_batch(
 
 class WindowedLMTask(ObjectiveTask):
     """Next-token prediction on random windows of a tokenized corpus (a `Task`, see
-    experiments/task.py): subclasses set `corpus` (with `train` and `val` id arrays) and
+    experiments/task.py): subclasses set `corpus` (`train`, `val` and `test` id arrays) and
     `block_size`, then call `check_fits()`; `objective` (the loss) is `CausalLM()` unless
     they set another.
 
@@ -137,10 +147,11 @@ class WindowedLMTask(ObjectiveTask):
     unit_name = "tokens"
 
     def check_fits(self, name: str = "block_size") -> None:
-        if self.block_size >= min(len(self.corpus.train), len(self.corpus.val)):
+        c = self.corpus
+        if self.block_size >= min(len(c.train), len(c.val), len(c.test)):
             raise ConfigError(
-                f"{name}={self.block_size} does not fit the splits "
-                f"({len(self.corpus.train)} train / {len(self.corpus.val)} val tokens)"
+                f"{name}={self.block_size} does not fit the splits ({len(c.train)} train / "
+                f"{len(c.val)} val / {len(c.test)} test tokens)"
             )
 
     @property

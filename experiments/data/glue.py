@@ -22,7 +22,9 @@ with padding rows of weight 0, so ``ceil(examples / batch_size)`` batches cover 
 exactly (asking for more is a ConfigError naming ``EVAL_BATCHES``). The harness averages
 batch means, which weighs a partial last batch's examples a little more than the
 others. The evaluation split is GLUE's validation split (MNLI: ``validation_matched``):
-GLUE's test labels are hidden (tfds stores -1), so the test splits cannot be scored here.
+GLUE's test labels are hidden (tfds stores -1), so the test splits cannot be scored here,
+and split 'test' is a ConfigError: validation stays whole (GLUE's validation sets are
+small), and a GLUE score is a validation score.
 
 STS-B is left out: it is a regression task (a similarity score in [0, 5]) and needs a
 squared-error objective. TensorFlow and tfds are imported only when data is loaded.
@@ -302,7 +304,8 @@ class GlueTask(ObjectiveTask):
         return self.make_batch("train", picks, np.ones(len(picks), bool))
 
     def eval_num_batches(self, split: str, batch_size: int) -> int:
-        """Batches of ``batch_size`` that cover ``split`` ('val' or 'train')."""
+        """Batches of ``batch_size`` that cover ``split`` ('val' or 'train'; 'test' is an
+        error: GLUE's test labels are hidden)."""
         return math.ceil(len(self._split(split)) / batch_size)
 
     def eval_batch(
@@ -324,6 +327,13 @@ class GlueTask(ObjectiveTask):
         return self.make_batch(split, np.where(valid, positions, 0), valid)
 
     def _split(self, split: str) -> TokenizedSplit:
+        if split == "test":
+            raise ConfigError(
+                f"GlueTask: {self.dataset} has no test split to score: GLUE's test labels "
+                f"are hidden (tfds stores -1). Evaluate and report 'val' "
+                f"({self.split_names['val']!r}): drop 'test' from train.eval_splits "
+                f"(EVAL_SPLITS)"
+            )
         if split not in self.splits:
             raise ConfigError(f"GlueTask: no split {split!r}; evaluation uses 'val' or 'train'")
         return self.splits[split]

@@ -15,6 +15,12 @@ Augmentations (training only):
 Images are normalized per channel with the training split's mean and std (ImageNet's
 constants when streaming). Every batch is a pure function of (seed, step): in memory, the
 examples and the augmentation are drawn by ``experiments.task.batch_rng``.
+
+Splits: training as given (``train_split``); the held-out split (``val_split``: the digits'
+fixed 20%, CIFAR's ``test``, ImageNet's ``validation``) is cut in two in its fixed order,
+the first half validation and the second half test (``experiments.data.splits``), unless
+``test_split`` names a labelled test split of the dataset's own, which is then the test
+split and the whole ``val_split`` validation. ``split_names`` records what each is.
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from experiments.data.splits import halve_tfds_split, halves
 from experiments.errors import ConfigError
 from experiments.objectives import Classification
-from experiments.task import ObjectiveTask, batch_rng
+from experiments.task import SPLITS, ObjectiveTask, batch_rng
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
@@ -39,25 +46,50 @@ class ImageSplits:
     train_labels: np.ndarray
     val_images: np.ndarray
     val_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
     num_classes: int
 
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(images, labels) of split ``name``: 'train', 'val' or 'test'."""
+        if name not in SPLITS:
+            raise ConfigError(f"no split {name!r}; the images have 'train', 'val' and 'test'")
+        return getattr(self, f"{name}_images"), getattr(self, f"{name}_labels")
 
-def load_digits(val_fraction: float = 0.2, seed: int = 0) -> ImageSplits:
+
+DIGITS_HELD_OUT = 0.2  # The fraction of the digits held out (validation, then test).
+
+
+def held_out_order(n: int, held_out_fraction: float, seed: int = 0) -> dict[str, np.ndarray]:
+    """Indices of ``n`` examples per split: a fixed permutation, its first
+    ``held_out_fraction`` held out (validation, then test), the rest training."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_held = int(n * held_out_fraction)
+    val, test = halves(order[:n_held])
+    return {"train": order[n_held:], "val": val, "test": test}
+
+
+def load_digits(held_out_fraction: float = DIGITS_HELD_OUT, seed: int = 0) -> ImageSplits:
     """scikit-learn's 1797 8x8 digits (values 0..16), a fixed shuffled split."""
     from sklearn.datasets import load_digits as sklearn_digits
 
     data = sklearn_digits()
     images = (data.images[..., None] * (255.0 / 16.0)).astype(np.float32)
-    order = np.random.default_rng(seed).permutation(len(images))
-    n_val = int(len(images) * val_fraction)
-    val, train = order[:n_val], order[n_val:]
-    return ImageSplits(
-        images[train],
-        data.target[train].astype(np.int32),
-        images[val],
-        data.target[val].astype(np.int32),
-        num_classes=10,
-    )
+    labels = data.target.astype(np.int32)
+    order = held_out_order(len(images), held_out_fraction, seed)
+    arrays = [x for split in SPLITS for x in (images[order[split]], labels[order[split]])]
+    return ImageSplits(*arrays, num_classes=10)
+
+
+def digits_split_names(splits: ImageSplits) -> dict[str, str]:
+    """The digits' splits as positions in their fixed permutation, for run.json."""
+    n_val = len(splits.val_labels)
+    n_held = n_val + len(splits.test_labels)
+    return {
+        "train": f"permutation[{n_held}:]",
+        "val": f"permutation[:{n_val}]",
+        "test": f"permutation[{n_val}:{n_held}]",
+    }
 
 
 def _tfds_builder(name: str, data_dir: str):
@@ -77,27 +109,42 @@ def _tfds_builder(name: str, data_dir: str):
     return builder
 
 
-def load_tfds_images(
-    name: str, data_dir: str, train_split: str = "train", val_split: str = "test"
-) -> ImageSplits:
-    """A prepared tfds image dataset (features ``image``, ``label``) held in memory."""
+def tfds_split_names(
+    builder, train_split: str, val_split: str, test_split: str | None
+) -> dict[str, str]:
+    """The TFDS split specs of 'train', 'val' and 'test' (see the module docstring)."""
+    name = builder.name
+    given = {"train_split": train_split, "val_split": val_split, "test_split": test_split}
+    for binding, spec in given.items():
+        if spec is not None and spec.split("[")[0] not in builder.info.splits:
+            raise ConfigError(
+                f"tfds dataset {name!r} has no split {spec!r} (ImageClassificationTask."
+                f"{binding}); it has {sorted(builder.info.splits)}"
+            )
+    if test_split is None:
+        val, test = halve_tfds_split(
+            val_split, builder.info.splits, "ImageClassificationTask.val_split"
+        )
+        return {"train": train_split, "val": val, "test": test}
+    return {"train": train_split, "val": val_split, "test": test_split}
+
+
+def load_tfds_images(builder, split_names: dict[str, str]) -> ImageSplits:
+    """A prepared tfds image dataset (features ``image``, ``label``) held in memory; a
+    split with hidden labels (stored as -1) is an error."""
     import tensorflow_datasets as tfds
 
-    builder = _tfds_builder(name, data_dir)
-    arrays = {}
-    for split in (train_split, val_split):
-        if split not in builder.info.splits:
+    arrays = []
+    for split in SPLITS:
+        data = tfds.as_numpy(builder.as_dataset(split=split_names[split], batch_size=-1))
+        labels = np.asarray(data["label"], np.int32)
+        if len(labels) and labels.min() < 0:
             raise ConfigError(
-                f"tfds dataset {name!r} in {data_dir!r} has no split "
-                f"{split!r}; it has {sorted(builder.info.splits)}"
+                f"tfds dataset {builder.name!r}: split {split_names[split]!r} ({split}) has "
+                f"hidden labels (-1); choose a labelled split"
             )
-        data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-        arrays[split] = (np.asarray(data["image"]), np.asarray(data["label"], np.int32))
-    return ImageSplits(
-        *arrays[train_split],
-        *arrays[val_split],
-        num_classes=builder.info.features["label"].num_classes,
-    )
+        arrays += [np.asarray(data["image"]), labels]
+    return ImageSplits(*arrays, num_classes=builder.info.features["label"].num_classes)
 
 
 def augment(images: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
@@ -129,6 +176,8 @@ class ImageClassificationTask(ObjectiveTask):
     Args:
       dataset: ``"digits"`` (scikit-learn) or a tfds name prepared under ``data_dir``.
       augmentation: one of ``AUGMENTATIONS``.
+      train_split, val_split, test_split: the tfds splits (module docstring); with
+        ``test_split`` None, ``val_split`` is cut into validation and test halves.
       in_memory: hold the splits as arrays (small datasets); False streams with tf.data.
       image_size: output size when streaming (random-resized / center crops).
       loss_normalization: of the ``Classification`` objective; 'mean' over the batch.
@@ -145,6 +194,7 @@ class ImageClassificationTask(ObjectiveTask):
         augmentation: str = "digits",
         train_split: str = "train",
         val_split: str = "test",
+        test_split: str | None = None,
         in_memory: bool = True,
         image_size: int = 224,
         loss_normalization: str = "mean",
@@ -155,20 +205,23 @@ class ImageClassificationTask(ObjectiveTask):
         self.augmentation, self.in_memory, self.image_size = augmentation, in_memory, image_size
         # Where the data comes from, for run.json (launch.train.describe_data).
         self.dataset, self.data_dir = dataset, data_dir
-        self.split_names = {"train": train_split, "val": val_split}
-        if dataset != "digits" and not data_dir:
-            raise ConfigError(f"tfds dataset {dataset!r} needs a data_dir (gin binding DATA_DIR)")
-        if not in_memory:
-            self._stream = _ImageStream(
-                _tfds_builder(dataset, data_dir), train_split, val_split, augmentation, image_size
-            )
-            self.num_classes = self._stream.num_classes
-            return
-        self.splits = (
-            load_digits()
-            if dataset == "digits"
-            else load_tfds_images(dataset, data_dir, train_split, val_split)
-        )
+        if dataset == "digits":
+            if not in_memory:
+                raise ConfigError("the digits are held in memory (in_memory=True)")
+            self.splits = load_digits()
+            self.split_names = digits_split_names(self.splits)
+        else:
+            if not data_dir:
+                raise ConfigError(
+                    f"tfds dataset {dataset!r} needs a data_dir (gin binding DATA_DIR)"
+                )
+            builder = _tfds_builder(dataset, data_dir)
+            self.split_names = tfds_split_names(builder, train_split, val_split, test_split)
+            if not in_memory:
+                self._stream = _ImageStream(builder, self.split_names, augmentation, image_size)
+                self.num_classes = self._stream.num_classes
+                return
+            self.splits = load_tfds_images(builder, self.split_names)
         self.num_classes = self.splits.num_classes
         train = self.splits.train_images.astype(np.float32)
         self.mean = train.mean(axis=(0, 1, 2))
@@ -202,11 +255,8 @@ class ImageClassificationTask(ObjectiveTask):
     ) -> dict[str, np.ndarray]:
         if not self.in_memory:
             return self._stream.eval_batch(split, seed, index, batch_size, rows)
-        s = self.splits
         rng = batch_rng(seed=seed, split=split, purpose="eval", index=index)
-        images, labels = (
-            (s.val_images, s.val_labels) if split == "val" else (s.train_images, s.train_labels)
-        )
+        images, labels = self.splits.split(split)
         return self._batch(images, labels, rng, batch_size, rows, train=False)
 
 
@@ -219,11 +269,9 @@ class _ImageStream:
     sees the same batches. Iterators are kept while steps arrive in order.
     """
 
-    def __init__(
-        self, builder, train_split: str, val_split: str, augmentation: str, image_size: int
-    ):
+    def __init__(self, builder, split_names: dict[str, str], augmentation: str, image_size: int):
         self.builder, self.augmentation, self.image_size = builder, augmentation, image_size
-        self.splits = {"train": train_split, "val": val_split}
+        self.splits = dict(split_names)
         self.num_classes = builder.info.features["label"].num_classes
         self._iterators: dict[tuple, tuple[int, Any]] = {}
 
@@ -286,4 +334,6 @@ class _ImageStream:
         return self._next("train", seed, step - 1, batch_size, rows, train=True)
 
     def eval_batch(self, split, seed, index, batch_size, rows):
+        if split not in self.splits:
+            raise ConfigError(f"no split {split!r}; the images have {sorted(self.splits)}")
         return self._next(split, seed, index, batch_size, rows, train=False)

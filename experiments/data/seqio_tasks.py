@@ -1,12 +1,14 @@
 """T5 span corruption as a seqio Task, for T5X-style pipelines, and the harness task over it.
 
 ``register_span_corruption_task`` registers a Task over local text files (one document
-per line): one file split into train and validation by its last lines (``corpus_path``),
-or one file (pattern) per split (``seqio.TextLineDataSource``); or over a TFDS dataset
-prepared under a data directory (``seqio.TfdsDataSource`` in read-only mode: never
-downloads), with a ``seqio.SentencePieceVocabulary`` whose ``extra_ids`` are the T5
-sentinels. Its preprocessors are T5's ``span_corruption`` chain, written here since ``t5``
-is not a dependency:
+per line): one file split into train, validation and test by its last lines
+(``corpus_path``: the held-out lines cut in two, validation then test), or one file
+(pattern) per split (``seqio.TextLineDataSource``); or over a TFDS dataset prepared under a
+data directory (``seqio.TfdsDataSource`` in read-only mode: never downloads; without a
+``'test'`` entry in ``tfds_splits`` the validation split is cut in two, as
+``experiments.data.sources.TfdsSource`` does), with a ``seqio.SentencePieceVocabulary``
+whose ``extra_ids`` are the T5 sentinels. Its preprocessors are T5's ``span_corruption``
+chain, written here since ``t5`` is not a dependency:
 
 1. the text feature becomes ``targets`` and is tokenized (no EOS);
 2. all documents are concatenated and split into chunks of ``tokens_length`` tokens
@@ -32,9 +34,9 @@ looked up by name) to the harness (``experiments/task.py``):
   (reading, tokenizing, corrupting) over every example before it, on each host, once per
   resume; T5X avoids this by checkpointing the iterator, which the harness does not do.
 * Evaluation batch ``i`` of a split is batch ``i`` of one unshuffled pass over it
-  (``'val'`` is seqio's ``'validation'``), corrupted from ``eval_seed``: the same at every
-  evaluation and for every run. A split too small for the batches asked is an error, not
-  a silent repeat.
+  (``'val'`` is seqio's ``'validation'``, ``'test'`` its ``'test'``), corrupted from
+  ``eval_seed``: the same at every evaluation and for every run. A split too small for
+  the batches asked is an error, not a silent repeat.
 * Hosts: the global batch of a step is the concatenation, in shard order, of that step's
   batch of ``num_shards`` seqio shards (``seqio.ShardInfo``; by default one per host,
   ``jax.process_count()``), ``batch_size / num_shards`` examples each. The harness asks a
@@ -61,13 +63,14 @@ import numpy as np
 
 from experiments.data import span_corruption
 from experiments.data.sources import VALIDATION_FRACTION, default_tfds_data_dir, tfds_builder
+from experiments.data.splits import halve_tfds_split, validation_size
 from experiments.data.tokenizers import NUM_SENTINELS, SentencePieceTokenizer
 from experiments.errors import ConfigError
 from experiments.objectives import Seq2Seq
 from experiments.task import Batch, ObjectiveTask, batch_stream
 
 # The harness' split names and seqio's.
-SEQIO_SPLITS = {"train": "train", "val": "validation"}
+SEQIO_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 SHUFFLE_BUFFER_SIZE = 1000  # seqio's default, T5X's too.
 
 
@@ -131,8 +134,9 @@ def _lines_to_targets(dataset):
 
 def text_file_splits(path: str, validation_fraction: float = VALIDATION_FRACTION) -> Any:
     """A seqio source of one text file's non-empty lines, the last ``validation_fraction``
-    of them the validation split: the hold-out of ``TextFileSource``, for a corpus that
-    comes as one file (Tiny Shakespeare). Counting the lines reads the file once."""
+    of them held out, the first half of those the validation split and the second half
+    the test split: the hold-out of ``TextFileSource``, for a corpus that comes as one file
+    (Tiny Shakespeare). Counting the lines reads the file once."""
     import seqio
 
     tf = _tensorflow()
@@ -143,15 +147,20 @@ def text_file_splits(path: str, validation_fraction: float = VALIDATION_FRACTION
 
     count = int(lines().reduce(np.int64(0), lambda n, _: n + 1))
     num_train = int(count * (1.0 - validation_fraction))
-    if not 0 < num_train < count:
+    num_val = validation_size(count - num_train)
+    if not 0 < num_train < num_train + num_val < count:
         raise ValueError(
             f"text file {path!r} has {count} non-empty lines: too few to hold out "
-            f"validation_fraction={validation_fraction} of them"
+            f"validation_fraction={validation_fraction} of them as validation and test"
         )
 
     def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None):
         del shuffle_files, seed  # One file: there are no files to shuffle.
-        return lines().take(num_train) if split == "train" else lines().skip(num_train)
+        if split == "train":
+            return lines().take(num_train)
+        if split == "validation":
+            return lines().skip(num_train).take(num_val)
+        return lines().skip(num_train + num_val)
 
     class TextFileSplits(seqio.FunctionDataSource):
         # One file has no files to shuffle (the Task shuffles examples); asking the base
@@ -159,7 +168,7 @@ def text_file_splits(path: str, validation_fraction: float = VALIDATION_FRACTION
         def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, **kw):
             return super().get_dataset(split, shuffle=False, seed=seed, shard_info=shard_info)
 
-    return TextFileSplits(dataset_fn, splits=("train", "validation"))
+    return TextFileSplits(dataset_fn, splits=("train", "validation", "test"))
 
 
 def register_span_corruption_task(
@@ -182,8 +191,10 @@ def register_span_corruption_task(
 
     Give exactly one source: ``corpus_path`` (one text file, split by
     ``text_file_splits``), ``text_files`` (split name -> path or file pattern, e.g.
-    ``{"train": ..., "validation": ...}``) or ``tfds_name`` (+ ``tfds_data_dir``, optional
-    ``tfds_splits`` mapping split names to TFDS splits, and the ``text_feature``).
+    ``{"train": ..., "validation": ..., "test": ...}``) or ``tfds_name`` (+
+    ``tfds_data_dir``, optional ``tfds_splits`` mapping split names to TFDS splits, by
+    default train, and validation cut into validation and test halves; and the
+    ``text_feature``).
     """
     import seqio
 
@@ -209,7 +220,19 @@ def register_span_corruption_task(
         source = seqio.TextLineDataSource(dict(text_files))
     else:
         tfds_data_dir = default_tfds_data_dir(tfds_data_dir)
-        tfds_builder(tfds_name, tfds_data_dir)  # A clear error if it is not prepared.
+        builder = tfds_builder(tfds_name, tfds_data_dir)  # A clear error if not prepared.
+        tfds_splits = dict(tfds_splits or {"train": "train", "validation": "validation"})
+        if "test" not in tfds_splits:  # The held-out split, cut in two.
+            if "validation" not in tfds_splits:
+                raise ConfigError(
+                    f"tfds_splits={tfds_splits!r} (SeqioSpanCorruptionTask.tfds_splits) "
+                    f"names neither a 'validation' nor a 'test' split"
+                )
+            tfds_splits["validation"], tfds_splits["test"] = halve_tfds_split(
+                tfds_splits["validation"],
+                builder.info.splits,
+                "SeqioSpanCorruptionTask.tfds_splits['validation']",
+            )
         source = seqio.TfdsDataSource(
             tfds_name=tfds_name, tfds_data_dir=tfds_data_dir, splits=tfds_splits, read_only=True
         )
@@ -313,13 +336,13 @@ class SeqioSpanCorruptionTask(ObjectiveTask):
     """T5 span corruption through a seqio Task, for the harness (see the module docstring
     for the order of the batches, resuming and host sharding).
 
-    With ``corpus_path`` (one text file, the last ``validation_fraction`` of its lines the
-    validation split), ``text_files`` (``{"train": ..., "validation": ...}`` paths or
-    patterns) or ``tfds_name`` (a TFDS dataset prepared under ``tfds_data_dir``, read-only)
-    the Task ``name`` is registered with the sentencepiece model ``vocabulary_path``; with
-    none of them, ``name`` is looked up in seqio's registries: a Task or Mixture with
-    ``inputs`` and ``targets`` features registered by code imported beforehand (a gin
-    ``import`` line does it).
+    With ``corpus_path`` (one text file, the last ``validation_fraction`` of its lines
+    held out: validation, then test), ``text_files`` (``{"train": ..., "validation": ...,
+    "test": ...}`` paths or patterns) or ``tfds_name`` (a TFDS dataset prepared under
+    ``tfds_data_dir``, read-only) the Task ``name`` is registered with the sentencepiece
+    model ``vocabulary_path``; with none of them, ``name`` is looked up in seqio's
+    registries: a Task or Mixture with ``inputs`` and ``targets`` features registered by
+    code imported beforehand (a gin ``import`` line does it).
 
     Batches and objective are those of ``SpanCorruptionTask`` (``encoder_input_tokens``,
     ``decoder_input_tokens``, ``decoder_target_tokens``, ``decoder_loss_weights``; the
@@ -502,6 +525,12 @@ class SeqioSpanCorruptionTask(ObjectiveTask):
         if split not in SEQIO_SPLITS:
             raise ConfigError(
                 f"train.eval_splits: no split {split!r}; expected one of {sorted(SEQIO_SPLITS)}"
+            )
+        available = getattr(self.seqio_task, "splits", None)
+        if available is not None and SEQIO_SPLITS[split] not in available:
+            raise ConfigError(
+                f"train.eval_splits: {self.source} has no {SEQIO_SPLITS[split]!r} split "
+                f"(it has {sorted(available)}); register it with one"
             )
         return self._batch(split, "eval", seed, index, batch_size, rows)
 

@@ -1,10 +1,14 @@
 """Where documents come from: text files, generated text, or prepared tfds datasets.
 
-A source has two splits, ``"train"`` and ``"validation"``, and either holds its documents
-in memory (``in_memory = True``: ``documents(split)`` returns the list) or streams them
-(``iter_documents(split)``: the same documents in the same fixed order on every call, so a
-reader can resume by skipping). Every source provides ``iter_documents``; in-memory ones
-also provide ``documents``.
+A source has three splits, ``"train"``, ``"validation"`` and ``"test"``, and either holds
+its documents in memory (``in_memory = True``: ``documents(split)`` returns the list) or
+streams them (``iter_documents(split)``: the same documents in the same fixed order on
+every call, so a reader can resume by skipping). Every source provides ``iter_documents``;
+in-memory ones also provide ``documents``.
+
+Where a dataset has no test split of its own, the held-out part (the last 10% of a text,
+or the dataset's validation split) is cut in two: its first half is validation, its
+second half test (``experiments.data.splits``); the training split stays as it was.
 
 TFDS datasets are read with download-never semantics: the dataset must already be
 prepared under ``data_dir`` (``tfds build`` or ``download_and_prepare`` done beforehand);
@@ -19,9 +23,10 @@ from collections.abc import Iterator, Sequence
 
 from experiments.data.char_text import generated_text
 from experiments.data.files import read_text
+from experiments.data.splits import halve_tfds_split, halves
 from experiments.errors import ConfigError
 
-SPLITS = ("train", "validation")
+SPLITS = ("train", "validation", "test")
 TEXT_FILE_MODES = ("lines", "paragraphs", "whole")
 VALIDATION_FRACTION = 0.1  # The last 10%, as nanoGPT and char_text hold out.
 
@@ -46,7 +51,8 @@ def split_documents(text: str, mode: str) -> list[str]:
 
 class InMemorySource:
     """Documents held in memory: the last ``validation_fraction`` of them (or, for a single
-    document, of its characters) is the validation split, deterministically."""
+    document, of its characters) is held out, deterministically: its first half is the
+    validation split, its second half the test split."""
 
     in_memory = True
 
@@ -67,10 +73,12 @@ class InMemorySource:
             # One document (a whole corpus): hold out the tail of its text, as char_text.
             text = documents[0]
             n = int(len(text) * (1.0 - validation_fraction))
-            self._splits = {"train": [text[:n]], "validation": [text[n:]]}
+            val, test = halves(text[n:])
+            self._splits = {"train": [text[:n]], "validation": [val], "test": [test]}
         else:
             n = int(len(documents) * (1.0 - validation_fraction))
-            self._splits = {"train": documents[:n], "validation": documents[n:]}
+            val, test = halves(documents[n:])
+            self._splits = {"train": documents[:n], "validation": val, "test": test}
         for split, docs in self._splits.items():
             if not any(docs):
                 raise ConfigError(
@@ -86,8 +94,8 @@ class InMemorySource:
         return iter(self.documents(split))
 
     def text(self) -> str:
-        """All documents of both splits, e.g. to build a character vocabulary."""
-        return "\n".join(self._splits["train"] + self._splits["validation"])
+        """All documents of every split, e.g. to build a character vocabulary."""
+        return "\n".join(doc for split in SPLITS for doc in self._splits[split])
 
 
 class TextFileSource(InMemorySource):
@@ -168,6 +176,9 @@ class TfdsSource:
     ``split_names`` maps our splits to the dataset's (C4 calls its held-out split
     ``'validation'``, lm1b ``'test'``, and wikipedia has only ``'train'``: hold out a slice
     with TFDS's split syntax, e.g. ``{"train": "train[:99%]", "validation": "train[99%:]"}``).
+    Without a ``'test'`` entry, the ``'validation'`` one is cut in two, in file order
+    (first half validation, second half test; ``split_names`` then holds the two halves);
+    name a ``'test'`` split where the dataset has its own.
 
     Streaming by default (``in_memory=False``); ``in_memory=True`` loads the splits (at most
     ``max_documents`` each) into lists, for small datasets.
@@ -184,9 +195,14 @@ class TfdsSource:
         max_documents: int | None = None,
     ):
         split_names = dict(split_names or {"train": "train", "validation": "validation"})
-        for split in SPLITS:
+        for split in ("train", "validation"):
             if split not in split_names:
                 raise ConfigError(f"TfdsSource({name!r}): split_names has no {split!r} entry")
+        unknown = sorted(set(split_names) - set(SPLITS))
+        if unknown:
+            raise ConfigError(
+                f"TfdsSource({name!r}): split_names has {unknown}; its keys are {SPLITS}"
+            )
         self.name = name
         self.data_dir = default_tfds_data_dir(data_dir)
         self.feature = feature
@@ -207,14 +223,23 @@ class TfdsSource:
                     f"TFDS dataset {name!r} under {self.data_dir!r} has no split {base!r} "
                     f"(split_names[{split!r}]); it has {sorted(self.builder.info.splits)}"
                 )
+        if "test" not in split_names:  # The held-out split, cut in two.
+            split_names["validation"], split_names["test"] = halve_tfds_split(
+                self._capped(split_names["validation"]),
+                self.builder.info.splits,
+                f"TfdsSource({name!r}).split_names['validation']",
+            )
         self._cache: dict[str, list[str]] = {}
+
+    def _capped(self, tfds_split: str) -> str:
+        """A whole split cut to its first ``max_documents`` documents (a slice stays)."""
+        if self.max_documents is not None and "[" not in tfds_split:
+            return f"{tfds_split}[:{self.max_documents}]"
+        return tfds_split
 
     def _tfds_split(self, split: str) -> str:
         _check_split(split, f"TfdsSource({self.name!r})")
-        tfds_split = self.split_names[split]
-        if self.max_documents is not None and "[" not in tfds_split:
-            tfds_split = f"{tfds_split}[:{self.max_documents}]"
-        return tfds_split
+        return self._capped(self.split_names[split])
 
     def tf_dataset(self, split: str):
         """The split's text feature as a ``tf.data.Dataset`` of strings, in file order."""

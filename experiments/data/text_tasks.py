@@ -14,16 +14,16 @@ Determinism, as in ``char_text``: every batch is a pure function of its argument
   ``s`` is ``batch_size`` random windows of that stream drawn by
   ``experiments.task.batch_rng`` (``np.random.default_rng([seed, 0, s])``; with
   replacement, as nanoGPT), and the same Generator then draws the masking / noise. Eval
-  batch ``i`` of a split uses stream 1 ('val') or 2 ('train') instead of 0, so evaluation
-  never shares draws with training.
+  batch ``i`` of a split uses stream 1 ('val'), 2 ('train') or 3 ('test') instead of 0,
+  so evaluation never shares draws with training.
 * Streaming sources (TFDS, ``in_memory=False``): windows are read in the dataset's fixed
   file order (``shuffle_files=False``), one pass after another; step ``s`` takes windows
   ``(s - 1) * batch_size`` to ``s * batch_size - 1`` and eval batch ``i`` windows
-  ``i * batch_size`` onwards of the validation split. The reader keeps its position, so
-  consecutive steps cost nothing extra; asking for an earlier step (or a resumed run's
-  first step) restarts the pass and skips to the window, which costs one read of the data
-  up to there. Masking / noise is still drawn from (seed, stream, step), so ``seed``
-  changes the corruption but not the order of the data.
+  ``i * batch_size`` onwards of the validation (or test) split. The reader keeps its
+  position, so consecutive steps cost nothing extra; asking for an earlier step (or a
+  resumed run's first step) restarts the pass and skips to the window, which costs one
+  read of the data up to there. Masking / noise is still drawn from (seed, stream,
+  step), so ``seed`` changes the corruption but not the order of the data.
 
 ``rows`` slices the global batch after it is built: every host builds the same global
 batch, so the data does not depend on the number of hosts.
@@ -51,7 +51,9 @@ from experiments.task import ObjectiveTask, batch_rng
 
 Batch = dict[str, np.ndarray]
 
-_SOURCE_SPLIT = {"train": "train", "val": "validation"}
+# The harness' splits and the sources' (experiments/data/sources.py): validation and test
+# are disjoint halves of the held-out part where the data has no test split of its own.
+_SOURCE_SPLIT = {"train": "train", "val": "validation", "test": "test"}
 
 
 def resolve_source(source) -> Any:

@@ -41,6 +41,12 @@ reference trains its LSTM (``--train_consecutive``; ``jestimator/data_utils.py``
   threaded from zero (``reset`` = 1 in batch 0). Padding has ``weights`` 0. Batch size 1
   is the reference's evaluation (the whole file in one stream). Split ``'train'`` is
   evaluated on the first ``len(val)`` tokens of the training split.
+
+Splits: the training text is the training split. The held-out text (the last 10% of the
+training file's tokens, or a separate ``valid_path`` file) is cut in two, its first half
+validation and its second half test (``experiments.data.splits``), unless the data has its
+own test file (``test_path``: PTB's ``ptb.test.txt``), which is then the test split and
+the whole held-out text validation.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from experiments.data.files import read_text
+from experiments.data.splits import halves
 from experiments.errors import ConfigError
 from experiments.objectives import CarriedStateLM
 from experiments.task import ObjectiveTask, batch_rng
@@ -177,6 +184,7 @@ def load_vocabulary(path: str) -> Vocabulary:
 class TokenSplits:
     train: np.ndarray
     val: np.ndarray
+    test: np.ndarray
 
 
 def stream_starts(
@@ -205,12 +213,14 @@ class WordLMTask(ObjectiveTask):
 
     Args:
       corpus_path: the training text; with ``valid_path`` unset, its last 10% of tokens
-        is held out.
+        is held out (validation, then test; module docstring).
       seq_length: words per segment (the reference's PTB run: 64).
       consecutive_segments: segments per stream before the streams move on and the state
         restarts (the reference's ``--train_consecutive``, 113 for PTB: its training split
         is two blocks of 64 streams); None: as many as one block per epoch allows.
-      valid_path: a separate validation text (PTB's ``ptb.valid.txt``).
+      valid_path: a separate held-out text (PTB's ``ptb.valid.txt``): the validation
+        split, or its first half when there is no ``test_path``.
+      test_path: a separate test text (PTB's ``ptb.test.txt``); needs ``valid_path``.
       vocab_path: a vocabulary file (either format); when unset, one is built from the
         training split (``max_vocab`` words) and, if ``save_vocab_path`` is given, written
         there.
@@ -227,6 +237,7 @@ class WordLMTask(ObjectiveTask):
         seq_length: int = 64,
         consecutive_segments: int | None = None,
         valid_path: str | None = None,
+        test_path: str | None = None,
         vocab_path: str | None = None,
         max_vocab: int | None = 10_000,
         save_vocab_path: str | None = None,
@@ -234,11 +245,21 @@ class WordLMTask(ObjectiveTask):
     ):
         self.objective = CarriedStateLM(normalization=loss_normalization)
         train_words = flat_words(lines_of(read_text(corpus_path, "CORPUS_PATH")))
+        if test_path and not valid_path:
+            raise ConfigError(
+                f"WordLMTask.test_path={test_path!r} needs a valid_path too: with the "
+                f"validation split held out of the training text, the test split is too"
+            )
         if valid_path:
-            valid_words = flat_words(lines_of(read_text(valid_path, "VALID_PATH")))
+            held_out = flat_words(lines_of(read_text(valid_path, "VALID_PATH")))
         else:  # The last 10% of the tokens (line ends included) are held out.
             n = int(len(train_words) * TRAIN_FRACTION)
-            train_words, valid_words = train_words[:n], train_words[n:]
+            train_words, held_out = train_words[:n], train_words[n:]
+        if test_path:  # The data's own test split.
+            valid_words = held_out
+            test_words = flat_words(lines_of(read_text(test_path, "TEST_PATH")))
+        else:
+            valid_words, test_words = halves(held_out)
         if vocab_path:
             self.vocab = load_vocabulary(vocab_path)
         else:  # From the training split only.
@@ -247,18 +268,19 @@ class WordLMTask(ObjectiveTask):
             )
             if save_vocab_path:
                 self.vocab.save(save_vocab_path)
-        train, val = self.vocab.encode(train_words), self.vocab.encode(valid_words)
-        self.corpus = TokenSplits(train, val)
+        train, val, test = (self.vocab.encode(w) for w in (train_words, valid_words, test_words))
+        self.corpus = TokenSplits(train, val, test)
         self.source = corpus_path
-        self.valid_path, self.vocab_path = valid_path, vocab_path  # For run.json.
+        # For run.json.
+        self.valid_path, self.test_path, self.vocab_path = valid_path, test_path, vocab_path
         self.seq_length = seq_length
         if consecutive_segments is not None and consecutive_segments < 1:
             raise ConfigError(f"consecutive_segments={consecutive_segments} must be >= 1")
         self.consecutive_segments = consecutive_segments
-        if seq_length >= min(len(train), len(val)):
+        if seq_length >= min(len(train), len(val), len(test)):
             raise ConfigError(
                 f"seq_length={seq_length} does not fit the splits "
-                f"({len(train)} train / {len(val)} val tokens)"
+                f"({len(train)} train / {len(val)} val / {len(test)} test tokens)"
             )
 
     # -------------------------------------------------------------- the Task interface
@@ -313,11 +335,11 @@ class WordLMTask(ObjectiveTask):
         }
 
     def _eval_tokens(self, split: str) -> np.ndarray:
-        if split == "val":
-            return self.corpus.val
+        if split in ("val", "test"):
+            return getattr(self.corpus, split)
         if split == "train":
             return self.corpus.train[: len(self.corpus.val)]
-        raise ConfigError(f"no evaluation batches for split {split!r} ('val', 'train')")
+        raise ConfigError(f"no evaluation batches for split {split!r} ('val', 'test', 'train')")
 
     def eval_num_batches(self, split: str, batch_size: int) -> int:
         """How many consecutive batches cover ``split`` at ``batch_size`` streams."""
