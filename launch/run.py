@@ -13,6 +13,11 @@ where `--gin_file` and `include` look (gin_configs/ is always searched). An expe
 allocated, no data read, MODEL_DIR untouched), prints the parameter count, both arms' slot
 bytes, the bytes per device under the mesh and the largest variables' shardings, and exits.
 
+`--eval_only` evaluates the newest checkpoint of MODEL_DIR that restores on the configured
+evaluation splits (the same gin files and bindings as its training), read-only: it takes
+no lock (a trainer may be running there), writes no checkpoint, metrics.jsonl, run.json or
+config.gin, prints the metrics and writes them to MODEL_DIR/eval_<step>.json.
+
 Exit codes: 0 done, 2 configuration error (one line naming the culprit, no traceback;
 `--verbose` adds it), 3 training diverged.
 """
@@ -20,7 +25,6 @@ Exit codes: 0 done, 2 configuration error (one line naming the culprit, no trace
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -39,6 +43,7 @@ if str(REPO) not in sys.path:  # Scripts run as files; make `launch`/`experiment
 import gin  # noqa: E402
 
 from experiments.errors import ConfigError  # noqa: E402
+from launch.summary_writer import join, write_json, write_text_atomic  # noqa: E402
 
 DEFAULT_SEARCH_PATH = str(REPO / "gin_configs")
 # The arms an experiment file can be run with: gin_configs/optimizers/<name>.gin.
@@ -119,6 +124,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         action="store_true",
         help="build everything abstractly (jax.eval_shape), print sizes and shardings, "
         "exit without training or writing anything",
+    )
+    parser.add_argument(
+        "--eval_only",
+        action="store_true",
+        help="evaluate the newest restorable checkpoint of MODEL_DIR read-only (no lock, "
+        "no training, no checkpoint or metrics written), print the metrics and write "
+        "MODEL_DIR/eval_<step>.json",
     )
     parser.add_argument("--coordinator_address", default=None)
     parser.add_argument("--num_processes", type=int, default=None)
@@ -322,6 +334,8 @@ def _train(args: argparse.Namespace, bindings: list[str], command: list[str], ar
     if args.dry_run:
         return _dry_run(args, bindings, search_paths)
     trainer = _build_trainer()
+    if args.eval_only:
+        return _eval_only(trainer)
     model_dir = trainer.model_dir
     is_chief = jax.process_index() == 0
     if is_chief:
@@ -345,7 +359,7 @@ def _train(args: argparse.Namespace, bindings: list[str], command: list[str], ar
     def record(**fields) -> None:
         info.update(fields)
         if is_chief:
-            _write_json(os.path.join(model_dir, "run.json"), info)
+            _write_json(join(model_dir, "run.json"), info)
 
     # One process per MODEL_DIR: a second run (any seed) would interleave its metrics and
     # overwrite run.json, so it stops here naming the holder.
@@ -367,6 +381,16 @@ def _train(args: argparse.Namespace, bindings: list[str], command: list[str], ar
         record(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), result=result)
     if is_chief:
         print(f"done: {model_dir} (tensorboard --logdir {model_dir})", flush=True)
+    return 0
+
+
+def _eval_only(trainer) -> int:
+    """`--eval_only`: the newest good checkpoint's evaluation, read-only (no lock taken)."""
+    result = trainer.evaluate_checkpoint()
+    if trainer.is_chief:
+        metrics = ", ".join(f"{k} {v:.6g}" for k, v in result["eval"].items())
+        print(f"eval-only: step {result['step']} of {trainer.model_dir}: {metrics}", flush=True)
+        print(f"wrote {result['path']}", flush=True)
     return 0
 
 
@@ -409,15 +433,11 @@ def _dry_run(args: argparse.Namespace, bindings: list[str], search_paths: list[s
 
 
 def _write_config(model_dir: str) -> None:
-    with open(os.path.join(model_dir, "config.gin"), "w") as f:
-        f.write(gin.operative_config_str())
+    write_text_atomic(join(model_dir, "config.gin"), gin.operative_config_str())
 
 
 def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)
+    write_json(path, obj)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,11 @@ taken over with a warning; a lock from another host cannot be checked and counts
 multi-host run takes the lock: the other processes are part of the same run. A process
 that already holds the lock of a directory may acquire it again (the handles nest), so a
 caller can hold it around `launch.run.main`, which takes it too.
+
+The file goes through `etils.epath.Path`, so a cloud MODEL_DIR (`gs://...`) gets a lock
+too; an object store has no exclusive create, so there the lock is best effort (a run
+starting within the same moment as another may miss it), and a stale lock of a dead
+process is deleted rather than moved aside.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import socket
 import sys
 import time
 from typing import Any
+
+from etils import epath
 
 from experiments.errors import ConfigError
 
@@ -74,10 +81,7 @@ def _remove(path: str) -> None:
     _held.pop(path, None)
     holder = _holders.pop(path, None)
     if holder is not None and _read_holder(path) == holder:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        epath.Path(path).unlink(missing_ok=True)
 
 
 @atexit.register
@@ -88,11 +92,17 @@ def _release_all() -> None:
         _remove(path)
 
 
-def lock_path(model_dir: str) -> str:
-    return os.path.join(os.path.abspath(model_dir), LOCK_NAME)
+def _is_local(path: str | os.PathLike) -> bool:
+    return "://" not in os.fspath(path)
 
 
-def acquire(model_dir: str, *, chief: bool | None = None) -> RunLock:
+def lock_path(model_dir: str | os.PathLike) -> str:
+    if not _is_local(model_dir):
+        return os.fspath(epath.Path(model_dir) / LOCK_NAME)
+    return os.path.join(os.path.abspath(os.fspath(model_dir)), LOCK_NAME)
+
+
+def acquire(model_dir: str | os.PathLike, *, chief: bool | None = None) -> RunLock:
     """Takes MODEL_DIR/run.lock for this run, or raises ConfigError naming the directory and
     the holder (pid@host). `chief` defaults to `jax.process_index() == 0`; on other
     processes this returns a handle that holds nothing."""
@@ -100,6 +110,7 @@ def acquire(model_dir: str, *, chief: bool | None = None) -> RunLock:
         import jax
 
         chief = jax.process_index() == 0
+    model_dir = os.fspath(model_dir)
     path = lock_path(model_dir)
     if not chief:
         return RunLock(path, None)
@@ -107,7 +118,7 @@ def acquire(model_dir: str, *, chief: bool | None = None) -> RunLock:
     if path in _held and _same_process(_read_holder(path), me):
         _held[path] += 1  # A nested acquisition by the holder itself.
         return RunLock(path, _holders[path])
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
     for _ in range(3):  # Retried only after taking over a stale lock.
         holder = {**me, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         if _create(path, holder):
@@ -118,7 +129,14 @@ def acquire(model_dir: str, *, chief: bool | None = None) -> RunLock:
 
 
 def _create(path: str, holder: dict[str, Any]) -> bool:
-    """Creates the lock file holding `holder`, atomically; False if it exists."""
+    """Creates the lock file holding `holder`, atomically; False if it exists. (On an
+    object store: written if absent, which is not atomic.)"""
+    if not _is_local(path):
+        target = epath.Path(path)
+        if target.exists():
+            return False
+        target.write_text(json.dumps(holder))
+        return True
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
@@ -133,9 +151,8 @@ def _create(path: str, holder: dict[str, Any]) -> bool:
 def _read_holder(path: str) -> dict[str, Any] | None:
     """The lock file's contents; None if it is missing or not (yet) a JSON object."""
     try:
-        with open(path) as f:
-            holder = json.load(f)
-    except (OSError, ValueError):
+        holder = json.loads(epath.Path(path).read_text())
+    except Exception:  # OSError, a half-written file, or a cloud filesystem's own errors.
         return None
     return holder if isinstance(holder, dict) else None
 
@@ -163,7 +180,7 @@ def _take_over_if_stale(path: str, model_dir: str) -> None:
     ConfigError naming the holder when it is alive, on another host, or unreadable."""
     holder = _read_holder(path)
     if holder is None:
-        if not os.path.exists(path):
+        if not epath.Path(path).exists():
             return  # Released meanwhile: try again.
         raise ConfigError(
             f"MODEL_DIR {model_dir!r} is locked by {path!r}, which is unreadable (a run "
@@ -182,6 +199,10 @@ def _take_over_if_stale(path: str, model_dir: str) -> None:
             f"MODEL_DIR {model_dir!r} is in use by another run, {who}; wait for it or stop "
             f"it (if that process is not a run, remove {path!r})"
         )
+    if not _is_local(path):  # No atomic rename to rely on: delete it.
+        epath.Path(path).unlink(missing_ok=True)
+        _warn_stale(path, who)
+        return
     # Move the stale file aside before deleting it: if another process took it over and
     # created a fresh lock in between, what was moved is that fresh lock, and goes back.
     aside = f"{path}.stale.{os.getpid()}"
@@ -197,6 +218,10 @@ def _take_over_if_stale(path: str, model_dir: str) -> None:
         os.unlink(aside)
         raise ConfigError(f"MODEL_DIR {model_dir!r} was just locked by another run ({path!r})")
     os.unlink(aside)
+    _warn_stale(path, who)
+
+
+def _warn_stale(path: str, who: str) -> None:
     print(
         f"WARNING: taking over the stale lock {path!r} of {who}, which is no longer running",
         file=sys.stderr,

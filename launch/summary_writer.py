@@ -4,34 +4,87 @@ Event files are written with `tensorboard`'s record format and protos through a 
 file: its own EventFileWriter opens files through `tensorboard.compat.tf`, which imports
 all of TensorFlow whenever it is installed (seconds per run). `tensorboard --logdir
 PARENT` then compares runs.
+
+Every file goes through `etils.epath.Path` (as orbax and tfds do), so MODEL_DIR may be a
+cloud path (`gs://bucket/run`, with the GCS filesystem installed) as well as a local one.
+Object stores cannot append: there metrics.jsonl is rewritten whole at each record
+(`append_text`), while a local file is appended to as before.
 """
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
 import socket
 import time
 from collections.abc import Mapping
+from typing import Any
 
+from etils import epath
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
 _file_counter = itertools.count()
 
+PathLike = str | os.PathLike
+
+
+def is_local(path: PathLike) -> bool:
+    """Whether `path` is on the local filesystem (not a `scheme://` cloud path)."""
+    return "://" not in os.fspath(path)
+
+
+def join(directory: PathLike, *parts: str) -> str:
+    """`directory/parts...` as a string: local paths made absolute (messages name them so),
+    cloud paths (`gs://...`) joined as they are."""
+    path = epath.Path(directory).joinpath(*parts)
+    return os.path.abspath(os.fspath(path)) if is_local(path) else os.fspath(path)
+
+
+def append_text(path: PathLike, text: str) -> None:
+    """Appends `text` to the file `path` (created if missing). A local file is opened in
+    append mode; an object store (GCS, S3) cannot append, so there the file is read and
+    rewritten whole, which a run's metrics.jsonl (thousands of lines) affords."""
+    target = epath.Path(path)
+    if is_local(path):
+        with target.open("a") as f:
+            f.write(text)
+        return
+    old = target.read_text() if target.exists() else ""
+    target.write_text(old + text)
+
+
+def write_text_atomic(path: PathLike, text: str) -> None:
+    """Writes `text` to `path` through a temporary file renamed over it: a reader (or a
+    kill) never sees half a file. On an object store the rename is a copy and a delete."""
+    target = epath.Path(path)
+    tmp = target.parent / (target.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(target)
+
+
+def write_json(path: PathLike, obj: Any) -> None:
+    """`obj` as indented JSON at `path`, atomically (`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(obj, indent=2, default=str))
+
+
+def read_json(path: PathLike) -> Any:
+    return json.loads(epath.Path(path).read_text())
+
 
 class EventFile:
     """One TensorBoard event file in `directory`, named as TensorBoard expects."""
 
-    def __init__(self, directory: str):
-        os.makedirs(directory, exist_ok=True)
+    def __init__(self, directory: PathLike):
+        epath.Path(directory).mkdir(parents=True, exist_ok=True)
         name = (
             f"events.out.tfevents.{time.time():010.0f}.{socket.gethostname()}."
             f"{os.getpid()}.{next(_file_counter)}"
         )
-        self.path = os.path.join(directory, name)
-        self._records = RecordWriter(open(self.path, "wb"))
+        self.path = os.fspath(epath.Path(directory) / name)
+        self._records = RecordWriter(epath.Path(self.path).open("wb"))
         self.add_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def add_event(self, event: event_pb2.Event) -> None:
@@ -47,15 +100,15 @@ class EventFile:
 class ScalarWriter:
     """Scalars into MODEL_DIR/<split>/events.* (TensorBoard) and MODEL_DIR/metrics.jsonl."""
 
-    def __init__(self, model_dir: str, enabled: bool = True):
-        self._dir = model_dir
+    def __init__(self, model_dir: PathLike, enabled: bool = True):
+        self._dir = os.fspath(model_dir)
         self._enabled = enabled
         self._writers: dict[str, EventFile] = {}
-        self.jsonl_path = os.path.join(model_dir, "metrics.jsonl")
+        self.jsonl_path = os.fspath(epath.Path(model_dir) / "metrics.jsonl")
 
     def _writer(self, split: str) -> EventFile:
         if split not in self._writers:
-            self._writers[split] = EventFile(os.path.join(self._dir, split))
+            self._writers[split] = EventFile(epath.Path(self._dir) / split)
         return self._writers[split]
 
     def restart_at(self, step: int, splits=("train", "eval")) -> None:
@@ -67,16 +120,13 @@ class ScalarWriter:
         """
         if not self._enabled:
             return
-        if os.path.exists(self.jsonl_path):
+        if epath.Path(self.jsonl_path).exists():
             kept = [
                 line.rstrip("\n") + "\n"
                 for line, record in _records(self.jsonl_path)
                 if record["step"] <= step
             ]
-            tmp = self.jsonl_path + ".tmp"
-            with open(tmp, "w") as f:
-                f.writelines(kept)
-            os.replace(tmp, self.jsonl_path)
+            write_text_atomic(self.jsonl_path, "".join(kept))
         for split in splits:
             event = event_pb2.Event(
                 wall_time=time.time(),
@@ -95,8 +145,9 @@ class ScalarWriter:
         self._writer(split).add_event(
             event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary)
         )
-        with open(self.jsonl_path, "a") as f:
-            f.write(json.dumps({"step": int(step), "split": split, **values}) + "\n")
+        append_text(
+            self.jsonl_path, json.dumps({"step": int(step), "split": split, **values}) + "\n"
+        )
 
     def flush(self) -> None:
         for w in self._writers.values():
@@ -108,14 +159,14 @@ class ScalarWriter:
         self._writers.clear()
 
 
-def _records(path: str) -> list[tuple[str, dict]]:
+def _records(path: PathLike) -> list[tuple[str, dict]]:
     """(line, record) of each line of a metrics.jsonl.
 
     A last line that does not parse is what a kill in the middle of an append leaves; it is
     no record and is skipped. A bad line before the last is real damage and raises.
     """
-    with open(path) as f:
-        lines = [line for line in f if line.strip()]
+    # Lines as iterating the file gives them (split at "\n" only).
+    lines = [line for line in io.StringIO(epath.Path(path).read_text()) if line.strip()]
     out = []
     for i, line in enumerate(lines):
         try:
@@ -126,6 +177,6 @@ def _records(path: str) -> list[tuple[str, dict]]:
     return out
 
 
-def read_metrics(model_dir: str) -> list[dict]:
+def read_metrics(model_dir: PathLike) -> list[dict]:
     """All records of MODEL_DIR/metrics.jsonl, in order (a half-written last line skipped)."""
-    return [record for _, record in _records(os.path.join(model_dir, "metrics.jsonl"))]
+    return [record for _, record in _records(epath.Path(model_dir) / "metrics.jsonl")]

@@ -11,17 +11,22 @@
   metrics.jsonl, the non-finite checks).
 
 The loop follows the Flax WMT/LM1B examples: a jitted step on a donated state, periodic
-evaluation on fixed held-out batches, Orbax checkpoints, TensorBoard scalars.
+evaluation on fixed held-out batches, Orbax checkpoints, TensorBoard scalars. On top:
+mixed precision (`compute_dtype`), gradient accumulation over micro-batches inside the
+step (`grad_accum_steps`), a profiler window (`profile_steps`), fine-tuning from another
+run's parameters (`init_from`), evaluation-only (`Trainer.evaluate_checkpoint`), and every
+file of MODEL_DIR through `etils.epath` (cloud paths).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import datetime
 import functools
 import inspect
-import json
+import logging
 import math
 import os
 import sys
@@ -37,13 +42,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from experiments.errors import ConfigError
 from launch import sharding
 from launch.optimizers import OptimizerSpec, slot_bytes
-from launch.summary_writer import ScalarWriter, read_metrics
+from launch.summary_writer import ScalarWriter, join, read_metrics, write_json
 
 
 class TrainingDiverged(RuntimeError):
@@ -99,6 +105,26 @@ class TrainConfig:
     inject_nonfinite_at_steps: Sequence[int] = ()
     inject_nonfinite_params_at_steps: Sequence[int] = ()
     progress: bool = True
+    # Mixed precision: 'bfloat16' runs the model's activations and matmuls in bfloat16
+    # (its `dtype` where it has one, and the parameters and float inputs cast at the loss);
+    # parameters, gradients and optimizer slots stay float32, and the cross-entropy and
+    # softmax are computed in float32 (experiments/objectives.py, experiments/layers.py).
+    compute_dtype: str = "float32"
+    # Gradient accumulation: each step's global batch is split into this many equal
+    # micro-batches, whose gradients are summed inside the step (jax.lax.scan), weighted
+    # so that the update is that of the whole batch (see `train_step`). A step is still one
+    # optimizer update on the batch of `batch_size` examples, the step counter, schedules
+    # and batch sampler (a pure function of (seed, step)) are unchanged.
+    grad_accum_steps: int = 1
+    # (start, count): the 1-based steps start .. start + count - 1 are traced by the JAX
+    # profiler into MODEL_DIR/profile (TensorBoard's profile plugin, Perfetto); count 0
+    # turns it off.
+    profile_steps: Sequence[int] = (0, 0)
+    # Fine-tuning: at a fresh start (no checkpoint of its own), the parameters of this
+    # other run's MODEL_DIR (its newest checkpoint, or `init_from_step`) whose path and
+    # shape match the model's; the others keep their initialization.
+    init_from: str | None = None
+    init_from_step: int | None = None
     # Not a binding: `run.py --dry_run` builds a config without a MODEL_DIR.
     dry_run: bool = False
 
@@ -133,6 +159,45 @@ class TrainConfig:
         for split in self.eval_splits:
             if split not in ("train", "val", "test"):
                 problems.append(f"train.eval_splits: unknown split {split!r} (train, val, test)")
+        if isinstance(self.compute_dtype, str) or self.compute_dtype is None:
+            dtype = self.compute_dtype
+        else:  # A jnp dtype bound in Python.
+            dtype = np.dtype(self.compute_dtype).name
+        if dtype not in COMPUTE_DTYPES:
+            problems.append(
+                f"train.compute_dtype (COMPUTE_DTYPE) must be one of {COMPUTE_DTYPES}, got "
+                f"{self.compute_dtype!r}"
+            )
+        else:
+            object.__setattr__(self, "compute_dtype", dtype)
+        accum = self.grad_accum_steps
+        if not _positive_int(accum):
+            problems.append(
+                f"train.grad_accum_steps (GRAD_ACCUM_STEPS) must be a positive integer, got "
+                f"{accum!r}"
+            )
+        elif accum > 1 and getattr(self.task, "state_collections", ()):
+            problems.append(
+                f"train.grad_accum_steps (GRAD_ACCUM_STEPS) = {accum}: the task carries a "
+                f"recurrent state over the rows of the whole batch "
+                f"({tuple(self.task.state_collections)}), which micro-batches cannot split"
+            )
+        problems.extend(_profile_problems(self.profile_steps, self.train_steps))
+        if self.init_from is not None and (
+            not isinstance(self.init_from, str) or not self.init_from
+        ):
+            problems.append(
+                f"train.init_from (INIT_FROM) must be None or a MODEL_DIR path, got "
+                f"{self.init_from!r}"
+            )
+        if self.init_from_step is not None and (
+            not _positive_int(self.init_from_step) or self.init_from is None
+        ):
+            problems.append(
+                "train.init_from_step (INIT_FROM_STEP) must be None or a positive step, with "
+                f"train.init_from set; got {self.init_from_step!r} (INIT_FROM "
+                f"{self.init_from!r})"
+            )
         if isinstance(self.fsdp_min_size, bool) or not isinstance(self.fsdp_min_size, int):
             problems.append(
                 f"train.fsdp_min_size (FSDP_MIN_SIZE) must be an integer, got "
@@ -154,9 +219,21 @@ class TrainConfig:
                         f"{name}={value} is not divisible by the {n_dev} devices of the mesh "
                         f"({_mesh_text(mesh)}; the batch is split over all of them)"
                     )
+            if (
+                _positive_int(self.batch_size)
+                and _positive_int(accum)
+                and accum > 1
+                and self.batch_size % (accum * n_dev)
+            ):
+                problems.append(
+                    f"BATCH_SIZE={self.batch_size} is not divisible by GRAD_ACCUM_STEPS="
+                    f"{accum} x the {n_dev} devices of the mesh (train.grad_accum_steps: "
+                    "each micro-batch is split over every device)"
+                )
         if problems:
             raise ConfigError("; ".join(problems))
         object.__setattr__(self, "eval_splits", tuple(self.eval_splits))
+        object.__setattr__(self, "profile_steps", tuple(self.profile_steps))
         object.__setattr__(self, "inject_nonfinite_at_steps", tuple(self.inject_nonfinite_at_steps))
         object.__setattr__(
             self, "inject_nonfinite_params_at_steps", tuple(self.inject_nonfinite_params_at_steps)
@@ -180,6 +257,33 @@ class TrainConfig:
 
 def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+_PROFILE_BINDING = "train.profile_steps (PROFILE_START, PROFILE_STEPS)"
+
+
+def _profile_problems(window: Any, train_steps: Any) -> list[str]:
+    """What is wrong with a `profile_steps` binding: (start, count), count 0 = off."""
+    ok = (
+        isinstance(window, Sequence)
+        and not isinstance(window, str)
+        and len(window) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in window)
+    )
+    if not ok:
+        return [f"{_PROFILE_BINDING} must be (start, count), two integers >= 0, got {window!r}"]
+    start, count = window
+    if count == 0:
+        return []
+    if start < 1:
+        return [f"{_PROFILE_BINDING} = {tuple(window)}: the first traced step must be >= 1"]
+    if _positive_int(train_steps) and start + count - 1 > train_steps:
+        return [
+            f"{_PROFILE_BINDING} = {tuple(window)}: steps {start}..{start + count - 1} go past "
+            f"TRAIN_STEPS={train_steps}"
+        ]
+    return []
 
 
 def _mesh_text(mesh: Mapping[str, int]) -> str:
@@ -290,6 +394,166 @@ def init_train_state(
     )
 
 
+# ---------------------------------------------------------------------- precision
+def compute_model(model: nn.Module, compute_dtype: str | None) -> nn.Module:
+    """`model` computing in `compute_dtype`, the Flax way where the model has a `dtype`
+    (a field of its own, or of its `config` dataclass: BERT, T5): a clone with it set.
+    Its parameters are still created in float32 (Flax's `param_dtype`); a model without
+    one (GPT, LSTM, ResNet) computes in the dtype of its (cast) parameters and inputs."""
+    if compute_dtype in (None, "float32") or not dataclasses.is_dataclass(model):
+        return model
+    dtype = jnp.dtype(compute_dtype)
+    fields = {f.name for f in dataclasses.fields(model)}
+    if "dtype" in fields:
+        return model.clone(dtype=dtype)
+    config = getattr(model, "config", None)
+    if dataclasses.is_dataclass(config) and "dtype" in {f.name for f in dataclasses.fields(config)}:
+        return model.clone(config=dataclasses.replace(config, dtype=dtype))
+    return model
+
+
+def cast_floats(tree: Any, compute_dtype: str | None) -> Any:
+    """`tree` with its floating-point leaves in `compute_dtype` (None, float32: as is)."""
+    if compute_dtype in (None, "float32"):
+        return tree
+    dtype = jnp.dtype(compute_dtype)
+    return jax.tree_util.tree_map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+    )
+
+
+def _cast_inputs(task: Any, batch: Mapping[str, Any], compute_dtype: str | None) -> dict:
+    """The batch with the model's float inputs (the objective's `inputs`, e.g. images) in
+    `compute_dtype`; targets and weights stay as they are (the loss is float32)."""
+    if compute_dtype in (None, "float32"):
+        return batch
+    inputs = getattr(getattr(task, "objective", None), "inputs", None)
+    return {
+        k: cast_floats(v, compute_dtype) if inputs is None or k in inputs else v
+        for k, v in batch.items()
+    }
+
+
+def _like(new: Any, old: Any) -> Any:
+    """`new` (updated collections) in the dtypes of `old` where the trees match, so the
+    state keeps its dtypes whatever the compute dtype (e.g. the LSTM's carried state)."""
+    if jax.tree_util.tree_structure(new) != jax.tree_util.tree_structure(old):
+        return new
+    return jax.tree_util.tree_map(lambda n, o: n.astype(o.dtype), new, old)
+
+
+def _keep_dtypes(model_state: dict, old: dict) -> dict:
+    return {k: _like(v, old[k]) if k in old else v for k, v in model_state.items()}
+
+
+# ---------------------------------------------------------------------- accumulation
+def loss_normalization(task: Any) -> str:
+    """How the task's training loss normalizes its summed cross-entropy: its objective's
+    `normalization` ("mean", "sum", "sqrt"; experiments/objectives.py), else "mean"."""
+    return getattr(getattr(task, "objective", None), "normalization", "mean")
+
+
+def normalizer(normalization: str, count: jax.Array) -> jax.Array:
+    """The divisor that turns the summed cross-entropy over `count` targets into the
+    training loss: max(count, 1) for "mean", sqrt(max(count, 1)) for "sqrt", 1 for "sum"."""
+    count = jnp.maximum(jnp.asarray(count, jnp.float32), 1.0)
+    if normalization == "mean":
+        return count
+    if normalization == "sqrt":
+        return jnp.sqrt(count)
+    if normalization == "sum":
+        return jnp.ones((), jnp.float32)
+    raise ValueError(f"unknown loss normalization {normalization!r}")
+
+
+def micro_batches(batch: Mapping[str, jax.Array], k: int) -> dict[str, jax.Array]:
+    """`batch` split into `k` equal micro-batches along a new leading axis: micro-batch i
+    holds rows i, i + k, i + 2k, ... Interleaved rows, so that every micro-batch has rows
+    on every device when the batch's rows are split over the mesh in contiguous blocks."""
+
+    def split(x):
+        rows = x.shape[0]
+        return jnp.swapaxes(x.reshape((rows // k, k) + x.shape[1:]), 0, 1)
+
+    return {key: split(value) for key, value in batch.items()}
+
+
+def _accumulated_gradients(
+    params: Any,
+    model_state: dict,
+    batch: Mapping[str, jax.Array],
+    rng: jax.Array,
+    loss_fn: Callable,
+    *,
+    k: int,
+    normalization: str,
+):
+    """(loss, accuracy, token_loss, model_state, grads) of the whole batch from `k`
+    micro-batches, one after the other (jax.lax.scan: one micro-batch's activations live
+    at a time).
+
+    Exact accumulation: with the task's normalization (`normalizer`: N(n) = max(n, 1),
+    sqrt(max(n, 1)) or 1 for n targets), micro-batch i's loss is S_i / N(n_i), S_i its
+    summed cross-entropy. The whole batch's loss is (sum_i S_i) / N(sum_i n_i), and since
+    the counts do not depend on the parameters its gradient is
+    sum_i N(n_i) grad(loss_i) / N(sum_i n_i): each micro-batch's gradient is weighted by
+    N(n_i), the sum divided by N of the total count. For the per-target mean with equal
+    counts (GPT: every position a target) that is the mean of the micro-batch gradients;
+    for a masked LM's sum / sqrt(count), whose masked-token counts differ from one
+    micro-batch to the next, a plain mean of micro-batch gradients would not be the
+    batch's. `token_loss` and `accuracy` are the count-weighted means, as over the whole
+    batch. A task that reports no `num_targets` gets equal weights (its micro-batches'
+    mean). Non-parameter collections are threaded through the micro-batches in order
+    (batch statistics are then those of each micro-batch, updated k times per step).
+    """
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    counted: list[bool] = []  # Whether the task reports num_targets (seen when tracing).
+
+    def body(carry, xs):
+        grads_sum, model_state, sums = carry
+        index, micro = xs
+        (loss, (metrics, updated)), grads = grad_fn(
+            params, micro, model_state, jax.random.fold_in(rng, index)
+        )
+        counted.append("num_targets" in metrics)
+        if counted[-1]:
+            count = jnp.asarray(metrics["num_targets"], jnp.float32)
+            weight = normalizer(normalization, count)
+        else:
+            count = weight = jnp.ones((), jnp.float32)
+        per_target = jnp.maximum(count, 1.0)
+        grads_sum = jax.tree_util.tree_map(lambda a, g: a + weight * g, grads_sum, grads)
+        sums = {
+            "loss": sums["loss"] + weight * loss,
+            "token_loss": sums["token_loss"] + metrics.get("token_loss", loss) * per_target,
+            "accuracy": sums["accuracy"] + metrics["accuracy"] * per_target,
+            "count": sums["count"] + count,
+        }
+        model_state = _keep_dtypes({**model_state, **updated}, model_state)
+        return (grads_sum, model_state, sums), None
+
+    zero = jnp.zeros((), jnp.float32)
+    init = (
+        jax.tree_util.tree_map(jnp.zeros_like, params),
+        model_state,
+        {"loss": zero, "token_loss": zero, "accuracy": zero, "count": zero},
+    )
+    (grads_sum, model_state, sums), _ = jax.lax.scan(
+        body, init, (jnp.arange(k), micro_batches(batch, k))
+    )
+    norm = normalizer(normalization if counted[0] else "mean", sums["count"])
+    grads = jax.tree_util.tree_map(lambda g: (g / norm).astype(g.dtype), grads_sum)
+    per_target = jnp.maximum(sums["count"], 1.0)
+    return (
+        sums["loss"] / norm,
+        sums["accuracy"] / per_target,
+        sums["token_loss"] / per_target,
+        model_state,
+        grads,
+    )
+
+
+# ---------------------------------------------------------------------- steps
 def train_step(
     state: TrainState,
     batch: Mapping[str, jax.Array],
@@ -301,32 +565,64 @@ def train_step(
     skip_nonfinite: bool = False,
     inject_nonfinite_at_steps: Sequence[int] = (),
     inject_nonfinite_params_at_steps: Sequence[int] = (),
+    compute_dtype: str | None = None,
+    grad_accum_steps: int = 1,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on `batch`: the new state and the step's metrics (`loss`,
     `token_loss`, `accuracy`, `grad_norm`, `param_norm`, `finite`, `update_finite`).
 
-    The dropout key of step t is `fold_in(key(seed), t)`. A step whose loss, gradient or
-    update is non-finite has `finite` False; with `skip_nonfinite` it leaves the
-    parameters, slots and model state as they were (the step counter still advances).
-    The `inject_*` arguments are the testing hooks of TrainConfig.
+    The dropout key of step t is `fold_in(key(seed), t)` (of its micro-batch i,
+    `fold_in` of that with i). A step whose loss, gradient or update is non-finite has
+    `finite` False; with `skip_nonfinite` it leaves the parameters, slots and model state
+    as they were (the step counter still advances). The `inject_*` arguments are the
+    testing hooks of TrainConfig. `compute_dtype` (None: float32) is the dtype of the
+    forward and backward pass (`compute_model`, `cast_floats`); the parameters, their
+    gradients and the optimizer state stay in their own (float32). `grad_accum_steps` > 1
+    splits the batch into that many micro-batches whose gradients are accumulated exactly
+    (`_accumulated_gradients`): the same update as the whole batch at once, to float32
+    rounding.
     """
     step = state.step + 1  # The 1-based number of the step being taken.
     rng = jax.random.fold_in(jax.random.key(seed), step)
     inject = jnp.asarray(tuple(inject_nonfinite_at_steps) or (-1,), jnp.int32)
+    computing = compute_model(model, compute_dtype)
 
-    def loss_fn(params):
-        loss, metrics, model_state = task.loss(
-            model, {"params": params, **state.model_state}, batch, train=True, rng=rng
+    def micro_loss(params, micro, model_state, micro_rng):
+        variables = {"params": cast_floats(params, compute_dtype), **model_state}
+        loss, metrics, updated = task.loss(
+            computing,
+            variables,
+            _cast_inputs(task, micro, compute_dtype),
+            train=True,
+            rng=micro_rng,
+        )
+        return loss, (metrics, updated)
+
+    if grad_accum_steps == 1:
+
+        def loss_fn(params):
+            loss, (metrics, model_state) = micro_loss(params, batch, state.model_state, rng)
+            loss = jnp.where(jnp.any(inject == step), jnp.nan, loss)
+            # The per-token loss, whatever the training loss's normalization.
+            token_loss = metrics.get("token_loss", loss)
+            return loss, (metrics["accuracy"], token_loss, model_state)
+
+        (loss, (acc, token_loss, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
+        model_state = {**state.model_state, **model_state}
+    else:
+        loss, acc, token_loss, model_state, grads = _accumulated_gradients(
+            state.params,
+            state.model_state,
+            batch,
+            rng,
+            micro_loss,
+            k=grad_accum_steps,
+            normalization=loss_normalization(task),
         )
         loss = jnp.where(jnp.any(inject == step), jnp.nan, loss)
-        # The per-token loss, whatever the training loss's normalization.
-        token_loss = metrics.get("token_loss", loss)
-        return loss, (metrics["accuracy"], token_loss, model_state)
-
-    (loss, (acc, token_loss, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params
-    )
-    model_state = {**state.model_state, **model_state}
+    model_state = _keep_dtypes(model_state, state.model_state)
     grad_norm = tree_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -359,19 +655,66 @@ def train_step(
     return new_state, metrics
 
 
-def eval_step(
-    state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module, task: Any, seed: int = 0
-) -> tuple[jax.Array, jax.Array]:
-    """(per-token loss, accuracy) of the state on one held-out batch."""
-    loss, metrics, _ = task.loss(
-        model,
-        {"params": state.params, **state.model_state},
-        batch,
+def _eval_loss(
+    state: TrainState,
+    model_state: Mapping[str, Any],
+    batch: Mapping[str, jax.Array],
+    *,
+    model: nn.Module,
+    task: Any,
+    seed: int,
+    compute_dtype: str | None,
+):
+    return task.loss(
+        compute_model(model, compute_dtype),
+        {"params": cast_floats(state.params, compute_dtype), **model_state},
+        _cast_inputs(task, batch, compute_dtype),
         train=False,
         rng=jax.random.key(seed),
     )
+
+
+def eval_counted_step(
+    state: TrainState,
+    batch: Mapping[str, jax.Array],
+    *,
+    model: nn.Module,
+    task: Any,
+    seed: int = 0,
+    compute_dtype: str | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(per-token loss, accuracy, number of targets) of the state on one held-out batch.
+    The count is the objective's `num_targets` (the weighted targets: a padded GLUE
+    batch's real examples), or 1 where it reports none; the trainer weights each batch's
+    means by it, so that an evaluation is the exact per-target mean over its batches."""
+    loss, metrics, _ = _eval_loss(
+        state,
+        state.model_state,
+        batch,
+        model=model,
+        task=task,
+        seed=seed,
+        compute_dtype=compute_dtype,
+    )
+    count = jnp.asarray(metrics.get("num_targets", 1.0), jnp.float32)
     # The per-token loss where the objective is a sum (see Task.loss).
-    return metrics.get("token_loss", loss), metrics["accuracy"]
+    return metrics.get("token_loss", loss), metrics["accuracy"], count
+
+
+def eval_step(
+    state: TrainState,
+    batch: Mapping[str, jax.Array],
+    *,
+    model: nn.Module,
+    task: Any,
+    seed: int = 0,
+    compute_dtype: str | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """(per-token loss, accuracy) of the state on one held-out batch."""
+    loss, accuracy, _ = eval_counted_step(
+        state, batch, model=model, task=task, seed=seed, compute_dtype=compute_dtype
+    )
+    return loss, accuracy
 
 
 def eval_carry_step(
@@ -383,18 +726,21 @@ def eval_carry_step(
     task: Any,
     state_collections: Sequence[str],
     seed: int = 0,
+    compute_dtype: str | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, dict[str, Any]]:
     """One batch of an evaluation that threads `state_collections` (the recurrent state)
     from batch to batch: (token loss, accuracy, target count, the collections after it).
     `carried` holds them after the previous batch (zeros, or {} for the model to make
     them, at the first); the training state's own are left out."""
     others = {k: v for k, v in state.model_state.items() if k not in state_collections}
-    loss, metrics, updated = task.loss(
-        model,
-        {"params": state.params, **others, **carried},
+    loss, metrics, updated = _eval_loss(
+        state,
+        {**others, **carried},
         batch,
-        train=False,
-        rng=jax.random.key(seed),
+        model=model,
+        task=task,
+        seed=seed,
+        compute_dtype=compute_dtype,
     )
     carried = {k: updated[k] for k in state_collections}
     return metrics["token_loss"], metrics["accuracy"], metrics["num_targets"], carried
@@ -405,7 +751,9 @@ class Checkpointer:
     """Orbax checkpoints of the train state in `directory`, sharded as the state is (the
     abstract state carries the shardings, so a restore lays every array out as training
     does). Only states known finite are saved; a restore takes the newest checkpoint that
-    restores, moving damaged newer ones aside."""
+    restores, moving damaged newer ones aside. `read_only` (evaluation-only, another
+    run's checkpoints) creates, saves, deletes and moves nothing: a damaged checkpoint is
+    only skipped."""
 
     def __init__(
         self,
@@ -415,16 +763,17 @@ class Checkpointer:
         abstract_state: TrainState,
         state_finite: Callable[[TrainState], jax.Array],
         is_chief: bool,
+        read_only: bool = False,
     ):
         self.directory = directory
         self.abstract_state = abstract_state
         self.state_finite = state_finite
         self.is_chief = is_chief
+        self.read_only = read_only
         # The newest step saved or restored by this run: what a restart would resume from.
         self.last_good: int | None = None
-        self.manager = ocp.CheckpointManager(
-            directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-        )
+        self.manager = _checkpoint_manager(directory, keep=keep, read_only=read_only)
+        self._closed = False
 
     def save(self, step: int, state: TrainState, train_time: float) -> None:
         self.manager.save(
@@ -437,6 +786,9 @@ class Checkpointer:
         self.last_good = step
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self.manager.wait_until_finished()
         self.manager.close()
 
@@ -464,18 +816,19 @@ class Checkpointer:
                 reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
                 _warn(
                     self.is_chief,
-                    f"checkpoint {os.path.join(self.directory, str(step))} cannot be "
+                    f"checkpoint {join(self.directory, str(step))} cannot be "
                     f"restored ({type(e).__name__}: {reason})",
                 )
                 failed.append(step)
                 continue
             if failed:
-                self._move_aside(failed)
+                if not self.read_only:
+                    self._move_aside(failed)
                 _warn(self.is_chief, f"falling back to the checkpoint of step {step}")
             self.last_good = step
             return state, train_time, step
         if failed:
-            self.manager.close()
+            self.close()
             raise ConfigError(
                 f"no checkpoint in {self.directory} can be restored (steps "
                 f"{sorted(failed)}): damaged, or written by another configuration (model, "
@@ -502,17 +855,52 @@ class Checkpointer:
         makes the manager forget them."""
         if self.is_chief:
             for step in steps:
-                path = os.path.join(self.directory, str(step))
+                path = join(self.directory, str(step))
                 aside, n = f"{path}.corrupt", 1
-                while os.path.exists(aside):
+                while epath.Path(aside).exists():
                     aside, n = f"{path}.corrupt.{n}", n + 1
-                os.rename(path, aside)
+                epath.Path(path).rename(aside)
                 _warn(self.is_chief, f"moved the damaged checkpoint {path} to {aside}")
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices("checkpoints moved aside")
         self.manager.reload()
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    """Silences absl's warnings meanwhile (orbax's 'Given directory is read only', which
+    a read-only checkpoint manager logs by design)."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _checkpoint_manager(directory: str, *, keep: int, read_only: bool) -> ocp.CheckpointManager:
+    if not read_only:
+        return ocp.CheckpointManager(
+            directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+        )
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+    with _quiet_absl():
+        return ocp.CheckpointManager(directory, options=options)
+
+
+def checkpoint_steps(directory: str) -> list[int]:
+    """The steps of the finished checkpoints in `directory` (orbax's list: one being
+    written is not among them), read-only; [] if there is no such directory."""
+    if not epath.Path(directory).is_dir():
+        return []
+    manager = _checkpoint_manager(directory, keep=1, read_only=True)
+    try:
+        return sorted(manager.all_steps())
+    finally:
+        manager.close()
 
 
 # ---------------------------------------------------------------------- metrics
@@ -568,7 +956,7 @@ class MetricsLogger:
         earlier try left (it died before its first checkpoint)."""
         if step is not None:
             self.writer.restart_at(step)
-        elif os.path.exists(self.writer.jsonl_path):
+        elif epath.Path(self.writer.jsonl_path).exists():
             self.writer.restart_at(-1)
 
     def start_interval(self) -> None:
@@ -651,6 +1039,9 @@ class Trainer:
             "max_consecutive_skipped_steps",
             "first_checkpoint_at",
             "progress",
+            "profile_steps",
+            "init_from",
+            "init_from_step",
         }
     )
 
@@ -681,6 +1072,8 @@ class Trainer:
         self.rows = slice(index * per_host, (index + 1) * per_host)
         eval_per_host = c.global_eval_batch_size // n_proc
         self.eval_rows = slice(index * eval_per_host, (index + 1) * eval_per_host)
+        # What `load_pretrained` loaded (init_from), once it has.
+        self.init_report: dict[str, Any] | None = None
         self._build_functions()
 
     @property
@@ -689,7 +1082,7 @@ class Trainer:
 
     @property
     def checkpoint_dir(self) -> str:
-        return os.path.abspath(os.path.join(self.config.model_dir, "checkpoints"))
+        return join(self.config.model_dir, "checkpoints")
 
     def replace(self, **changes) -> Trainer:
         """A copy running with other loop settings (`LOOP_SETTINGS`, e.g. another
@@ -722,6 +1115,8 @@ class Trainer:
             self.state_sharding,
         )
         self.init_state = jax.jit(init, static_argnums=0, out_shardings=self.state_sharding)
+        # float32 passes None: its steps are exactly those of a run before mixed precision.
+        dtype = None if c.compute_dtype == "float32" else c.compute_dtype
         self.train_step = jax.jit(
             functools.partial(
                 train_step,
@@ -732,13 +1127,17 @@ class Trainer:
                 skip_nonfinite=c.skip_nonfinite_steps,
                 inject_nonfinite_at_steps=c.inject_nonfinite_at_steps,
                 inject_nonfinite_params_at_steps=c.inject_nonfinite_params_at_steps,
+                compute_dtype=dtype,
+                grad_accum_steps=c.grad_accum_steps,
             ),
             donate_argnums=0,
             in_shardings=(self.state_sharding, self.batch_sharding),
             out_shardings=(self.state_sharding, self.replicated),
         )
         self.eval_step = jax.jit(
-            functools.partial(eval_step, model=model, task=task, seed=c.seed),
+            functools.partial(
+                eval_counted_step, model=model, task=task, seed=c.seed, compute_dtype=dtype
+            ),
             in_shardings=(self.state_sharding, self.batch_sharding),
             out_shardings=self.replicated,
         )
@@ -749,7 +1148,15 @@ class Trainer:
                 task=task,
                 seed=c.seed,
                 state_collections=self.state_collections,
+                compute_dtype=dtype,
             )
+        )
+        # The fine-tuning start (`init_from`): other parameters, the optimizer's slots
+        # initialized for them.
+        self.with_params = jax.jit(
+            lambda state, params: state.replace(params=params, opt_state=tx.init(params)),
+            donate_argnums=0,
+            out_shardings=self.state_sharding,
         )
         self.state_finite = jax.jit(all_finite)
         diagnostics = self.opt.diagnostics or (lambda opt_state, params: {})
@@ -838,6 +1245,9 @@ class Trainer:
         return float((loss * count).sum() / total), float((acc * count).sum() / total)
 
     def evaluate(self, state, batches) -> dict[str, float]:
+        """Per split: the loss (per target) and accuracy over its evaluation batches, each
+        batch weighted by its number of targets (`eval_counted_step`): the exact mean over
+        the targets evaluated, padding rows (weight 0) counting for nothing."""
         out = {}
         for split, split_batches in batches.items():
             prefix = "" if split == "val" else f"{split}_"
@@ -845,8 +1255,7 @@ class Trainer:
                 loss, accuracy = self._evaluate_carried(state, split_batches)
             else:
                 results = [self.eval_step(state, b) for b in split_batches]
-                losses, accs = zip(*jax.device_get(results), strict=True)
-                loss, accuracy = float(np.mean(losses)), float(np.mean(accs))
+                loss, accuracy = weighted_means(jax.device_get(results))
             out[f"{prefix}loss"] = loss
             out[f"{prefix}accuracy"] = accuracy
             if self.reports_perplexity:
@@ -916,7 +1325,7 @@ class Trainer:
     def run(self, stop_after: int | None = None) -> dict[str, Any]:
         """Trains to `train_steps` (or `stop_after` steps in this call); returns final.json."""
         c = self.config
-        os.makedirs(c.model_dir, exist_ok=True)
+        epath.Path(c.model_dir).mkdir(parents=True, exist_ok=True)
         logger = MetricsLogger(
             c.model_dir,
             enabled=self.is_chief,
@@ -935,7 +1344,7 @@ class Trainer:
             state, train_time, start = restored
             self._say(f"resumed from checkpoint at step {start} in {c.model_dir}")
         else:
-            state, train_time, start = self.init_state(c.seed), 0.0, 0
+            state, train_time, start = self.initial_state(), 0.0, 0
         logger.resume(start if restored is not None else None)
 
         eval_batches = self._eval_batches()
@@ -947,11 +1356,15 @@ class Trainer:
         end = c.train_steps if stop_after is None else min(c.train_steps, start + stop_after)
         final_eval: dict[str, float] = {}
         step = start
+        profiler = _ProfileWindow(c.profile_steps, join(c.model_dir, "profile"), self._say)
         logger.start_interval()
         try:
             while step < end:
-                state, metrics = self.train_step(state, self.train_batch(step + 1))
+                profiler.before(step + 1)
+                with profiler.annotate(step + 1):
+                    state, metrics = self.train_step(state, self.train_batch(step + 1))
                 step += 1
+                profiler.after(step, state)
                 logger.add(step, metrics)
                 is_eval = step % c.eval_every == 0 or step == c.train_steps
                 is_ckpt = self._is_checkpoint_step(step)
@@ -969,14 +1382,17 @@ class Trainer:
                 logger.flush()
                 logger.start_interval()
         except _Stop as stop:
+            profiler.stop()
             logger.close()
             checkpointer.close()
             raise TrainingDiverged(
                 f"{stop.what}; stopping ({checkpointer.describe_last_good()}). {stop.hint}".rstrip()
             ) from None
+        finally:
+            profiler.stop()
         checkpointer.close()
         logger.close()
-        if not final_eval and self.is_chief and os.path.exists(logger.jsonl_path):
+        if not final_eval and self.is_chief and epath.Path(logger.jsonl_path).exists():
             final_eval = self._recorded_eval(step)
         bad = nonfinite_values(final_eval)
         if bad:  # final.json never holds NaN or Inf.
@@ -994,9 +1410,155 @@ class Trainer:
             "slot_bytes_per_device": self.slot_bytes_per_device,
         }
         if self.is_chief and result["finished"]:
-            with open(os.path.join(c.model_dir, "final.json"), "w") as f:
-                json.dump(result, f, indent=2)
+            write_json(join(c.model_dir, "final.json"), result)
         return result
+
+    # ------------------------------------------------------------------ fine-tuning
+    def initial_state(self) -> TrainState:
+        """The state of a fresh start: the model's initialization, with `init_from`'s
+        parameters where it is set (`load_pretrained`)."""
+        state = self.init_state(self.config.seed)
+        if self.config.init_from:
+            state = self.load_pretrained(state)
+        return state
+
+    def load_pretrained(self, state: TrainState) -> TrainState:
+        """`state` with the parameters of `init_from`'s checkpoint (its newest, or
+        `init_from_step`) copied in by path where the shapes match; the optimizer state
+        is initialized afresh for the result, the non-parameter collections stay.
+
+        Read-only and parameters only: the checkpoint's optimizer state is never read
+        (orbax partial restore of `params`, laid out directly in this run's shardings).
+        A variable of the model absent from the checkpoint keeps its initialization (a
+        classifier head); one present with another shape, or a checkpoint sharing no
+        variable with the model, is a ConfigError naming them with their shapes. Prints
+        what was loaded, what is fresh and what of the checkpoint went unused."""
+        c = self.config
+        binding = "train.init_from (INIT_FROM)"
+        source = join(c.init_from, "checkpoints")
+        steps = checkpoint_steps(source)
+        if not steps:
+            raise ConfigError(
+                f"{binding} = {c.init_from!r}: no checkpoint to start from ({source} holds none)"
+            )
+        step = steps[-1] if c.init_from_step is None else c.init_from_step
+        if step not in steps:
+            raise ConfigError(
+                f"train.init_from_step (INIT_FROM_STEP) = {step}: {source} has the steps {steps}"
+            )
+        item = join(source, str(step), "state")
+        with _quiet_absl():
+            metadata = ocp.PyTreeCheckpointer().metadata(item).item_metadata.tree
+        saved = {
+            path: (tuple(leaf.shape), leaf.dtype)
+            for path, leaf in flax.traverse_util.flatten_dict(
+                dict(metadata.get("params") or {})
+            ).items()
+        }
+        paths, leaves, treedef = _named_leaves(state.params)
+        wanted = dict(zip(paths, leaves, strict=True))
+        where = f"{binding} = {c.init_from!r} (step {step})"
+        mismatched = [p for p in paths if p in saved and saved[p][0] != tuple(wanted[p].shape)]
+        if mismatched:
+            shown = "; ".join(
+                f"{'/'.join(p)}: {saved[p][0]} in the checkpoint, {tuple(wanted[p].shape)} in "
+                "the model"
+                for p in mismatched[:_SHOWN]
+            )
+            more = f"; and {len(mismatched) - _SHOWN} more" if len(mismatched) > _SHOWN else ""
+            raise ConfigError(
+                f"{where}: {len(mismatched)} variable(s) have other shapes than the model's: "
+                f"{shown}{more}"
+            )
+        loaded = [p for p in paths if p in saved]
+        if not loaded:
+            raise ConfigError(
+                f"{where}: the checkpoint shares no variable with the model (checkpoint: "
+                f"{_shapes(saved)}; model: "
+                f"{_shapes({p: (tuple(wanted[p].shape), None) for p in paths})})"
+            )
+        target = flax.traverse_util.unflatten_dict(
+            {
+                p: jax.ShapeDtypeStruct(saved[p][0], saved[p][1], sharding=wanted[p].sharding)
+                for p in loaded
+            }
+        )
+        restore_args = jax.tree_util.tree_map(
+            lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype), target
+        )
+        with _quiet_absl():
+            restored = ocp.PyTreeCheckpointer().restore(
+                item,
+                args=ocp.args.PyTreeRestore(
+                    item={"params": target},
+                    restore_args={"params": restore_args},
+                    partial_restore=True,
+                ),
+            )["params"]
+        flat = flax.traverse_util.flatten_dict(restored)
+        merged = [flat[p].astype(wanted[p].dtype) if p in flat else wanted[p] for p in paths]
+        state = self.with_params(state, jax.tree_util.tree_unflatten(treedef, merged))
+        fresh = [p for p in paths if p not in saved]
+        unused = [p for p in saved if p not in wanted]
+        names = lambda ps: ", ".join("/".join(p) for p in ps) or "none"  # noqa: E731
+        self._say(
+            f"init_from {c.init_from} (step {step}): loaded {len(loaded)} of the model's "
+            f"{len(paths)} variables; fresh (initialized here): {names(fresh)}; unused from "
+            f"the checkpoint: {names(unused)}"
+        )
+        self.init_report = {
+            "path": c.init_from,
+            "step": step,
+            "loaded": ["/".join(p) for p in loaded],
+            "fresh": ["/".join(p) for p in fresh],
+            "unused": ["/".join(p) for p in unused],
+        }
+        return state
+
+    # ------------------------------------------------------------------ evaluation only
+    def evaluate_checkpoint(self) -> dict[str, Any]:
+        """`run.py --eval_only`: evaluates the newest checkpoint of MODEL_DIR that
+        restores, on the configured splits, and writes MODEL_DIR/eval_<step>.json.
+
+        Read-only towards the run: no lock is taken (a trainer may be writing there), and
+        no checkpoint is created, moved or deleted; metrics.jsonl, run.json and
+        config.gin are not touched. A damaged newer checkpoint is skipped with a warning.
+        A MODEL_DIR without a checkpoint is a ConfigError naming it."""
+        c = self.config
+        directory = self.checkpoint_dir
+        if not checkpoint_steps(directory):
+            raise ConfigError(
+                f"--eval_only: MODEL_DIR {c.model_dir!r} has no checkpoint to evaluate "
+                f"(nothing in {directory})"
+            )
+        checkpointer = Checkpointer(
+            directory,
+            keep=c.keep_checkpoints,
+            abstract_state=self.abstract_state,
+            state_finite=self.state_finite,
+            is_chief=self.is_chief,
+            read_only=True,
+        )
+        try:
+            restored = checkpointer.restore()
+        finally:
+            checkpointer.close()
+        if restored is None:  # Deleted between the listing and the restore.
+            raise ConfigError(f"--eval_only: MODEL_DIR {c.model_dir!r} has no checkpoint")
+        state, train_time, step = restored
+        result = {
+            "step": step,
+            "eval": self.evaluate(state, self._eval_batches()),
+            "train_time_s": train_time,
+            "checkpoint": join(directory, str(step)),
+            "eval_splits": list(c.eval_splits),
+            "eval_batches": {s: self._num_eval_batches(s) for s in c.eval_splits},
+            "compute_dtype": c.compute_dtype,
+        }
+        path = join(c.model_dir, f"eval_{step}.json")
+        if self.is_chief:
+            write_json(path, result)
+        return {**result, "path": path}
 
     def _recorded_eval(self, step: int) -> dict[str, float]:
         """The evaluation at `step` from metrics.jsonl: a run restarted on its finished
@@ -1018,6 +1580,77 @@ class Trainer:
     def _say(self, msg: str) -> None:
         if self.is_chief:
             print(msg, flush=True)
+
+
+def weighted_means(results: Sequence[tuple[Any, Any, Any]]) -> tuple[float, float]:
+    """(loss, accuracy) over batches of (loss, accuracy, count): means weighted by the
+    counts, in float64: sum(count * loss) / sum(count)."""
+    loss, acc, count = (np.asarray(x, np.float64) for x in zip(*results, strict=True))
+    total = float(count.sum())
+    if total <= 0:  # No targets at all: the plain means (0 from the objective).
+        return float(loss.mean()), float(acc.mean())
+    return float((loss * count).sum() / total), float((acc * count).sum() / total)
+
+
+_SHOWN = 5  # Variables a fine-tuning mismatch names.
+
+
+def _key_name(key: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _named_leaves(tree: Any) -> tuple[list[tuple[str, ...]], list[Any], Any]:
+    """(paths as tuples of names, leaves, treedef) of a parameter tree."""
+    with_paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    paths = [tuple(_key_name(k) for k in path) for path, _ in with_paths]
+    return paths, [leaf for _, leaf in with_paths], treedef
+
+
+def _shapes(variables: Mapping[tuple[str, ...], tuple[tuple[int, ...], Any]]) -> str:
+    shown = ", ".join(
+        f"{'/'.join(p)} {shape}" for p, (shape, _) in list(variables.items())[:_SHOWN]
+    )
+    more = f", ... ({len(variables)} in all)" if len(variables) > _SHOWN else ""
+    return (shown + more) or "none"
+
+
+class _ProfileWindow:
+    """The JAX profiler around the steps of `profile_steps` = (start, count): tracing
+    starts before step `start` (or the first step of a run resumed inside the window)
+    and stops once step start + count - 1 has run on the device, writing the trace
+    (`*.xplane.pb`, `*.trace.json.gz`) under `log_dir/plugins/profile/<time>/`."""
+
+    def __init__(self, window: Sequence[int], log_dir: str, say: Callable[[str], None]):
+        start, count = window
+        self.first, self.last = start, start + count - 1
+        self.enabled = count > 0
+        self.log_dir, self.say = log_dir, say
+        self.active = False
+
+    def before(self, step: int) -> None:
+        if self.enabled and not self.active and self.first <= step <= self.last:
+            jax.profiler.start_trace(self.log_dir)
+            self.active = True
+            self.enabled = False  # One window per run.
+            self.say(f"profiling steps {step}..{self.last} into {self.log_dir}")
+
+    def annotate(self, step: int):
+        if not self.active:
+            return contextlib.nullcontext()
+        return jax.profiler.StepTraceAnnotation("train", step_num=step)
+
+    def after(self, step: int, state: Any) -> None:
+        if self.active and step >= self.last:
+            jax.block_until_ready(state)
+            self.stop()
+
+    def stop(self) -> None:
+        if self.active:
+            self.active = False
+            jax.profiler.stop_trace()
 
 
 # ---------------------------------------------------------------------- data description

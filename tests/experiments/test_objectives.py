@@ -212,7 +212,12 @@ def test_tasks_batches_hold_their_objectives_keys():
 def test_batch_rng_is_the_recorded_sampler():
     """Batches are drawn from np.random.default_rng([seed, stream, index]) with fixed
     stream numbers: the recorded runs' batches depend on exactly these."""
-    assert BATCH_STREAMS == {("train", "train"): 0, ("val", "eval"): 1, ("train", "eval"): 2}
+    assert BATCH_STREAMS == {
+        ("train", "train"): 0,
+        ("val", "eval"): 1,
+        ("train", "eval"): 2,
+        ("test", "eval"): 3,  # added for the study's test split; 0-2 are unchanged
+    }
     draw = batch_rng(seed=3, split="val", purpose="eval", index=7).integers(0, 10**9, 8)
     np.testing.assert_array_equal(draw, np.random.default_rng([3, 1, 7]).integers(0, 10**9, 8))
     again = batch_rng(seed=3, split="val", purpose="eval", index=7).integers(0, 10**9, 8)
@@ -222,10 +227,11 @@ def test_batch_rng_is_the_recorded_sampler():
         batch_rng(seed=3, split="train", purpose="eval", index=7),
         batch_rng(seed=3, split="val", purpose="eval", index=8),
         batch_rng(seed=4, split="val", purpose="eval", index=7),
+        batch_rng(seed=3, split="test", purpose="eval", index=7),
     ]
     for rng in others:
         assert not np.array_equal(rng.integers(0, 10**9, 8), draw)
     with pytest.raises(ConfigError, match="split='test'"):
-        batch_rng(seed=0, split="test", purpose="eval", index=0)
+        batch_rng(seed=0, split="test", purpose="train", index=0)  # never trained on
     with pytest.raises(ConfigError, match="purpose='train'"):
         batch_rng(seed=0, split="val", purpose="train", index=0)

@@ -36,7 +36,7 @@ from experiments.task import ObjectiveTask
 from launch import run as run_cli
 from launch import run_lock, summary_writer
 from launch import train as train_lib
-from launch.optimizers import OptimizerSpec, adamw_optimizer, amos_optimizer
+from launch.optimizers import OptimizerSpec
 from launch.summary_writer import ScalarWriter, read_metrics
 from tests.launch.harness_helpers import TIMING, numbers, run_cmd
 
@@ -127,18 +127,6 @@ def test_compute_model_uses_a_models_own_dtype():
 
 
 # ---------------------------------------------------------------- 2. accumulation
-@pytest.fixture(scope="module")
-def tiny_gpt():
-    """The tiny quickstart's model and task (harness_helpers.TINY), without gin."""
-    from experiments.data.char_text import CharTextTask
-
-    task = CharTextTask(block_size=16, generated_chars=20_000)
-    model = GPT(
-        task.model_kwargs()["vocab_size"], block_size=16, num_layers=2, num_heads=2, width=32
-    )
-    return task, model
-
-
 def _init(task, model, tx, batch_size: int) -> train_lib.TrainState:
     example = train_lib.example_batch_shapes(task, seed=0, batch_size=batch_size, rows=slice(0, 1))
     init = functools.partial(
@@ -147,14 +135,10 @@ def _init(task, model, tx, batch_size: int) -> train_lib.TrainState:
     return jax.jit(init, static_argnums=0)(0)  # Jitted, as the Trainer does: one compile.
 
 
-def _train(task, model, tx, *, k: int, steps: int, batch_size: int = 8):
-    state = _init(task, model, tx, batch_size)
-    step = jax.jit(
-        functools.partial(train_lib.train_step, model=model, tx=tx, task=task, grad_accum_steps=k)
-    )
-    losses = []
-    for s in range(1, steps + 1):
-        state, metrics = step(state, task.train_batch(seed=0, step=s, batch_size=batch_size))
+def _steps(trainer: train_lib.Trainer, steps: int):
+    state, losses = trainer.init_state(0), []
+    for step in range(1, steps + 1):
+        state, metrics = trainer.train_step(state, trainer.train_batch(step))
         losses.append(float(metrics["loss"]))
     return state, np.asarray(losses)
 
@@ -167,26 +151,32 @@ def _max_relative_difference(a, b) -> float:
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "amos"])
-def test_two_micro_batches_give_the_parameters_of_the_whole_batch(tiny_gpt, optimizer):
-    """K = 2 micro-batches of 4 against K = 1 on the same batches of 8, 20 steps, with the
-    quickstart's optimizer settings: the parameters (and the optimizer states) agree to
-    float32 rounding. They must: the loss is the per-target mean and both micro-batches
-    have 4 x 16 targets, so the batch's mean loss is the mean of the two micro-batch means
-    and its gradient the mean of theirs; only the order of the float32 sums differs."""
-    task, model = tiny_gpt
-    spec = (
-        adamw_optimizer(400, learning_rate=1e-3, warmup_steps=20, schedule="nanogpt_cosine")
-        if optimizer == "adamw"
-        else amos_optimizer(400, xi=0.053, warmup_steps=20, beta=0.95, momentum=0.9, clip_value=1.0)
+def test_two_micro_batches_give_the_parameters_of_the_whole_batch(
+    trainer, optimizer, tmp_path: Path
+):
+    """GRAD_ACCUM_STEPS=2 (two micro-batches of 4) against 1 on the same batches of 8,
+    20 steps of the tiny quickstart with its optimizer settings: the losses, parameters
+    and optimizer states agree to float32 rounding. They must: the loss is the per-target
+    mean and both micro-batches have 4 x 16 targets, so the batch's mean loss is the mean
+    of the two micro-batch means and its gradient the mean of theirs; only the order of
+    the float32 sums differs."""
+    if optimizer == "adamw":
+        whole = trainer
+    else:
+        whole = build_trainer(tmp_path / "whole", *EVERY_10, steps=50, optimizer=optimizer)
+    split = build_trainer(
+        tmp_path / "split", *EVERY_10, "--gin.GRAD_ACCUM_STEPS=2", steps=50, optimizer=optimizer
     )
-    whole, whole_losses = _train(task, model, spec.tx, k=1, steps=20)
-    split, split_losses = _train(task, model, spec.tx, k=2, steps=20)
-    assert whole_losses[-1] < whole_losses[0] - 0.2  # It trains.
+    assert split.config.grad_accum_steps == 2 and whole.config.grad_accum_steps == 1
+    whole_state, whole_losses = _steps(whole, 20)
+    split_state, split_losses = _steps(split, 20)
+    assert whole_losses[-5:].mean() < whole_losses[:5].mean() - 0.1  # It trains (warming up).
     np.testing.assert_allclose(split_losses, whole_losses, rtol=1e-5)
-    # Measured: at most 3e-7 (AdamW) and 4e-7 (Amos) of the largest entry of a variable.
-    assert _max_relative_difference(split.params, whole.params) < 1e-5
-    assert _max_relative_difference(split.opt_state, whole.opt_state) < 1e-4
-    assert int(split.step) == int(whole.step) == 20  # A step is one update on the batch.
+    # Measured: parameters at most 9e-7 of a variable's largest entry (both optimizers),
+    # optimizer states 3e-7 (AdamW) and 6e-6 (Amos' v and b).
+    assert _max_relative_difference(split_state.params, whole_state.params) < 1e-5
+    assert _max_relative_difference(split_state.opt_state, whole_state.opt_state) < 1e-4
+    assert int(split_state.step) == int(whole_state.step) == 20  # One update per step.
 
 
 class _TinyMlm(nn.Module):
@@ -532,8 +522,8 @@ def test_evaluation_is_the_exact_per_target_mean_over_a_padded_split(tmp_path: P
     assert math.isclose(result["loss"], float(exact_loss), rel_tol=1e-6)
     assert math.isclose(result["accuracy"], float(exact_accuracy), rel_tol=1e-6)
     # The mean of the three batch means (what the trainer reported before) weighs the four
-    # examples of the last batch twice as much: measurably off.
+    # examples of the last batch twice as much: measured 3.7% off.
     means = [jax.device_get(trainer.eval_step(state, b)) for b in batches["val"]]
     naive = float(np.mean([m[0] for m in means]))
-    assert abs(naive / float(exact_loss) - 1) > 1e-3, (naive, exact_loss)
+    assert abs(naive / float(exact_loss) - 1) > 1e-2, (naive, exact_loss)
     assert train_lib.weighted_means(means) == (result["loss"], result["accuracy"])
