@@ -1,9 +1,11 @@
-"""Reading the text files a configuration names (corpora, vocabularies), with errors that
-name the file and the gin binding that points at it."""
+"""Reading the files a configuration names (corpora, vocabularies, tokenizer models), with
+errors that name the file and the gin binding that points at it. Paths go through
+`etils.epath`, so a `gs://` path reads like a local one (the same code path is tested on
+local files)."""
 
 from __future__ import annotations
 
-import os
+from etils import epath
 
 from experiments.errors import ConfigError
 
@@ -13,11 +15,10 @@ def read_text(path: str | None, binding: str, what: str = "text file") -> str:
     missing, not a file, unreadable or not UTF-8 text (a binary file given by mistake)."""
     if not path:
         raise ConfigError(f"no {what} given (gin binding {binding})")
-    if not os.path.isfile(path):
+    if not epath.Path(path).is_file():
         raise ConfigError(f"{what} not found: {path!r} (gin binding {binding})")
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+        return epath.Path(path).read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(
             f"{what} {path!r} (gin binding {binding}) is not UTF-8 text: byte "
@@ -25,3 +26,18 @@ def read_text(path: str | None, binding: str, what: str = "text file") -> str:
         ) from None
     except OSError as e:
         raise ConfigError(f"{what} {path!r} (gin binding {binding}) cannot be read: {e}") from None
+
+
+def is_file(path: str) -> bool:
+    """Whether ``path`` (local or ``gs://...``) is an existing file."""
+    return bool(path) and epath.Path(path).is_file()
+
+
+def is_dir(path: str) -> bool:
+    """Whether ``path`` (local or ``gs://...``) is an existing directory."""
+    return bool(path) and epath.Path(path).is_dir()
+
+
+def read_bytes(path: str) -> bytes:
+    """The contents of ``path`` (local or ``gs://...``)."""
+    return epath.Path(path).read_bytes()

@@ -55,13 +55,12 @@ accelerators (the input pipeline runs on the CPU; JAX owns the devices).
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
-from experiments.data import span_corruption
+from experiments.data import files, span_corruption
 from experiments.data.sources import VALIDATION_FRACTION, default_tfds_data_dir, tfds_builder
 from experiments.data.splits import halve_tfds_split, validation_size
 from experiments.data.tokenizers import NUM_SENTINELS, SentencePieceTokenizer
@@ -204,18 +203,18 @@ def register_span_corruption_task(
             f"register_span_corruption_task({name!r}): give exactly one of corpus_path, "
             f"text_files and tfds_name"
         )
-    if not os.path.isfile(vocabulary_path):
+    if not files.is_file(vocabulary_path):
         raise FileNotFoundError(
             f"sentencepiece model not found: {vocabulary_path!r} (vocabulary_path)"
         )
     to_targets = [_lines_to_targets]
     if corpus_path is not None:
-        if not os.path.isfile(corpus_path):
+        if not files.is_file(corpus_path):
             raise FileNotFoundError(f"text file not found: {corpus_path!r} (corpus_path)")
         source = text_file_splits(corpus_path, validation_fraction)
     elif text_files is not None:
         for split, path in text_files.items():
-            if not any(c in path for c in "*?[") and not os.path.isfile(path):
+            if not any(c in path for c in "*?[") and not files.is_file(path):
                 raise FileNotFoundError(f"text file for split {split!r} not found: {path!r}")
         source = seqio.TextLineDataSource(dict(text_files))
     else:
@@ -429,7 +428,7 @@ class SeqioSpanCorruptionTask(ObjectiveTask):
                 f"num_sentinels={num_sentinels}"
             )
         if corpus_path is not None:
-            if not os.path.isfile(corpus_path):
+            if not files.is_file(corpus_path):
                 raise ConfigError(f"{where}.corpus_path={corpus_path!r}: no such file")
             if not 0.0 < validation_fraction < 1.0:
                 raise ConfigError(
@@ -444,7 +443,7 @@ class SeqioSpanCorruptionTask(ObjectiveTask):
                     f"{sorted(SEQIO_SPLITS.values())}"
                 )
             for split, path in text_files.items():
-                if not any(c in path for c in "*?[") and not os.path.isfile(path):
+                if not any(c in path for c in "*?[") and not files.is_file(path):
                     raise ConfigError(f"{where}.text_files[{split!r}]={path!r}: no such file")
             self.source = f"seqio Task {name!r} over text files {dict(text_files)!r}"
         else:
@@ -472,7 +471,7 @@ class SeqioSpanCorruptionTask(ObjectiveTask):
 
     @staticmethod
     def _check_vocabulary(path: str | None, num_sentinels: int, where: str):
-        if not path or not os.path.isfile(path):
+        if not path or not files.is_file(path):
             raise ConfigError(
                 f"{where}.vocabulary_path={path!r}: no sentencepiece model there; train one "
                 f"with `python -m experiments.data.train_sentencepiece --input=CORPUS "

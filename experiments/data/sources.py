@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 
+from experiments.data import files
 from experiments.data.char_text import generated_text
 from experiments.data.files import read_text
 from experiments.data.splits import halve_tfds_split, halves
@@ -156,7 +157,7 @@ def tfds_builder(name: str, data_dir: str | None):
         f"never downloads: prepare it first, e.g. `tfds build {name.split('/')[0]} "
         f"--data_dir={data_dir}`"
     )
-    if not os.path.isdir(data_dir):
+    if not files.is_dir(data_dir):  # gs:// too, as tfds reads it
         raise missing
     try:
         # try_gcs=False: the builder must not reach for Google's bucket either.

@@ -18,10 +18,11 @@ characters (sorted) or the 256 bytes, then the sentinels.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+from experiments.data import files
 
 NUM_SENTINELS = 100  # T5's `extra_ids`.
 SPECIAL_NAMES = ("[PAD]", "[EOS]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -175,12 +176,13 @@ class SentencePieceTokenizer(Tokenizer):
     def __init__(self, model_path: str, num_sentinels: int = NUM_SENTINELS):
         import sentencepiece as spm  # Light (no TensorFlow), but only needed here.
 
-        if not os.path.isfile(model_path):
+        if not files.is_file(model_path):
             raise TokenizerError(f"sentencepiece model not found: {model_path!r}")
         if num_sentinels < 0:
             raise TokenizerError(f"num_sentinels={num_sentinels} must be >= 0")
         self.model_path = model_path
-        self.sp = spm.SentencePieceProcessor(model_file=model_path)
+        # From bytes, so a gs:// model loads like a local one.
+        self.sp = spm.SentencePieceProcessor(model_proto=files.read_bytes(model_path))
         if self.sp.pad_id() != PAD_ID:
             raise TokenizerError(
                 f"sentencepiece model {model_path!r} has pad_id={self.sp.pad_id()}, "
