@@ -19,9 +19,10 @@ batches are drawn with replacement by ``experiments.task.batch_rng`` from
 ``(seed, step)``, as every in-memory task here. Evaluation batch ``i`` is examples
 ``i * batch_size`` onwards of the split in order; the split's last batch is completed
 with padding rows of weight 0, so ``ceil(examples / batch_size)`` batches cover it
-exactly (asking for more is a ConfigError naming ``EVAL_BATCHES``). The harness averages
-batch means, which weighs a partial last batch's examples a little more than the
-others. The evaluation split is GLUE's validation split (MNLI: ``validation_matched``):
+exactly (asking for more is a ConfigError naming ``EVAL_BATCHES``). The harness weighs
+each batch by its ``num_targets``, so the padding rows count for nothing and the result
+is the exact per-example mean over the split. The evaluation split is GLUE's validation
+split (MNLI: ``validation_matched``):
 GLUE's test labels are hidden (tfds stores -1), so the test splits cannot be scored here,
 and split 'test' is a ConfigError: validation stays whole (GLUE's validation sets are
 small), and a GLUE score is a validation score.
