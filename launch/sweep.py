@@ -5,15 +5,23 @@ study: protocol").
   .venv/bin/python launch/sweep.py --experiment quickstart [--trials 5] [--seeds 3]
       [--parent runs/study/quickstart] [--results results/study/quickstart]
       [--gin.NAME=VALUE ...]
+  .venv/bin/python launch/sweep.py --experiment quickstart_4x \
+      --picks_from results/study/quickstart            # the horizon ladder
   .venv/bin/python launch/sweep.py --experiment quickstart --resummarize
 
 Per optimizer, its main knob (AdamW: ADAMW_LR; Amos: AMOS_XI), read from the experiment's
 gin files as run.py reads them (the --gin bindings applied), is tried on a log grid of
 factors of that recipe value (--trials 5: 1/8, 1/4, 1/2, 1 and 2) at tuning seed 0, every
-run evaluated on validation and test. The pick is the trial with the lowest final
-validation loss (a tie goes to the smaller value); the test loss is never looked at. The
-pick is then trained at fresh seeds 1..S, and so is Amos at its guidance value (factor 1),
-as the row `amos_untuned`. A trial that diverges is recorded as such and never picked.
+run evaluated on validation and test. A setting coupled to a knob (AdamW's ADAMW_MIN_LR,
+the rate its schedule ends at) moves by the same factor, so that every trial keeps the
+recipe's schedule shape. The pick is the trial with the lowest final validation loss (a
+tie goes to the smaller value); the test loss is never looked at. The pick is then trained
+at fresh seeds 1..S, and so is Amos at its guidance value (factor 1), as the row
+`amos_untuned`. A trial that diverges is recorded as such and never picked.
+
+`--picks_from DIR` is the horizon ladder: no trials; the picks (and the guidance value) of
+the finished sweep in DIR, made at its experiment's horizon, are trained at fresh seeds at
+this experiment's (a longer one), so that the two summaries compare the same settings.
 
 Each run is its own launch/run.py process (compare.py's command), in
 PARENT/<optimizer>/<trial>/seed_<k> with <trial> the knob and its value (`lr_0.001`,
@@ -33,7 +41,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,6 +56,9 @@ from launch.run import git_revision  # noqa: E402
 # at the guidance 1/sqrt(N). The first optimizer's runs are listed first everywhere.
 KNOBS: dict[str, str] = {"amos": "AMOS_XI", "adamw": "ADAMW_LR"}
 KNOB_LABELS: dict[str, str] = {"AMOS_XI": "xi", "ADAMW_LR": "lr"}
+# Settings scaled with a knob, so that a trial changes the knob and not the schedule's
+# shape: nanoGPT's cosine ends at min_lr = lr / 10, the paper's linear decay at 0.
+COUPLED: dict[str, tuple[str, ...]] = {"AMOS_XI": (), "ADAMW_LR": ("ADAMW_MIN_LR",)}
 TUNING_SEED = 0
 EVAL_SPLITS = "['val', 'test']"
 UNTUNED = "amos_untuned"  # Amos at its guidance value: the paper's "no tuning" claim.
@@ -79,9 +90,9 @@ def trial_dir(parent: Path, optimizer: str, label: str, seed: int) -> Path:
     return parent / optimizer / label / f"seed_{seed}"
 
 
-def recipe_value(experiment: str, optimizer: str, bindings: list[str]) -> float:
-    """The knob's value in the experiment's gin files (+ `bindings`), parsed as run.py
-    parses them."""
+def recipe_settings(experiment: str, optimizer: str, bindings: list[str]) -> dict[str, float]:
+    """The optimizer's knob and the settings coupled to it, with their values in the
+    experiment's gin files (+ `bindings`), parsed as run.py parses them."""
     import gin
 
     from launch.run import load_gin, parse_args
@@ -92,15 +103,27 @@ def recipe_value(experiment: str, optimizer: str, bindings: list[str]) -> float:
     search_paths = [p for p in args.gin_search_paths.split(",") if p]
     load_gin(args.gin_file, parsed, search_paths)
     knob = KNOBS[optimizer]
+    values = {}
     try:
-        value = gin.query_parameter(f"%{knob}")
-    except ValueError as e:
-        raise ConfigError(f"experiments/{experiment}.gin defines no {knob}: {e}") from e
+        for name in (knob, *COUPLED[knob]):
+            try:
+                values[name] = gin.query_parameter(f"%{name}")
+            except ValueError as e:
+                raise ConfigError(f"experiments/{experiment}.gin defines no {name}: {e}") from e
     finally:
         gin.clear_config()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(f"{knob} = {value!r} in {experiment}.gin: a positive number is tuned")
-    return float(value)
+    for name, value in values.items():
+        low = 0 if name != knob else None  # a coupled setting may be 0 (decay to zero)
+        number = not isinstance(value, bool) and isinstance(value, (int, float))
+        if not number or not (value > 0 or (low is not None and value == low)):
+            wanted = "a positive number is tuned" if name == knob else "a number >= 0 is scaled"
+            raise ConfigError(f"{name} = {value!r} in {experiment}.gin: {wanted}")
+    return {name: float(value) for name, value in values.items()}
+
+
+def recipe_value(experiment: str, optimizer: str, bindings: list[str]) -> float:
+    """The knob's value in the experiment's gin files (+ `bindings`)."""
+    return recipe_settings(experiment, optimizer, bindings)[KNOBS[optimizer]]
 
 
 # ---------------------------------------------------------------------------- the trials
@@ -168,10 +191,17 @@ def train(experiment: str, optimizer: str, seed: int, directory: Path, bindings:
     raise SystemExit(f"[sweep] run failed (exit {code}): {directory}")
 
 
-def run_bindings(user: list[str], knob: str, value: float) -> list[str]:
-    """The user's --gin bindings, then the trial's knob and the evaluation splits (last, so
-    that they win)."""
-    return [*user, f"--gin.{knob}={value!r}", f"--gin.EVAL_SPLITS={EVAL_SPLITS}"]
+def run_bindings(user: list[str], trial: Trial, recipe: dict[str, float]) -> list[str]:
+    """The user's --gin bindings, then the trial's knob, the settings coupled to it (their
+    recipe values times the trial's factor) and the evaluation splits (last, so that they
+    win)."""
+    coupled = [f"--gin.{n}={recipe[n] * trial.factor!r}" for n in COUPLED[trial.knob]]
+    return [
+        *user,
+        f"--gin.{trial.knob}={trial.value!r}",
+        *coupled,
+        f"--gin.EVAL_SPLITS={EVAL_SPLITS}",
+    ]
 
 
 # --------------------------------------------------------------------------- the summary
@@ -214,6 +244,36 @@ def summary_rows(trials: list[Trial]) -> list[Row]:
     return rows
 
 
+def ladder_rows(source_dir: Path, recipes: dict[str, float]) -> tuple[dict, list[Row]]:
+    """The finished sweep in `source_dir` (its sweep.json) and its rows, to be trained at
+    another horizon: each optimizer's pick and Amos' guidance value, with the tuning
+    trial's record (its validation loss at the sweep's horizon)."""
+    path = source_dir / "sweep.json"
+    if not path.is_file():
+        raise ConfigError(f"--picks_from={source_dir}: no sweep.json there (run its sweep first)")
+    source = json.loads(path.read_text())
+    if source.get("picks_from"):
+        raise ConfigError(f"--picks_from={source_dir}: a ladder rung, not a sweep with trials")
+    for opt, recipe in recipes.items():
+        theirs = source["recipe_values"].get(opt)
+        if theirs != recipe:  # The factors would mean other values here.
+            raise ConfigError(
+                f"--picks_from={source_dir}: its {KNOBS[opt]} recipe value is {theirs}, "
+                f"this experiment's is {recipe}; a ladder keeps the recipe"
+            )
+    trials = [Trial(**t) for t in source["trials"]]
+    rows = []
+    for opt in KNOBS:
+        best = next((t for t in trials if t.optimizer == opt and t.chosen), None)
+        if best is None:
+            raise ConfigError(f"--picks_from={source_dir}: its sweep picked no {opt} trial")
+        rows.append(Row(opt, best, tuned=True))
+        if opt == "amos":
+            guidance = next(t for t in trials if t.optimizer == opt and t.factor == 1.0)
+            rows.append(Row(UNTUNED, replace(guidance, chosen=False), tuned=False))
+    return source, rows
+
+
 def sweep_record(
     experiment: str,
     recipes: dict[str, float],
@@ -248,13 +308,26 @@ def _fmt(x, spec: str) -> str:
 
 def sweep_markdown(record: dict) -> str:
     """The tuning table that heads summary.md."""
+    if record.get("picks_from"):
+        head = [
+            f"# {record['experiment']}: a rung of the horizon ladder (launch/sweep.py)",
+            "",
+            f"No trials here: the picks of the sweep of {record['source_experiment']} "
+            f"(`{record['picks_from']}`, at git {record['source_git']['revision']}), trained at "
+            f"this experiment's horizon with seeds {', '.join(map(str, record['fresh_seeds']))}"
+            f", and Amos at its guidance value as {UNTUNED}. That sweep's trials:",
+        ]
+    else:
+        head = [
+            f"# {record['experiment']}: the tuning sweep (launch/sweep.py)",
+            "",
+            f"{len(record['factors'])} trials per optimizer at seed {record['tuning_seed']}, "
+            f"factors {', '.join(f'{f:g}' for f in record['factors'])} of the recipe value; "
+            f"pick: {record['pick']}. Then seeds {', '.join(map(str, record['fresh_seeds']))} at "
+            f"the pick, and Amos at its guidance value (factor 1) as {UNTUNED}.",
+        ]
     lines = [
-        f"# {record['experiment']}: the tuning sweep (launch/sweep.py)",
-        "",
-        f"{len(record['factors'])} trials per optimizer at seed {record['tuning_seed']}, "
-        f"factors {', '.join(f'{f:g}' for f in record['factors'])} of the recipe value; "
-        f"pick: {record['pick']}. Then seeds {', '.join(map(str, record['fresh_seeds']))} at "
-        f"the pick, and Amos at its guidance value (factor 1) as {UNTUNED}.",
+        *head,
         "",
         "| optimizer | knob | factor | value | status | final val loss | chosen |",
         "|---|---|---|---|---|---|---|",
@@ -310,14 +383,28 @@ def summarize(
     trials: list[Trial],
     seeds: list[int],
     command: list[str],
+    ladder: tuple[Path, dict] | None = None,
 ) -> dict:
     """sweep.json, then compare's summary over the fresh seeds of each row, then the plots
-    and every run's records."""
-    rows = summary_rows(trials)
-    for row in rows:
-        if row.tuned:
-            row.trial.chosen = True
+    and every run's records. `ladder`: (the source sweep's directory, its sweep.json) when
+    the rows are its picks, trained here at another horizon; `trials` are then its trials."""
+    if ladder is None:
+        rows = summary_rows(trials)
+        for row in rows:
+            if row.tuned:
+                row.trial.chosen = True
+    else:
+        rows = ladder_rows(ladder[0], recipes)[1]
     record = sweep_record(experiment, recipes, trials, seeds, command)
+    if ladder is not None:
+        source_dir, source = ladder
+        record.update(
+            picks_from=str(
+                source_dir.relative_to(REPO) if source_dir.is_relative_to(REPO) else source_dir
+            ),
+            source_experiment=source["experiment"],
+            source_git=source["git"],
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(record, indent=2))
     if not rows:
@@ -326,6 +413,7 @@ def summarize(
         row.name: [k for k, d in row.seed_dirs(parent, seeds) if run_status(d)[0] == "diverged"]
         for row in rows
     }
+    extra = {"picks_from": record["picks_from"]} if ladder is not None else {}
     summary = compare.summarize_runs(
         experiment,
         parent,
@@ -339,13 +427,15 @@ def summarize(
             "picked": record["picked"],
             "untuned": {UNTUNED: f"amos at its guidance value, {KNOBS['amos']} factor 1"},
             "diverged_runs": {name: seeds for name, seeds in diverged.items() if seeds},
+            **extra,
         },
     )
-    compare.copy_run_records(
-        parent, [Path(t.run_dir) for t in trials if Path(t.run_dir).exists()], out
-    )
+    if ladder is None:
+        compare.copy_run_records(
+            parent, [Path(t.run_dir) for t in trials if Path(t.run_dir).exists()], out
+        )
+        plot_tuning(trials, recipes, out / "tuning_curves.png", experiment)
     (out / "summary.md").write_text(sweep_markdown(record) + compare.markdown(summary))
-    plot_tuning(trials, recipes, out / "tuning_curves.png", experiment)
     return summary
 
 
@@ -359,6 +449,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3, help="fresh seeds 1 .. N at the pick")
     p.add_argument("--parent", default=None, help="run directories (default runs/study/<exp>)")
     p.add_argument("--results", default=None, help="summary dir (default results/study/<exp>)")
+    p.add_argument(
+        "--picks_from",
+        default=None,
+        help="a finished sweep's results directory: train its picks at this experiment's "
+        "horizon, no trials (the horizon ladder)",
+    )
     p.add_argument(
         "--resummarize", action="store_true", help="only summarize existing run directories"
     )
@@ -378,28 +474,44 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(1, args.seeds + 1))
     try:
         grid_factors(args.trials)
-        recipes = {opt: recipe_value(args.experiment, opt, rest) for opt in KNOBS}
+        settings = {opt: recipe_settings(args.experiment, opt, rest) for opt in KNOBS}
+        recipes = {opt: settings[opt][KNOBS[opt]] for opt in KNOBS}
+        ladder = None
+        if args.picks_from:
+            source_dir = Path(args.picks_from).resolve()
+            source, rows = ladder_rows(source_dir, recipes)
+            ladder = (source_dir, source)
     except ConfigError as e:
         print(f"ERROR: configuration: {e}", file=sys.stderr)
         return 2
 
     if not args.resummarize:
         t0 = time.time()
-        # Factor by factor, both optimizers: a partial sweep already compares them.
-        planned = read_trials(parent, recipes, args.trials)
-        for factor in grid_factors(args.trials):
-            for t in (t for t in planned if t.factor == factor):
-                bindings = run_bindings(rest, t.knob, t.value)
-                train(args.experiment, t.optimizer, TUNING_SEED, Path(t.run_dir), bindings)
-        rows = summary_rows(read_trials(parent, recipes, args.trials))
+        if ladder is None:
+            # Factor by factor, both optimizers: a partial sweep already compares them.
+            planned = read_trials(parent, recipes, args.trials)
+            for factor in grid_factors(args.trials):
+                for t in (t for t in planned if t.factor == factor):
+                    bindings = run_bindings(rest, t, settings[t.optimizer])
+                    train(args.experiment, t.optimizer, TUNING_SEED, Path(t.run_dir), bindings)
+            rows = summary_rows(read_trials(parent, recipes, args.trials))
         for seed in seeds:  # Seed-major, as compare.py.
             for row in rows:
                 t = row.trial
                 d = trial_dir(parent, t.optimizer, t.label, seed)
-                train(args.experiment, t.optimizer, seed, d, run_bindings(rest, t.knob, t.value))
+                train(
+                    args.experiment,
+                    t.optimizer,
+                    seed,
+                    d,
+                    run_bindings(rest, t, settings[t.optimizer]),
+                )
         print(f"[sweep] trained in {time.time() - t0:.0f} s on {platform.node()}", flush=True)
-    trials = read_trials(parent, recipes, args.trials)
-    summarize(args.experiment, parent, out, recipes, trials, seeds, command)
+    if ladder is None:
+        trials = read_trials(parent, recipes, args.trials)
+    else:
+        trials = [Trial(**t) for t in ladder[1]["trials"]]
+    summarize(args.experiment, parent, out, recipes, trials, seeds, command, ladder)
     print((out / "summary.md").read_text())
     print(f"TensorBoard: tensorboard --logdir {parent}")
     return 0

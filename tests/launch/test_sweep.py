@@ -38,6 +38,29 @@ def test_the_recipe_values_are_read_from_the_experiments_gin():
         sweep.recipe_value("quickstart", "adamw", ["--gin.ADAMW_LR='high'"])
 
 
+def test_a_trial_scales_the_settings_coupled_to_its_knob():
+    # nanoGPT's cosine ends at min_lr = lr / 10: a trial at 2x the rate ends at 2x min_lr.
+    assert sweep.recipe_settings("quickstart", "adamw", []) == {
+        "ADAMW_LR": 1e-3,
+        "ADAMW_MIN_LR": 1e-4,
+    }
+    assert sweep.recipe_settings("quickstart", "amos", []) == {"AMOS_XI": 0.053}
+    # The paper's linear decay ends at 0, at every rate.
+    assert sweep.recipe_settings("bert_cpu", "adamw", [])["ADAMW_MIN_LR"] == 0.0
+    recipe = {"ADAMW_LR": 1e-3, "ADAMW_MIN_LR": 1e-4}
+    trial = sweep.Trial("adamw", "ADAMW_LR", 2.0, 2e-3, "lr_0.002", "")
+    assert sweep.run_bindings(["--gin.BATCH_SIZE=8"], trial, recipe) == [
+        "--gin.BATCH_SIZE=8",
+        "--gin.ADAMW_LR=0.002",
+        "--gin.ADAMW_MIN_LR=0.0002",
+        "--gin.EVAL_SPLITS=['val', 'test']",
+    ]
+    amos = sweep.Trial("amos", "AMOS_XI", 0.25, 0.05 / 4, "xi_0.0125", "")
+    assert sweep.run_bindings([], amos, {"AMOS_XI": 0.05})[0] == "--gin.AMOS_XI=0.0125"
+    with pytest.raises(ConfigError, match="ADAMW_MIN_LR = -1.0 in quickstart.gin"):
+        sweep.recipe_settings("quickstart", "adamw", ["--gin.ADAMW_MIN_LR=-1.0"])
+
+
 def test_the_sweeps_own_settings_are_not_bindings(capsys):
     with pytest.raises(SystemExit):
         sweep.main(["--experiment=quickstart", "--gin.SEED=4", "--resummarize"])
@@ -189,3 +212,45 @@ def test_a_tiny_sweep_trains_summarizes_and_skips_finished_runs(tmp_path: Path):
     assert "launch/run.py" not in p2.stdout and "already finished; skipping" in p2.stdout
     s2 = json.loads((results / "summary.json").read_text())
     assert {k: v["final_test_loss"] for k, v in s2["optimizers"].items()} == before
+
+
+def test_a_ladder_rung_trains_the_sweeps_picks_at_its_own_horizon(tmp_path: Path):
+    """--picks_from: no trials; the source sweep's picks and Amos' guidance value, with
+    fresh seeds under the rung's own parent, summarized as a rung naming its source."""
+    recipes = {"amos": 0.05, "adamw": 1e-3}
+    _fake_sweep(tmp_path / "runs", recipes, 3, [1, 2])
+    source = tmp_path / "results" / "fake"
+    trials = sweep.read_trials(tmp_path / "runs", recipes, 3)
+    sweep.summarize("fake", tmp_path / "runs", source, recipes, trials, [1, 2], ["sweep"])
+
+    record, rows = sweep.ladder_rows(source, recipes)
+    assert [(r.name, r.trial.label, r.tuned) for r in rows] == [
+        ("amos", "xi_0.1", True),
+        ("amos_untuned", "xi_0.05", False),
+        ("adamw", "lr_0.001", True),
+    ]
+    # The rung's runs: its own parent, the picked labels, better losses than at 1x.
+    rung_parent, rung_out = tmp_path / "rung_runs", tmp_path / "results" / "fake_4x"
+    for row, val in zip(rows, [1.5, 1.6, 1.7], strict=True):
+        for seed in (1, 2):
+            d = sweep.trial_dir(rung_parent, row.trial.optimizer, row.trial.label, seed)
+            fake_run(d, [val + 0.5, val], [val + 0.6, val + 0.1])
+    rung_trials = [sweep.Trial(**t) for t in record["trials"]]
+    s = sweep.summarize(
+        "fake_4x", rung_parent, rung_out, recipes, rung_trials, [1, 2], ["sweep"], (source, record)
+    )
+    assert list(s["optimizers"]) == ["amos", "amos_untuned", "adamw"]
+    assert s["optimizers"]["amos"]["run_dirs"][0].endswith("rung_runs/amos/xi_0.1/seed_1")
+    assert s["optimizers"]["adamw"]["final_test_loss"] == [1.8, 1.8]
+    assert s["picks_from"] == str(source) and s["picked"] == record["picked"]
+    rung = json.loads((rung_out / "sweep.json").read_text())
+    assert (rung["picks_from"], rung["source_experiment"]) == (str(source), "fake")
+    assert "a rung of the horizon ladder" in (rung_out / "summary.md").read_text()
+    assert not (rung_out / "tuning_curves.png").exists()  # no trials of its own
+
+    with pytest.raises(ConfigError, match="its AMOS_XI recipe value is 0.05, this exp"):
+        sweep.ladder_rows(source, {"amos": 0.06, "adamw": 1e-3})
+    with pytest.raises(ConfigError, match="a ladder rung, not a sweep"):
+        sweep.ladder_rows(rung_out, recipes)
+    with pytest.raises(ConfigError, match="no sweep.json there"):
+        sweep.ladder_rows(tmp_path, recipes)

@@ -52,7 +52,13 @@ def test_kernel_is_this_python_in_the_repository(tmp_path, monkeypatch):
 
 
 def test_there_is_a_notebook_per_analysis():
-    assert {s.stem for s in sources()} == {"headline_table", "loss_curves", "slot_memory"}
+    assert {s.stem for s in sources()} == {
+        "headline_table",
+        "loss_curves",
+        "tuning_curves",
+        "slot_memory",
+        "horizon_ladder",
+    }
 
 
 @pytest.fixture(scope="module")
