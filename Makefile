@@ -25,23 +25,30 @@ quickstart: $(STAMP)
 quickstart-record: $(STAMP)
 	$(PY) launch/quickstart.py --results results/quickstart
 
-# The fast suite (under 12 minutes on 2 cores): everything but the tests marked slow.
+# The fast suite (under 12 minutes on 2 cores): everything but the tests marked slow, on
+# two workers (pytest-xdist, a test file per worker at a time); the few tests marked
+# exclusive (eight virtual devices) run alone afterwards.
+PYTEST := $(PY) -m pytest -q
+PARALLEL := -n 2 --dist loadfile
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PYTEST) $(PARALLEL) -m "not slow and not exclusive" tests
+	$(PYTEST) -m "not slow and exclusive" tests
 
-# What CI runs: the fast suite, then the slow end-to-end tests.
+# What CI runs: the fast suite, then the slow end-to-end tests, the same way.
 test-all: test
-	$(PY) -m pytest -q -m slow tests
+	$(PYTEST) $(PARALLEL) -m "slow and not exclusive" tests
+	$(PYTEST) -m "slow and exclusive" tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/optimizer_step.py
 
-# Executes notebooks/*.py headless (notebooks/README.md): notebooks/executed/*.ipynb,
-# notebooks/headline_table.md and notebooks/figures/loss_curves.png.
+# Executes notebooks/*.py headless (notebooks/README.md): notebooks/executed/*.ipynb and
+# the committed tables and figures; then copies the headline table into README.
 notebooks: $(STAMP)
 	$(PY) notebooks/execute.py
+	$(PY) launch/readme_results.py
 
 clean:
 	rm -rf $(VENV)

@@ -13,19 +13,26 @@
 # %% [markdown]
 # # Headline table: Amos against AdamW, per experiment
 #
-# One row per experiment and optimizer, read from every `results/**/summary.json` that
-# `launch/compare.py` wrote, beside the paper's three claims (`../shared/reference/amos.md`,
-# section 3): Amos reaches AdamW's final eval loss within **70% of the steps** and **70%
-# of the time**, with at most **51% of AdamW's optimizer-slot memory**. The target is the
-# one `compare.py` records: AdamW's mean final eval loss over its seeds.
+# One row per experiment and optimizer, read from the `summary.json` files under
+# `results/`, beside the paper's three claims (`../shared/reference/amos.md`, section 3):
+# Amos reaches AdamW's loss within **70% of the steps** and **70% of the time**, with at
+# most **51% of AdamW's optimizer-slot memory**.
+#
+# Two tables. **The study** (`results/study/*/`, `launch/sweep.py`): each optimizer tuned
+# with the same budget on validation, its pick and Amos at its untuned guidance value
+# trained with fresh seeds, everything reported on the **test** split; the target is
+# AdamW's mean final test loss. Ladder rungs (`*_4x`) train a sweep's picks at 4x its
+# horizon. **The earlier comparisons** (`results/*/`, `launch/compare.py`, before the
+# protocol): one untuned setting per optimizer, judged on the held-out split they report
+# (the target is AdamW's mean final eval loss on it).
 #
 # Verdicts: *met* / *not met* compare the recorded ratio with the claim; *never reached*
-# means Amos's seed-mean eval curve never got down to the target; *not run yet* marks a
-# value the summary does not hold (for example a test loss, which no run measures yet).
-# Rows whose summary lists collapsed or stalled runs say so in the last column.
+# means Amos's seed-mean curve never got down to the target; *not run yet* marks a value
+# the summary does not hold. Rows whose summary lists collapsed or stalled runs say so in
+# the last column.
 #
-# The table goes to `notebooks/headline_table.md` (or `$AMOS_NOTEBOOK_OUT`); run from
-# the repository root (`make notebooks`).
+# The table goes to `notebooks/headline_table.md` (or `$AMOS_NOTEBOOK_OUT`), which README's
+# Results section includes; run from the repository root (`make notebooks`).
 
 # %%
 import json
@@ -43,13 +50,25 @@ if not RESULTS.is_dir():
 
 # The paper's claims (reference section 3), as upper bounds on Amos / AdamW ratios.
 CLAIMS = {"steps": 0.70, "time": 0.70, "memory": 0.51}
-RATIO_KEYS = {
-    "steps": "steps_ratio_to_baseline",
-    "time": "time_ratio_to_baseline",
-    "memory": "slot_bytes_ratio_to_baseline",
+# The summary fields of each split: the study reports test, the earlier comparisons eval.
+FIELDS = {
+    "test": {
+        "loss": "final_test_loss",
+        "steps": "steps_to_test_target_mean",
+        "steps ratio": "test_steps_ratio_to_baseline",
+        "time ratio": "test_time_ratio_to_baseline",
+        "target": "target_test_loss",
+        "definition": "target_test_definition",
+    },
+    "eval": {
+        "loss": "final_eval_loss",
+        "steps": "steps_to_target_mean",
+        "steps ratio": "steps_ratio_to_baseline",
+        "time ratio": "time_ratio_to_baseline",
+        "target": "target_eval_loss",
+        "definition": "target_definition",
+    },
 }
-# Keys a later sweep may add for a held-out test loss; the first one present is shown.
-TEST_LOSS_KEYS = ("final_test_loss_mean", "test_loss_mean", "test_loss")
 NOT_RUN = "not run yet"
 
 
@@ -75,14 +94,14 @@ def verdict(ratio, claim: float) -> str:
     return f"unreadable ({ratio})"
 
 
-def mean_std(values, mean=None, std=None) -> str:
-    """``mean ± std`` from the summary's fields, or from a list of per-seed values."""
+def mean_std(v: dict, key: str) -> str:
+    """``mean ± std`` of the summary's ``key`` over seeds (its _mean and _std fields, or
+    the per-seed list)."""
+    mean, std, values = v.get(f"{key}_mean"), v.get(f"{key}_std"), v.get(key)
     if mean is None and isinstance(values, list) and values and all(map(is_number, values)):
         mean = sum(values) / len(values)
         n = len(values)
         std = math.sqrt(sum((x - mean) ** 2 for x in values) / (n - 1)) if n > 1 else 0.0
-    elif mean is None and is_number(values):
-        mean = values
     if mean is None:
         return NOT_RUN
     return fmt(mean, ".4f") + ("" if std is None else " ± " + fmt(std, ".4f"))
@@ -100,24 +119,39 @@ def flagged(v: dict) -> str:
     return "; ".join(parts) or "none"
 
 
-def settings(summary: dict, v: dict) -> str:
-    """'tuned' once a sweep marks its rows; today's runs are the untuned guidance."""
-    tuned = v.get("tuned", summary.get("tuned"))
-    return "tuned" if tuned is True else "untuned"
+def settings(v: dict) -> str:
+    """tuned or untuned, with the knob's value where a sweep recorded it."""
+    name = "tuned" if v.get("tuned") is True else "untuned"
+    if "knob" in v and is_number(v.get("knob_value")):
+        label = {"AMOS_XI": "xi", "ADAMW_LR": "lr"}.get(v["knob"], v["knob"])
+        return f"{name} ({label} {v['knob_value']:.3g} = {v.get('knob_factor', 1):g}x)"
+    return name
+
+
+def revisions(s: dict) -> str:
+    gits = s.get("run_gits") or [s.get("run_git") or {}]
+    revs = [g.get("revision") for g in gits]
+    clean = all(g.get("dirty") is False for g in gits)
+    if not any(revs):
+        return NOT_RUN
+    return ", ".join(r[:7] for r in revs if r) + ("" if clean else " (not all clean)")
 
 
 # %% [markdown]
 # ## Read every summary
 
 # %%
-summaries = {}
+studies, earlier = {}, {}
 for path in sorted(RESULTS.rglob("summary.json")):
     name = path.parent.relative_to(RESULTS).as_posix()
     try:
-        summaries[name] = json.loads(path.read_text())
+        summary = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         print(f"skipped {path}: {e}")
-print(f"{len(summaries)} summaries:", ", ".join(summaries))
+        continue
+    (studies if name.startswith("study/") else earlier)[name] = summary
+print(f"{len(studies)} study summaries:", ", ".join(studies) or "none yet")
+print(f"{len(earlier)} earlier summaries:", ", ".join(earlier))
 
 # %%
 COLUMNS = [
@@ -125,8 +159,7 @@ COLUMNS = [
     "optimizer",
     "settings",
     "seeds",
-    "final eval loss (mean ± std)",
-    "test loss",
+    "final loss (mean ± std)",
     "steps to target",
     "steps ratio",
     f"steps claim (≤ {CLAIMS['steps']:.2f})",
@@ -137,88 +170,120 @@ COLUMNS = [
     "flagged runs",
 ]
 
-rows = []
-for name, s in summaries.items():
-    baseline = s.get("baseline")
-    for opt, v in (s.get("optimizers") or {}).items():
-        test_loss = next((v[k] for k in TEST_LOSS_KEYS if v.get(k) is not None), None)
-        ratios = {claim: v.get(key) for claim, key in RATIO_KEYS.items()}
-        verdicts = {
-            claim: "baseline" if opt == baseline else verdict(ratios[claim], CLAIMS[claim])
-            for claim in CLAIMS
-        }
-        seeds = v.get("seeds")
-        values = [
-            name,
-            opt,
-            settings(s, v),
-            str(len(seeds)) if isinstance(seeds, list) else NOT_RUN,
-            mean_std(
-                v.get("final_eval_loss"),
-                v.get("final_eval_loss_mean"),
-                v.get("final_eval_loss_std"),
-            ),
-            mean_std(test_loss, std=v.get("final_test_loss_std", v.get("test_loss_std"))),
-            fmt(v.get("steps_to_target_mean"), ".0f"),
-            fmt(ratios["steps"], ".3f"),
-            verdicts["steps"],
-            fmt(ratios["time"], ".3f"),
-            verdicts["time"],
-            fmt(ratios["memory"], ".3f"),
-            verdicts["memory"],
-            flagged(v),
-        ]
-        rows.append(dict(zip(COLUMNS, values, strict=True)))
-print(f"{len(rows)} rows")
+
+def table_rows(summaries: dict[str, dict], split: str) -> list[dict[str, str]]:
+    """One row per experiment and optimizer, on ``split``'s fields."""
+    f = FIELDS[split]
+    rows = []
+    for name, s in summaries.items():
+        baseline = s.get("baseline")
+        for opt, v in (s.get("optimizers") or {}).items():
+            ratios = {
+                "steps": v.get(f["steps ratio"]),
+                "time": v.get(f["time ratio"]),
+                "memory": v.get("slot_bytes_ratio_to_baseline"),
+            }
+            verdicts = {
+                claim: "baseline" if opt == baseline else verdict(ratios[claim], CLAIMS[claim])
+                for claim in CLAIMS
+            }
+            seeds = v.get("seeds")
+            values = [
+                name.removeprefix("study/"),
+                opt,
+                settings(v),
+                str(len(seeds)) if isinstance(seeds, list) else NOT_RUN,
+                mean_std(v, f["loss"]),
+                fmt(v.get(f["steps"]), ".0f"),
+                fmt(ratios["steps"], ".3f"),
+                verdicts["steps"],
+                fmt(ratios["time"], ".3f"),
+                verdicts["time"],
+                fmt(ratios["memory"], ".3f"),
+                verdicts["memory"],
+                flagged(v),
+            ]
+            rows.append(dict(zip(COLUMNS, values, strict=True)))
+    return rows
+
+
+def notes(summaries: dict[str, dict], split: str) -> list[str]:
+    f = FIELDS[split]
+    out = []
+    for name, s in summaries.items():
+        line = f"- `results/{name}/`: target {fmt(s.get(f['target']), '.4f')}"
+        line += f" ({s.get(f['definition'], 'definition not recorded')})"
+        if s.get("picks_from"):
+            line += f"; the picks of `{s['picks_from']}`"
+        line += f"; trained at git {revisions(s)}"
+        m = s.get("machine") or {}
+        if m:
+            line += f" on {m.get('device_kind')} x{m.get('device_count')}, "
+            line += f"{m.get('cpu_count')} CPUs"
+        a = s.get("anchor_check")
+        if a:
+            passed = "PASS" if a.get("passed") else "FAIL"
+            line += (
+                f"; anchor: {a.get('optimizer')} expected {a.get('expected_eval_loss')} ± "
+                f"{a.get('tolerance')}, measured {fmt(a.get('measured_eval_loss'), '.4f')}: "
+                f"{passed}"
+            )
+        out.append(line + ".")
+    return out
+
+
+def markdown_table(rows: list[dict[str, str]]) -> list[str]:
+    return [
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+        *("| " + " | ".join(row.values()) + " |" for row in rows),
+    ]
+
+
+study_rows = table_rows(studies, "test")
+earlier_rows = table_rows(earlier, "eval")
+print(f"{len(study_rows)} study rows, {len(earlier_rows)} earlier rows")
 
 # %% [markdown]
-# ## The table, and the notes that go with it
+# ## The tables, and the notes that go with them
 
 # %%
-notes = []
-for name, s in summaries.items():
-    line = f"- `{name}`: target {fmt(s.get('target_eval_loss'), '.4f')}"
-    line += f" ({s.get('target_definition', 'definition not recorded')})"
-    run_git = (s.get("run_git") or {}).get("revision")
-    line += f"; trained at git {run_git[:7] if run_git else NOT_RUN}"
-    a = s.get("anchor_check")
-    if a:
-        passed = "PASS" if a.get("passed") else "FAIL"
-        line += (
-            f"; anchor: {a.get('optimizer')} expected {a.get('expected_eval_loss')} ± "
-            f"{a.get('tolerance')}, measured {fmt(a.get('measured_eval_loss'), '.4f')}: {passed}"
-        )
-    notes.append(line + ".")
-
-any_tuned = any(row["settings"] == "tuned" for row in rows)
-scope = (
-    "Some rows come from the study's tuned settings (settings = tuned)."
-    if any_tuned
-    else "No tuned row yet: every run here is a CPU-scale comparison with Amos at the "
-    "reference's untuned guidance (xi = 1/sqrt(N), 1 - beta of the order of xi; README, "
-    '"What the faithful recipes changed"), nothing tuned on validation for either '
-    "optimizer. The study's tuned rows join this table when they are run."
+study_part = (
+    [
+        "Each optimizer tuned with the same budget on validation, its pick and Amos at its "
+        "untuned guidance value then trained with fresh seeds, reported on **test**. Ratios "
+        "are Amos / AdamW: steps and training time for the seed-mean test curve to reach "
+        "AdamW's mean final test loss, and optimizer-slot bytes.",
+        "",
+        *markdown_table(study_rows),
+        "",
+        *notes(studies, "test"),
+    ]
+    if study_rows
+    else ["No sweep has finished yet."]
 )
 text = "\n".join(
     [
         "# Headline table: Amos against AdamW",
         "",
         "Written by `notebooks/headline_table.py` from `results/**/summary.json` "
-        "(`make notebooks`); do not edit by hand.",
+        "(`make notebooks`); do not edit by hand. The paper's claims (reference section 3) "
+        "head the verdict columns.",
         "",
-        scope,
+        '## The study (README, "The reproduction study: protocol")',
         "",
-        "Ratios are Amos / AdamW: steps and training time for the seed-mean eval curve to "
-        "reach the target (AdamW's mean final eval loss), and optimizer-slot bytes. The "
-        "paper's claims (reference section 3) head the verdict columns.",
+        *study_part,
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
-        *("| " + " | ".join(row.values()) + " |" for row in rows),
+        "## The earlier comparisons (untuned, before the protocol)",
         "",
-        "Per experiment:",
+        "One setting per optimizer, Amos at the reference's untuned guidance (xi = "
+        "1/sqrt(N), 1 - beta of the order of xi), nothing tuned on validation for either; "
+        "judged on the held-out split they report (eval), which predates the test split. "
+        "Ratios as above, to AdamW's mean final eval loss.",
         "",
-        *notes,
+        *markdown_table(earlier_rows),
+        "",
+        *notes(earlier, "eval"),
         "",
     ]
 )
@@ -232,13 +297,14 @@ Markdown(text)
 
 # %%
 VERDICTS = [c for c in COLUMNS if " claim " in c]
-challengers = [row for row in rows if row[VERDICTS[0]] != "baseline"]
-for column in VERDICTS:
-    met = sum(row[column] == "met" for row in challengers)
-    print(f"{column}: met in {met} of {len(challengers)} non-baseline rows")
-all_met = [
-    f"{row['experiment']} ({row['optimizer']})"
-    for row in challengers
-    if all(row[c] == "met" for c in VERDICTS)
-]
-print("all three claims met:", ", ".join(all_met) or "none")
+for title, rows in [("study", study_rows), ("earlier", earlier_rows)]:
+    challengers = [row for row in rows if row[VERDICTS[0]] != "baseline"]
+    for column in VERDICTS:
+        met = sum(row[column] == "met" for row in challengers)
+        print(f"{title}: {column}: met in {met} of {len(challengers)} non-baseline rows")
+    all_met = [
+        f"{row['experiment']} ({row['optimizer']})"
+        for row in challengers
+        if all(row[c] == "met" for c in VERDICTS)
+    ]
+    print(f"{title}: all three claims met:", ", ".join(all_met) or "none")

@@ -11,18 +11,20 @@
 # ---
 
 # %% [markdown]
-# # Eval loss against steps and against training time
+# # Loss against steps and against training time
 #
-# For every experiment with a `summary.json` under `results/`, each optimizer's eval
-# loss from the runs' own records, `results/<experiment>/runs/<optimizer>/seed_<k>/metrics.jsonl`
-# (the `"split": "eval"` lines): the mean over seeds and a band from the min to the max,
-# against the training step and against training time (the loop's wall time without
-# compilation and evaluation, averaged over seeds at each step; measured on a shared
-# 2-core machine, so noisier than steps). The dashed line is the summary's target,
-# AdamW's mean final eval loss.
+# For every experiment with a `summary.json` under `results/`, each optimizer's loss from
+# the runs' own records (the `"split": "eval"` lines of each run's `metrics.jsonl`, copied
+# under `results/<experiment>/runs/`): the mean over seeds and a band from the min to the
+# max, against the training step and against training time (the loop's wall time without
+# compilation and evaluation, averaged over seeds at each step; measured on a 2-core
+# machine, so noisier than steps). The dashed line is the summary's target.
 #
-# One figure, `notebooks/figures/loss_curves.png` (or `$AMOS_NOTEBOOK_OUT/figures/`);
-# run from the repository root (`make notebooks`).
+# Two figures. `figures/loss_curves.png`: the study (`results/study/*/`), the **test** loss
+# of the fresh seeds of each row (tuned AdamW, tuned Amos, untuned Amos), the target
+# AdamW's mean final test loss. `figures/loss_curves_earlier.png`: the earlier untuned
+# comparisons, their eval loss. Both under `notebooks/` (or `$AMOS_NOTEBOOK_OUT`); run
+# from the repository root (`make notebooks`).
 
 # %%
 import json
@@ -43,26 +45,34 @@ if not RESULTS.is_dir():
     raise FileNotFoundError(f"no {RESULTS}: run the notebook from the repository root")
 
 
-def eval_records(path: Path) -> list[dict]:
-    """The eval lines of a metrics.jsonl; a half-written line is skipped."""
+def eval_records(path: Path, key: str) -> list[dict]:
+    """The eval lines of a metrics.jsonl that hold ``key``; a half-written line is skipped."""
     records = []
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             continue
-        if record.get("split") == "eval" and "loss" in record:
-            records.append(record)
+        if record.get("split") == "eval" and key in record:
+            records.append({**record, "loss": record[key]})
     return records
 
 
-def seed_curves(run_dir: Path) -> dict[str, list[list[dict]]]:
-    """{optimizer: one eval curve per seed} from run_dir/<optimizer>/seed_<k>/."""
+def seed_curves(summary_dir: Path, summary: dict, key: str) -> dict[str, list[list[dict]]]:
+    """{row: one curve per seed}, from the copies under ``summary_dir/runs`` of the run
+    directories the summary lists per row (below its run_parent)."""
     curves: dict[str, list[list[dict]]] = {}
-    for metrics in sorted(run_dir.glob("*/seed_*/metrics.jsonl")):
-        curve = eval_records(metrics)
-        if curve:
-            curves.setdefault(metrics.parent.parent.name, []).append(curve)
+    parent = Path(summary.get("run_parent") or "")
+    for opt, v in (summary.get("optimizers") or {}).items():
+        for run_dir in v.get("run_dirs") or []:
+            try:
+                rel = Path(run_dir).relative_to(parent)
+            except ValueError:
+                continue
+            metrics = summary_dir / "runs" / rel / "metrics.jsonl"
+            curve = eval_records(metrics, key) if metrics.is_file() else []
+            if curve:
+                curves.setdefault(opt, []).append(curve)
     return curves
 
 
@@ -86,57 +96,78 @@ def band(curves: list[list[dict]]) -> dict[str, np.ndarray]:
 # ## Read the curves
 
 # %%
-experiments = {}
+studies, earlier = {}, {}
 for path in sorted(RESULTS.rglob("summary.json")):
     try:
         summary = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         print(f"skipped {path}: {e}")
         continue
-    curves = seed_curves(path.parent / "runs")
-    order = list(summary.get("optimizers") or {})
-    ordered = sorted(curves, key=lambda o: order.index(o) if o in order else len(order))
-    experiments[path.parent.relative_to(RESULTS).as_posix()] = {
-        "target": summary.get("target_eval_loss"),
-        "curves": {opt: curves[opt] for opt in ordered},
+    name = path.parent.relative_to(RESULTS).as_posix()
+    study = name.startswith("study/")
+    key = "test_loss" if study else "loss"
+    (studies if study else earlier)[name.removeprefix("study/")] = {
+        "target": summary.get("target_test_loss" if study else "target_eval_loss"),
+        "curves": seed_curves(path.parent, summary, key),
     }
-for name, e in experiments.items():
+for name, e in {**studies, **earlier}.items():
     seeds = ", ".join(f"{opt} x{len(c)}" for opt, c in e["curves"].items()) or "no curves"
     print(f"{name}: {seeds}")
+
 
 # %% [markdown]
 # ## One row per experiment: against steps (left) and training time (right)
 
+
 # %%
-fig, axes = plt.subplots(
-    max(len(experiments), 1), 2, figsize=(11, 3.2 * max(len(experiments), 1)), squeeze=False
+def figure(experiments: dict, ylabel: str, title: str, path: Path) -> Path:
+    n = max(len(experiments), 1)
+    fig, axes = plt.subplots(n, 2, figsize=(11, 3.2 * n), squeeze=False)
+    # One color per row name in every panel, in the order they first appear.
+    names = list(dict.fromkeys(opt for e in experiments.values() for opt in e["curves"]))
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = {opt: cycle[i % len(cycle)] for i, opt in enumerate(names)}
+    for (name, e), row in zip(experiments.items(), axes, strict=False):
+        for opt, curves in e["curves"].items():
+            b = band(curves)
+            if not len(b["step"]):
+                continue
+            for ax, key in zip(row, ["step", "train_time_s"], strict=True):
+                color = colors[opt]
+                ax.plot(b[key], b["mean"], color=color, label=f"{opt} (n={len(curves)})")
+                ax.fill_between(b[key], b["min"], b["max"], color=color, alpha=0.2, lw=0)
+        for ax, xlabel in zip(row, ["step", "training time (s)"], strict=True):
+            if isinstance(e["target"], (int, float)):
+                ax.axhline(e["target"], color="gray", ls="--", lw=0.8, label="target")
+            ax.set_title(name, fontsize=10)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    if not experiments:
+        axes[0, 0].text(0.5, 0.5, "no runs yet", ha="center", transform=axes[0, 0].transAxes)
+    fig.suptitle(title, y=1.0)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    print(f"wrote {path}")
+    return path
+
+
+study_figure = figure(
+    studies,
+    "test loss",
+    "The study: test loss of the fresh seeds, mean and min-max band",
+    OUT / "figures" / "loss_curves.png",
 )
-# One color per optimizer in every panel, in the order optimizers first appear.
-names = list(dict.fromkeys(opt for e in experiments.values() for opt in e["curves"]))
-cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-colors = {opt: cycle[i % len(cycle)] for i, opt in enumerate(names)}
-for (name, e), row in zip(experiments.items(), axes, strict=False):
-    for opt, curves in e["curves"].items():
-        b = band(curves)
-        if not len(b["step"]):
-            continue
-        for ax, key in zip(row, ["step", "train_time_s"], strict=True):
-            color = colors[opt]
-            ax.plot(b[key], b["mean"], color=color, label=f"{opt} (n={len(curves)})")
-            ax.fill_between(b[key], b["min"], b["max"], color=color, alpha=0.2, lw=0)
-    for ax, xlabel in zip(row, ["step", "training time (s)"], strict=True):
-        if isinstance(e["target"], (int, float)):
-            ax.axhline(e["target"], color="gray", ls="--", lw=0.8, label="target")
-        ax.set_title(name, fontsize=10)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("eval loss")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-fig.suptitle("Eval loss: mean over seeds, band from min to max", y=1.0)
-fig.tight_layout()
-figure = OUT / "figures" / "loss_curves.png"
-figure.parent.mkdir(parents=True, exist_ok=True)
-fig.savefig(figure, dpi=80, bbox_inches="tight")
-plt.close(fig)
-print(f"wrote {figure}")
-Image(filename=str(figure))
+earlier_figure = figure(
+    earlier,
+    "eval loss",
+    "Earlier untuned comparisons: eval loss, mean and min-max band over seeds",
+    OUT / "figures" / "loss_curves_earlier.png",
+)
+Image(filename=str(study_figure))
+
+# %%
+Image(filename=str(earlier_figure))

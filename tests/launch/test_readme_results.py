@@ -1,5 +1,5 @@
-"""README's results block and included results files are what launch/readme_results.py
-writes from results/: no number in them is typed by hand or left stale."""
+"""README's results block is the notebook's headline table and its included results files
+are what launch/readme_results.py writes: no number in them is typed by hand or stale."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tests.launch.harness_helpers import REPO
 def test_readme_equals_what_the_results_give(tmp_path: Path):
     copy = tmp_path / "README.md"
     shutil.copy(REPO / "README.md", copy)
-    assert readme_results.main(["--readme", str(copy), "--results", str(REPO / "results")]) == 0
+    assert readme_results.main(["--readme", str(copy)]) == 0
     assert copy.read_text() == (REPO / "README.md").read_text(), (
         "README.md is stale: run launch/readme_results.py"
     )
@@ -26,4 +26,22 @@ def test_an_include_block_takes_the_file_text(tmp_path: Path):
     assert readme_results.includes(text, tmp_path) == (
         "before\n<!-- include: results/table.md -->\n```\n| a | b |\n|---|---|\n| 1 | 2 |\n```\n"
         "<!-- end include -->\nafter\n"
+    )
+
+
+def test_the_results_block_is_the_headline_table_under_readmes_heading(tmp_path: Path):
+    headline = tmp_path / "headline_table.md"
+    headline.write_text("# Headline table\n\nIntro.\n\n## The study\n\n| a |\n|---|\n| 1 |\n")
+    assert readme_results.block(headline) == "Intro.\n\n### The study\n\n| a |\n|---|\n| 1 |\n"
+    readme = tmp_path / "README.md"
+    readme.write_text("## Results\n<!-- results:begin -->\nold\n<!-- results:end -->\nend\n")
+    readme_results.main(["--readme", str(readme), "--headline", str(headline)])
+    assert readme.read_text() == (
+        "## Results\n<!-- results:begin -->\nIntro.\n\n### The study\n\n| a |\n|---|\n| 1 |\n"
+        "<!-- results:end -->\nend\n"
+    )
+    # The committed README holds the committed table.
+    assert (
+        readme_results.block(REPO / "notebooks" / "headline_table.md")
+        in (REPO / "README.md").read_text()
     )
