@@ -674,7 +674,7 @@ def _eval_loss(
     )
 
 
-def eval_counted_step(
+def eval_step(
     state: TrainState,
     batch: Mapping[str, jax.Array],
     *,
@@ -699,22 +699,6 @@ def eval_counted_step(
     count = jnp.asarray(metrics.get("num_targets", 1.0), jnp.float32)
     # The per-token loss where the objective is a sum (see Task.loss).
     return metrics.get("token_loss", loss), metrics["accuracy"], count
-
-
-def eval_step(
-    state: TrainState,
-    batch: Mapping[str, jax.Array],
-    *,
-    model: nn.Module,
-    task: Any,
-    seed: int = 0,
-    compute_dtype: str | None = None,
-) -> tuple[jax.Array, jax.Array]:
-    """(per-token loss, accuracy) of the state on one held-out batch."""
-    loss, accuracy, _ = eval_counted_step(
-        state, batch, model=model, task=task, seed=seed, compute_dtype=compute_dtype
-    )
-    return loss, accuracy
 
 
 def eval_carry_step(
@@ -1135,9 +1119,7 @@ class Trainer:
             out_shardings=(self.state_sharding, self.replicated),
         )
         self.eval_step = jax.jit(
-            functools.partial(
-                eval_counted_step, model=model, task=task, seed=c.seed, compute_dtype=dtype
-            ),
+            functools.partial(eval_step, model=model, task=task, seed=c.seed, compute_dtype=dtype),
             in_shardings=(self.state_sharding, self.batch_sharding),
             out_shardings=self.replicated,
         )
@@ -1246,7 +1228,7 @@ class Trainer:
 
     def evaluate(self, state, batches) -> dict[str, float]:
         """Per split: the loss (per target) and accuracy over its evaluation batches, each
-        batch weighted by its number of targets (`eval_counted_step`): the exact mean over
+        batch weighted by its number of targets (`eval_step`): the exact mean over
         the targets evaluated, padding rows (weight 0) counting for nothing."""
         out = {}
         for split, split_batches in batches.items():

@@ -156,7 +156,7 @@ def test_bert_classifier_fine_tunes_from_a_pretrained_masked_lm(
     batch = trainer.task.eval_batch("val", seed=0, index=0, batch_size=20)
     assert batch["weights"].sum() == 20
     counted = jax.jit(
-        functools.partial(train_lib.eval_counted_step, model=trainer.model, task=trainer.task)
+        functools.partial(train_lib.eval_step, model=trainer.model, task=trainer.task)
     )
     loss, accuracy, _ = jax.device_get(counted(state, batch))
     assert math.isclose(final["eval"]["loss"], float(loss), rel_tol=1e-6)

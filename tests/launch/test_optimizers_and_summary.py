@@ -171,4 +171,10 @@ def test_collapse_and_stall_detection():
     # A solved classifier keeps accuracy 1.0: neither.
     solved = curve([1.0, 0.1, 0.05, 0.049], [0.8, 1.0, 1.0, 1.0])
     assert collapse_reason(solved) is None and stall_reason(solved) is None
+    # Converged at one error in 160 with a flat loss (the untuned Amos ResNet, seed 1, of
+    # the study's first sweep): neither; the same plateau at a low accuracy is a collapse.
+    one_error = curve([0.3, 0.0148, 0.0147, 0.0146], [0.9, 0.99375, 0.99375, 0.99375])
+    assert collapse_reason(one_error) is None and stall_reason(one_error) is None
+    low = curve([0.3, 0.0148, 0.0147, 0.0146], [0.9, 0.5, 0.5, 0.5])
+    assert "frozen at 0.5000" in collapse_reason(low)
     assert "nan" in collapse_reason(curve([3.0, float("nan")], [0.1, 0.1]))

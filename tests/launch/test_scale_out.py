@@ -514,9 +514,7 @@ def test_evaluation_is_the_exact_per_target_mean_over_a_padded_split(tmp_path: P
     result = trainer.evaluate(state, batches)
     # The 20 examples in one batch without padding: the per-example mean itself.
     one_batch = task.eval_batch("val", seed=0, index=0, batch_size=20)
-    counted = jax.jit(
-        functools.partial(train_lib.eval_counted_step, model=trainer.model, task=task)
-    )
+    counted = jax.jit(functools.partial(train_lib.eval_step, model=trainer.model, task=task))
     exact_loss, exact_accuracy, count = jax.device_get(counted(state, one_batch))
     assert count == 20
     assert math.isclose(result["loss"], float(exact_loss), rel_tol=1e-6)

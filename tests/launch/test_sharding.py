@@ -51,7 +51,7 @@ def test_train_step_called_directly_lowers_the_loss_and_counts_steps(tiny):
     step = jax.jit(functools.partial(train_lib.train_step, model=model, tx=tx, task=task))
     evaluate = jax.jit(functools.partial(train_lib.eval_step, model=model, task=task))
     held_out = task.eval_batch("val", seed=0, index=0, batch_size=32)
-    before, _ = evaluate(state, held_out)
+    before, _, _ = evaluate(state, held_out)
     assert int(state.step) == 0
     losses = []
     for s in range(1, 81):
@@ -63,7 +63,7 @@ def test_train_step_called_directly_lowers_the_loss_and_counts_steps(tiny):
     # From ln(vocab) = 4.04 (uniform) down clearly, on training and held-out batches.
     assert losses[0] == pytest.approx(math.log(task.model_kwargs()["vocab_size"]), abs=0.1)
     assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.5
-    after, _ = evaluate(state, held_out)
+    after, _, _ = evaluate(state, held_out)
     assert float(after) < float(before) - 0.5
 
 
