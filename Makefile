@@ -25,21 +25,16 @@ quickstart: $(STAMP)
 quickstart-record: $(STAMP)
 	$(PY) launch/quickstart.py --results results/quickstart
 
-# The fast suite (under 12 minutes on 2 cores): everything but the tests marked slow, on
-# two workers (pytest-xdist, a test file per worker at a time); the few tests marked
-# exclusive (eight virtual devices) run alone afterwards.
-PYTEST := $(PY) -m pytest -q
-PARALLEL := -n 2 --dist loadfile
+# The fast suite (under 12 minutes on 2 cores): everything but the tests marked slow.
+# The tests share one XLA compilation cache (tests/conftest.py), kept between the two runs.
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PYTEST) $(PARALLEL) -m "not slow and not exclusive" tests
-	$(PYTEST) -m "not slow and exclusive" tests
+	$(PY) -m pytest -q -m "not slow" tests
 
-# What CI runs: the fast suite, then the slow end-to-end tests, the same way.
+# What CI runs: the fast suite, then the slow end-to-end tests.
 test-all: test
-	$(PYTEST) $(PARALLEL) -m "slow and not exclusive" tests
-	$(PYTEST) -m "slow and exclusive" tests
+	$(PY) -m pytest -q -m slow tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/optimizer_step.py

@@ -150,6 +150,8 @@ for ax, (name, record) in zip(axes.flat, sweeps.items(), strict=False):
             elif t["status"] == "diverged":
                 ax.plot(t["factor"], top, "x", ms=10, mew=2, color=color, clip_on=False)
     ax.set_xscale("log", base=2)
+    if finished and min(finished) > 0 and max(finished) / min(finished) > 10:
+        ax.set_yscale("log")  # Losses over decades (a classifier that nearly solves it).
     factors = record["factors"]
     ax.set_xticks(factors, [f"{f:g}" for f in factors])
     ax.minorticks_off()

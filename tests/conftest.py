@@ -1,4 +1,9 @@
-"""Fixtures for the whole suite.
+"""Fixtures and settings for the whole suite.
+
+One XLA compilation cache serves every test and every run.py process a test starts (they
+inherit the variable): the same train and eval steps compile in dozens of tests, so all
+but the first are read from disk. JAX reads JAX_COMPILATION_CACHE_DIR when it is first
+imported, which is after this file; a value set by the caller is kept.
 
 Tests that read the real text corpus take the `shakespeare` fixture: where the shared data
 directory beside the checkout (`../shared/data`) is missing, each of them is skipped with
@@ -7,11 +12,14 @@ one reason that names the path, instead of some failing and some skipping.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".cache" / "jax"))
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import pytest
 from jax.sharding import PartitionSpec as P
 
 import amos
@@ -93,7 +92,6 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.exclusive  # eight virtual devices
 def test_sharded_update_on_8_cpu_devices_equals_single_device():
     env = dict(
         os.environ,

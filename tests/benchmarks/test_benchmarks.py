@@ -40,7 +40,6 @@ def test_harness_overhead_runs_both_loops_and_records_them(tmp_path: Path, capsy
 
 
 @pytest.mark.slow  # Two runs, one on 8 virtual devices.
-@pytest.mark.exclusive
 def test_device_count_drift_compares_one_and_eight_devices(tmp_path: Path):
     from benchmarks import device_count_drift
 

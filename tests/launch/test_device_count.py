@@ -27,7 +27,7 @@ import pytest
 
 from tests.launch.harness_helpers import env_with, metrics, run, run_cmd
 
-pytestmark = [pytest.mark.slow, pytest.mark.exclusive]  # Four runs, two on 8 devices.
+pytestmark = pytest.mark.slow  # Four runs, two of them on 8 virtual devices.
 
 EIGHT = env_with(XLA_FLAGS="--xla_force_host_platform_device_count=8")
 

@@ -106,7 +106,6 @@ def test_resume_after_sigkill_is_exact(reference_run: Path, tmp_path: Path):
 
 
 @pytest.mark.slow  # end to end: extra runs of launch/run.py
-@pytest.mark.exclusive  # eight virtual devices
 def test_eight_device_mesh_matches_one_device(reference_run: Path, tmp_path: Path):
     d = tmp_path / "eight"
     env = env_with(XLA_FLAGS="--xla_force_host_platform_device_count=8")

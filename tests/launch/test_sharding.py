@@ -235,7 +235,6 @@ def _check_bytes(one: dict, eight: dict) -> None:
 
 
 @pytest.mark.slow  # runs on 8 virtual devices
-@pytest.mark.exclusive
 def test_fsdp8_adamw_matches_one_device_with_an_eighth_of_the_bytes(tmp_path: Path):
     one = _train(tmp_path / "one", "adamw", eight=False)
     eight = _train(tmp_path / "eight", "adamw", eight=True)
@@ -258,7 +257,6 @@ def test_fsdp8_adamw_matches_one_device_with_an_eighth_of_the_bytes(tmp_path: Pa
 
 
 @pytest.mark.slow  # runs on 8 virtual devices
-@pytest.mark.exclusive
 def test_fsdp8_amos_matches_one_device_and_resumes_exactly(tmp_path: Path):
     one = _train(tmp_path / "one", "amos", eight=False)
     eight = _train(tmp_path / "eight", "amos", eight=True, split=STEPS // 2 + 10)
