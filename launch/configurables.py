@@ -6,6 +6,8 @@ bound in its model gin file (`amos_optimizer.gains`, `eta_overrides`, `shape_ove
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import gin
 
@@ -85,3 +87,10 @@ for _fn, _name in [
     gin.external_configurable(_fn, _name)
 gin.external_configurable(optimizers.amos_optimizer, "amos_optimizer")
 gin.external_configurable(optimizers.adamw_optimizer, "adamw_optimizer")
+# The plug-and-play arms (gin_configs/optimizers/<arm>.gin binds
+# `train.optimizer = @<arm>_optimizer`), and the train-set size of AdamW's EMA timescale.
+for _arm, _variant in optimizers.PNP_ARMS.items():
+    gin.external_configurable(
+        functools.partial(optimizers.adam_pnp_optimizer, variant=_variant), f"{_arm}_optimizer"
+    )
+gin.external_configurable(optimizers.train_examples, "train_examples")

@@ -3,7 +3,9 @@
 Each factory takes the run's total step count and returns an `OptimizerSpec`: the optax
 transformation plus what the trainer logs about it (the learning rate in force at a step,
 Amos's diagnostics). `amos` is imported inside the factories that need it, so the AdamW
-paths work on their own.
+paths work on their own. The arms: `adamw_optimizer`, `amos_optimizer`, and Adam with the
+plug-and-play schedules (`adam_pnp_isq_optimizer`, `adam_pnp_itime_optimizer`: reference
+section 5); `train_examples` gives AdamW's EMA timescale (section 6) the train-set size.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import gin
 import jax
 import jax.numpy as jnp
 import optax
@@ -152,6 +155,59 @@ def linear_warmup(peak: float, warmup_steps: int) -> optax.Schedule:
     return optax.linear_schedule(0.0, peak, warmup_steps)
 
 
+def adamw_weight_decay(
+    weight_decay: float | None,
+    tau_epochs: float | None,
+    *,
+    learning_rate: float,
+    batch_size: int | None,
+    train_examples: int | None,
+) -> float:
+    """AdamW's decoupled weight decay: ``weight_decay`` as given, or the one whose EMA
+    timescale is ``tau_epochs`` epochs (reference section 6, Wang & Aitchison 2024)::
+
+        tau_iter = 1 / (lr * wd),  tau_epoch = tau_iter / (train_examples / batch_size)
+        =>  wd = batch_size / (lr * train_examples * tau_epochs)
+
+    (``amos.weight_decay_from_timescale``) at the peak learning rate ``lr``. Exactly one
+    of the two is set; the other is None.
+    """
+    if (weight_decay is None) == (tau_epochs is None):
+        raise ConfigError(
+            "set one of adamw_optimizer.weight_decay (ADAMW_WEIGHT_DECAY) and "
+            "adamw_optimizer.tau_epochs (ADAMW_TAU_EPOCHS), the other None; got "
+            f"{weight_decay!r} and {tau_epochs!r}"
+        )
+    if tau_epochs is None:
+        return checked_number("adamw_optimizer.weight_decay", weight_decay, allow_low=True)
+    import amos
+
+    checked_number("adamw_optimizer.tau_epochs (ADAMW_TAU_EPOCHS)", tau_epochs)
+    for binding, value in [
+        ("adamw_optimizer.batch_size (BATCH_SIZE)", batch_size),
+        ("adamw_optimizer.train_examples (@train_examples())", train_examples),
+    ]:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(
+                f"{binding} must be a positive integer when ADAMW_TAU_EPOCHS is set "
+                f"(the timescale is counted in epochs), got {value!r}"
+            )
+    return amos.weight_decay_from_timescale(learning_rate, tau_epochs, batch_size, train_examples)
+
+
+def train_examples(task: Any) -> int:
+    """The size of a task's training split in examples (its ``num_train_examples``), for
+    ``adamw_optimizer.train_examples = @train_examples()`` with ``train_examples.task``
+    bound to the experiment's task: the EMA timescale's epoch comes from the data."""
+    n = getattr(task, "num_train_examples", None)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ConfigError(
+            f"train_examples.task: {type(task).__name__} does not give its training-set size "
+            f"(num_train_examples = {n!r}); the weight-decay timescale needs it"
+        )
+    return n
+
+
 def adamw_optimizer(
     total_steps: int,
     *,
@@ -162,15 +218,28 @@ def adamw_optimizer(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-6,
-    weight_decay: float = 0.01,
+    weight_decay: float | None = 0.01,
     decay_mask: str = "paper",
     clip_global_norm: float | None = None,
+    horizon_steps: int | None = None,
+    tau_epochs: float | None = None,
+    batch_size: int | None = None,
+    train_examples: int | None = None,
 ) -> OptimizerSpec:
     """AdamW with a schedule of ``adamw_schedule``; the paper's baseline by default.
 
     ``decay_mask``: ``paper`` decays all but biases and normalization scales
     (``amos.adamw_baseline``); ``matrices`` decays tensors of 2+ axes (nanoGPT).
     ``clip_global_norm`` clips the gradient's global norm first (nanoGPT: 1.0).
+
+    ``horizon_steps``: the step where the schedule ends (None: ``total_steps``). A run
+    trained past it stays at the schedule's end rate (0 for the paper's linear decay):
+    how a run planned for ``horizon_steps`` continues, without a restart of its schedule
+    (``launch/sweep.py --continue_to``).
+
+    ``tau_epochs``: set the weight decay by its EMA timescale in epochs instead of
+    ``weight_decay`` (which is then None; see ``adamw_weight_decay``), from the peak
+    ``learning_rate``, ``batch_size`` and the task's ``train_examples``.
     """
     import amos
 
@@ -181,10 +250,20 @@ def adamw_optimizer(
     checked_number("adamw_optimizer.b1", b1, high=1.0, allow_low=True)
     checked_number("adamw_optimizer.b2", b2, high=1.0, allow_low=True)
     checked_number("adamw_optimizer.eps", eps)
-    checked_number("adamw_optimizer.weight_decay", weight_decay, allow_low=True)
+    weight_decay = adamw_weight_decay(
+        weight_decay,
+        tau_epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        train_examples=train_examples,
+    )
     checked_number("adamw_optimizer.clip_global_norm", clip_global_norm, allow_none=True)
+    if horizon_steps is None:
+        horizon_steps = total_steps
+    elif checked_steps("adamw_optimizer.horizon_steps", horizon_steps) == 0:
+        raise ConfigError("adamw_optimizer.horizon_steps must be positive, got 0")
     rate = adamw_schedule(
-        total_steps,
+        horizon_steps,
         learning_rate=learning_rate,
         warmup_steps=warmup_steps,
         schedule=schedule,
@@ -246,7 +325,7 @@ def amos_optimizer(
     checked_number("amos_optimizer.c_coef", c_coef, allow_low=True)
     xi_schedule = linear_warmup(xi, warmup_steps)
     try:
-        eta_fn = amos.default_eta_fn(gains=dict(gains or {}), overrides=eta_overrides)
+        eta_fn = eta_rules_fn(gains, eta_overrides)
         shape_fn = amos.default_shape_fn(shape_overrides)
     except ValueError as e:  # A bad regex or expression in a rule map.
         raise ConfigError(f"amos_optimizer.eta_overrides / shape_overrides / gains: {e}") from e
@@ -269,6 +348,123 @@ def amos_optimizer(
         )
 
     return OptimizerSpec("amos", tx, lambda t: float(xi_schedule(t)), diagnostics)
+
+
+def eta_rules_fn(
+    gains: Mapping[str, float] | None, overrides: Mapping[str, float | str] | None
+) -> Callable:
+    """A family's eta rules as a function of (path, shape): ``amos.default_eta_fn`` with
+    the ``gains`` and ``overrides`` rule maps that its model gin file binds (raises
+    ValueError on a bad rule)."""
+    import amos
+
+    return amos.default_eta_fn(gains=dict(gains or {}), overrides=overrides)
+
+
+def bound_amos_eta_rules() -> tuple[dict | None, dict | None]:
+    """(gains, eta_overrides) as gin binds them for ``amos_optimizer`` (the model gin
+    file's table), None where unbound or outside gin: other arms that need a variable's
+    scale read the one table instead of a copy of it."""
+    rules = []
+    for name in ("gains", "eta_overrides"):
+        try:
+            rules.append(gin.query_parameter(f"amos_optimizer.{name}"))
+        except ValueError:  # Not bound (or no configuration parsed).
+            rules.append(None)
+    return rules[0], rules[1]
+
+
+# The plug-and-play arms (reference section 5): their gin name's stem -> the variant.
+PNP_ARMS = {"adam_pnp_isq": "inverse_square", "adam_pnp_itime": "inverse_time"}
+# sigma of a normalization scale: section 5 takes 0.5 for biases and norm parameters
+# alike (its expected change); Amos' eta of a scale is 1.0, its expected value.
+PNP_SCALE_RULE = {r"(^|/)(scale|gamma)$": 0.5}
+
+
+def adam_pnp_optimizer(
+    total_steps: int,
+    *,
+    variant: str,
+    learning_rate: float,
+    half_life: float,
+    warmup_steps: int = 0,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    q: float = 1.0,
+    clip_global_norm: float | None = None,
+    gains: Mapping[str, float] | None = None,
+    eta_overrides: Mapping[str, float | str] | None = None,
+) -> OptimizerSpec:
+    """Adam's direction with the plug-and-play learning rate and weight decay
+    (``amos.adam_plug_and_play``; reference section 5). For a variable ``theta`` of ``k``
+    entries and scale ``sigma``, at the 0-based update count ``t``::
+
+        u_t     = Adam's bias-corrected m_t / (sqrt(v_t) + eps)   (b1, b2, eps)
+        d_t     = 1 / (alpha_0 p t + 1)**2,  alpha_0 p = (sqrt(2) - 1) / T   (inverse_square)
+                = 1 / (t / T + 1)                                          (inverse_time)
+        alpha_t = alpha_0 * sqrt(k) * sigma / ||u_t|| * d_t
+        rho_t   = alpha_0**2 / (2 q) * d_t
+        w_t     = min(1, (t + 1) / W)   (1 when W = 0)
+        theta  <- theta - w_t * (alpha_t u_t + rho_t theta)
+
+    with ``alpha_0`` = ``learning_rate``, the half-life ``T`` = ``half_life`` (both
+    schedules halve after T steps) and ``W`` = ``warmup_steps``. Nothing depends on
+    ``total_steps`` (unused): the schedules run on past any planned horizon.
+
+    Warmup: the whole update is scaled by ``w_t``, linear over the experiment's
+    WARMUP_STEPS (Amos' convention: ``min(1, n / W)`` at the 1-based step ``n``, so the
+    first update is not zero), and the schedule's clock is not delayed. Why: the
+    derivation has no warmup, but every other arm of the comparison warms up over the same
+    steps (Adam's second moment is a poor estimate at first), so that this arm differs from
+    them only in its decay; a warmup needs no horizon; and keeping ``t`` from the first
+    update keeps ``T`` the half-life from the start (W is a few percent of T).
+
+    sigma: the family's Amos eta rules (``gains``, ``eta_overrides``; by default those gin
+    binds for ``amos_optimizer`` in the model gin file), which give kernels their init std
+    ``sqrt(gain / fan_in)`` and biases 0.5 as section 5 asks, with normalization scales at
+    0.5 (section 5) instead of Amos' 1.0. ``clip_global_norm`` clips the gradient first.
+    """
+    import amos
+    from amos.schedules import decay_rate, schedule_decay
+
+    arm = next((a for a, v in PNP_ARMS.items() if v == variant), None)
+    if arm is None:
+        raise ConfigError(f"adam_pnp variant {variant!r} is not one of {list(PNP_ARMS.values())}")
+    del total_steps
+    name = f"{arm}_optimizer"
+    checked_number(f"{name}.learning_rate (PNP_LR)", learning_rate)
+    checked_number(f"{name}.half_life (PNP_HALF_LIFE)", half_life)
+    checked_steps("WARMUP_STEPS", warmup_steps)
+    checked_number(f"{name}.b1 (PNP_B1)", b1, high=1.0, allow_low=True)
+    checked_number(f"{name}.b2 (PNP_B2)", b2, high=1.0, allow_low=True)
+    checked_number(f"{name}.eps (PNP_EPS)", eps)
+    checked_number(f"{name}.q (PNP_Q)", q)
+    checked_number(f"{name}.clip_global_norm (PNP_CLIP_NORM)", clip_global_norm, allow_none=True)
+    if gains is None and eta_overrides is None:
+        gains, eta_overrides = bound_amos_eta_rules()
+    try:
+        sigma_fn = eta_rules_fn(gains, {**(eta_overrides or {}), **PNP_SCALE_RULE})
+    except ValueError as e:  # A bad regex or expression in a rule map.
+        raise ConfigError(f"{name}: sigma from amos_optimizer.gains / eta_overrides: {e}") from e
+    tx = amos.adam_plug_and_play(
+        learning_rate, sigma_fn, b1=b1, b2=b2, eps=eps, variant=variant, half_life=half_life, q=q
+    )
+    if warmup_steps:
+        tx = optax.chain(
+            tx, optax.scale_by_schedule(lambda n: jnp.minimum(1.0, (n + 1) / warmup_steps))
+        )
+    if clip_global_norm:
+        tx = optax.chain(optax.clip_by_global_norm(clip_global_norm), tx)
+    tx = _named_init(tx, "amos_optimizer.gains, eta_overrides (sigma of the plug-and-play arm)")
+    rate = decay_rate(variant, half_life)
+
+    def global_rate(t: int) -> float:
+        """alpha_0 * w * d at the 1-based step t (without the per-variable factor)."""
+        warm = min(1.0, t / warmup_steps) if warmup_steps else 1.0
+        return float(learning_rate * warm * schedule_decay(variant, rate, jnp.float32(t - 1)))
+
+    return OptimizerSpec(arm, tx, global_rate)
 
 
 def slot_bytes(opt_state) -> int:

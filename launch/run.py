@@ -28,6 +28,7 @@ import argparse
 import logging
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -46,8 +47,18 @@ from experiments.errors import ConfigError  # noqa: E402
 from launch.summary_writer import join, write_json, write_text_atomic  # noqa: E402
 
 DEFAULT_SEARCH_PATH = str(REPO / "gin_configs")
-# The arms an experiment file can be run with: gin_configs/optimizers/<name>.gin.
-OPTIMIZERS = sorted(p.stem for p in (REPO / "gin_configs" / "optimizers").glob("*.gin"))
+# The arms an experiment file can be run with: gin_configs/optimizers/<name>.gin. The
+# study's two come first (every experiment file defines their knobs), then the others (the
+# plug-and-play schedules, whose knobs their study's experiment files define).
+STUDY_ARMS = ("adamw", "amos")
+OPTIMIZERS = [
+    *STUDY_ARMS,
+    *sorted(
+        p.stem
+        for p in (REPO / "gin_configs" / "optimizers").glob("*.gin")
+        if p.stem not in STUDY_ARMS
+    ),
+]
 
 
 def optimizer_file(name: str) -> str:
@@ -211,14 +222,29 @@ def load_gin(files: list[str], bindings: list[str], search_paths: list[str]) -> 
             gin.parse_config(binding)
         except Exception as e:  # SyntaxError, tokenize.TokenError, ValueError, ...
             raise ConfigError(f"gin binding '{binding}': {_first_line(e)}") from e
-    gin.finalize()
+    try:
+        gin.finalize()
+    except ValueError as e:  # A macro no file defines, e.g. an arm's knob (--optimizer).
+        raise ConfigError(f"gin files {files}: {_undefined_macro(e)}") from e
     try:
         gin.query_parameter("train.optimizer")
     except ValueError:
         raise ConfigError(
             f"no optimizer: pass --optimizer={'|'.join(OPTIMIZERS)} (an experiment file "
-            f"sets both arms' knobs; gin_configs/optimizers/NAME.gin picks one)"
+            f"sets the knobs of the arms it runs with; gin_configs/optimizers/NAME.gin picks one)"
         ) from None
+
+
+def _undefined_macro(error: ValueError) -> str:
+    """gin's "No bindings specified for 'NAME/gin.macro' in config string: <the whole
+    config>" as one line naming the macro; any other error's first line."""
+    match = re.match(r"No bindings specified for '([^'/]+)/gin\.macro'", str(error))
+    if not match:
+        return _first_line(error)
+    return (
+        f"no gin file defines the macro {match.group(1)} (the experiment file defines the "
+        "knobs of every arm it runs with)"
+    )
 
 
 def _first_line(error: BaseException) -> str:

@@ -16,7 +16,7 @@ import dataclasses
 import numpy as np
 
 from experiments.data.files import read_text
-from experiments.data.splits import halves
+from experiments.data.splits import first_fraction, halves
 from experiments.errors import ConfigError
 from experiments.objectives import CausalLM
 from experiments.task import SPLITS, ObjectiveTask, batch_rng
@@ -162,6 +162,14 @@ class WindowedLMTask(ObjectiveTask):
     def num_train_tokens(self) -> int:
         return len(self.corpus.train)
 
+    @property
+    def num_train_examples(self) -> int:
+        """The training split in examples of ``block_size`` targets, ``num_train_tokens //
+        block_size``: an epoch reads every training token once, so the iterations per epoch
+        are ``num_train_tokens / (batch_size * block_size)``, the count behind Amos'
+        ``xi = 1/sqrt(N)`` and the EMA timescale in epochs (reference sections 1 and 6)."""
+        return self.num_train_tokens // self.block_size
+
     def train_batch(
         self, *, seed: int, step: int, batch_size: int, rows: slice | None = None
     ) -> dict[str, np.ndarray]:
@@ -193,7 +201,9 @@ class WindowedLMTask(ObjectiveTask):
 
 class CharTextTask(WindowedLMTask):
     """Next-character prediction on a corpus file or on `generated_text`;
-    `loss_normalization` of the `CausalLM` objective ('mean' per token by default)."""
+    `loss_normalization` of the `CausalLM` objective ('mean' per token by default).
+    `train_subset` < 1 trains on the first part of the training split only (0.25: its first
+    quarter of tokens); validation, test and the vocabulary stay those of the whole corpus."""
 
     def __init__(
         self,
@@ -203,6 +213,7 @@ class CharTextTask(WindowedLMTask):
         generated_chars: int = 0,
         generated_seed: int = 0,
         loss_normalization: str = "mean",
+        train_subset: float = 1.0,
     ):
         self.objective = CausalLM(normalization=loss_normalization)
         if generated_chars:
@@ -211,6 +222,9 @@ class CharTextTask(WindowedLMTask):
         else:
             self.corpus = load_corpus(corpus_path)
             self.source = corpus_path
+        if train_subset != 1.0:
+            part = first_fraction(self.corpus.train, train_subset, "CharTextTask.train_subset")
+            self.corpus = dataclasses.replace(self.corpus, train=part)
         self.block_size = block_size
         self.check_fits()
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.data.splits import halve_tfds_split, halves
+from experiments.data.splits import first_fraction, halve_tfds_split, halves
 from experiments.errors import ConfigError
 from experiments.objectives import Classification
 from experiments.task import SPLITS, ObjectiveTask, batch_rng
@@ -81,12 +81,13 @@ def load_digits(held_out_fraction: float = DIGITS_HELD_OUT, seed: int = 0) -> Im
     return ImageSplits(*arrays, num_classes=10)
 
 
-def digits_split_names(splits: ImageSplits) -> dict[str, str]:
+def digits_split_names(splits: ImageSplits, train_subset: float = 1.0) -> dict[str, str]:
     """The digits' splits as positions in their fixed permutation, for run.json."""
     n_val = len(splits.val_labels)
     n_held = n_val + len(splits.test_labels)
+    train_end = "" if train_subset == 1.0 else str(n_held + len(splits.train_labels))
     return {
-        "train": f"permutation[{n_held}:]",
+        "train": f"permutation[{n_held}:{train_end}]",
         "val": f"permutation[:{n_val}]",
         "test": f"permutation[{n_val}:{n_held}]",
     }
@@ -147,6 +148,19 @@ def load_tfds_images(builder, split_names: dict[str, str]) -> ImageSplits:
     return ImageSplits(*arrays, num_classes=builder.info.features["label"].num_classes)
 
 
+def _first_training_part(splits: ImageSplits, fraction: float) -> ImageSplits:
+    """``splits`` with the first ``fraction`` of its training examples (see
+    ``experiments.data.splits.first_fraction``); the held-out splits unchanged."""
+    if fraction == 1.0:
+        return splits
+    binding = "ImageClassificationTask.train_subset"
+    return dataclasses.replace(
+        splits,
+        train_images=first_fraction(splits.train_images, fraction, binding),
+        train_labels=first_fraction(splits.train_labels, fraction, binding),
+    )
+
+
 def augment(images: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
     """The training augmentation ``kind`` on a batch (B, H, W, C), in NumPy."""
     if kind == "none":
@@ -181,6 +195,10 @@ class ImageClassificationTask(ObjectiveTask):
       in_memory: hold the splits as arrays (small datasets); False streams with tf.data.
       image_size: output size when streaming (random-resized / center crops).
       loss_normalization: of the ``Classification`` objective; 'mean' over the batch.
+      train_subset: train on the first ``int(n * train_subset)`` training examples only
+        (in their fixed order; 0.25: the first quarter), in memory; validation and test
+        are unchanged, and the normalization statistics are the subset's (all the model
+        is trained on).
     """
 
     unit_name = "examples"
@@ -198,6 +216,7 @@ class ImageClassificationTask(ObjectiveTask):
         in_memory: bool = True,
         image_size: int = 224,
         loss_normalization: str = "mean",
+        train_subset: float = 1.0,
     ):
         self.objective = Classification(normalization=loss_normalization)
         if augmentation not in AUGMENTATIONS:
@@ -208,8 +227,8 @@ class ImageClassificationTask(ObjectiveTask):
         if dataset == "digits":
             if not in_memory:
                 raise ConfigError("the digits are held in memory (in_memory=True)")
-            self.splits = load_digits()
-            self.split_names = digits_split_names(self.splits)
+            self.splits = _first_training_part(load_digits(), train_subset)
+            self.split_names = digits_split_names(self.splits, train_subset)
         else:
             if not data_dir:
                 raise ConfigError(
@@ -218,10 +237,17 @@ class ImageClassificationTask(ObjectiveTask):
             builder = _tfds_builder(dataset, data_dir)
             self.split_names = tfds_split_names(builder, train_split, val_split, test_split)
             if not in_memory:
+                if train_subset != 1.0:
+                    raise ConfigError(
+                        "ImageClassificationTask.train_subset needs the dataset in memory "
+                        "(in_memory=True); give a TFDS slice as train_split instead"
+                    )
                 self._stream = _ImageStream(builder, self.split_names, augmentation, image_size)
                 self.num_classes = self._stream.num_classes
                 return
-            self.splits = load_tfds_images(builder, self.split_names)
+            self.splits = _first_training_part(
+                load_tfds_images(builder, self.split_names), train_subset
+            )
         self.num_classes = self.splits.num_classes
         train = self.splits.train_images.astype(np.float32)
         self.mean = train.mean(axis=(0, 1, 2))
@@ -229,6 +255,17 @@ class ImageClassificationTask(ObjectiveTask):
 
     def model_kwargs(self) -> dict[str, int]:
         return {"num_classes": self.num_classes}
+
+    @property
+    def num_train_examples(self) -> int:
+        """The number of training images (after ``train_subset``): an epoch is this many
+        examples, ``num_train_examples / batch_size`` iterations."""
+        if not self.in_memory:
+            raise ConfigError(
+                "ImageClassificationTask: the training-set size is counted in memory only "
+                "(in_memory=True)"
+            )
+        return len(self.splits.train_labels)
 
     def _batch(self, images, labels, rng, batch_size, rows, train):
         picks = rng.integers(0, len(images), size=batch_size)

@@ -58,3 +58,21 @@ def halve_tfds_split(spec: str, split_infos: Mapping[str, Any], binding: str) ->
     middle = start + validation_size(stop - start)
     name = part.splitname
     return f"{name}[{start}:{middle}]", f"{name}[{middle}:{stop}]"
+
+
+def first_fraction(train: T, fraction: float, binding: str) -> T:
+    """The first ``int(len(train) * fraction)`` items of a training split, in its fixed
+    order: a smaller training set (``fraction`` 0.25: the first quarter) for studies of how
+    a setting scales with the dataset size. Validation and test are not touched, so losses
+    on them compare across fractions.
+
+    ``binding`` names the setting in the error when ``fraction`` is not in (0, 1] or leaves
+    no item.
+    """
+    ok = isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+    if not (ok and 0 < fraction <= 1):
+        raise ConfigError(f"{binding} must be a fraction in (0, 1], got {fraction!r}")
+    n = int(len(train) * fraction)
+    if n < 1:
+        raise ConfigError(f"{binding}={fraction!r} leaves none of the {len(train)} training items")
+    return train[:n]

@@ -16,6 +16,14 @@ from tests.launch.harness_helpers import PYTHON, REPO, run
 GIN = REPO / "gin_configs"
 EXPERIMENTS = sorted(p.stem for p in (GIN / "experiments").glob("*.gin"))
 MACRO_DEFINITION = re.compile(r"^\s*[A-Z][A-Z0-9_]*\s*=", re.MULTILINE)
+# The study's arms run with every experiment; the plug-and-play arms (issue 12) with the
+# schedules study's experiment files, which define their knobs.
+STUDY_ARMS = ["adamw", "amos"]
+PNP_ARMS = ["adam_pnp_isq", "adam_pnp_itime"]
+SCHEDULES = [e for e in EXPERIMENTS if e.startswith("schedules_")]
+PAIRS = [(e, o) for e in EXPERIMENTS for o in STUDY_ARMS] + [
+    (e, o) for e in SCHEDULES for o in PNP_ARMS
+]
 
 
 def _parse(files: list[str]) -> dict:
@@ -31,8 +39,9 @@ def _parse(files: list[str]) -> dict:
     }
 
 
-def test_the_arms_are_amos_and_adamw():
-    assert OPTIMIZERS == ["adamw", "amos"]
+def test_the_arms_are_amos_adamw_and_the_plug_and_play_schedules():
+    assert OPTIMIZERS == [*STUDY_ARMS, *PNP_ARMS]
+    assert SCHEDULES == ["schedules_nanogpt_cpu", "schedules_resnet_cpu"]
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
@@ -47,8 +56,7 @@ def test_optimizer_files_set_no_value_of_their_own(optimizer: str):
         assert value.startswith(("%", "@")), line
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
-@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize(("experiment", "optimizer"), PAIRS)
 def test_experiment_parses_with_each_optimizer_unchanged(experiment: str, optimizer: str):
     try:
         alone = _parse([f"experiments/{experiment}.gin"])
@@ -102,3 +110,70 @@ def test_paper_scale_runs_name_the_missing_data(
     assert result.returncode == 2, result.stderr[-2000:]
     assert culprit in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("optimizer", PNP_ARMS)
+def test_a_plug_and_play_arm_needs_an_experiment_that_defines_its_knobs(optimizer: str):
+    """Run with an experiment that does not define PNP_*, the arm stops at the
+    configuration, naming the first missing macro (run.py: exit 2, one line)."""
+    from experiments.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no gin file defines the macro PNP_LR"):
+        load_gin(["experiments/quickstart.gin", optimizer_file(optimizer)], [], [])
+    gin.clear_config()
+
+
+@pytest.mark.parametrize(
+    ("experiment", "horizon", "half_life"),
+    [("schedules_nanogpt_cpu", 500, 125.0), ("schedules_resnet_cpu", 1000, 250.0)],
+)
+def test_the_schedules_study_files(experiment: str, horizon: int, half_life: float):
+    """Each keeps its base experiment's values, puts AdamW on the paper's linear decay to 0,
+    and derives T's recipe value from the horizon: TRAIN_STEPS / 4."""
+    try:
+        load_gin([f"experiments/{experiment}.gin", "optimizers/adam_pnp_isq.gin"], [], [])
+        values = {
+            m: gin.query_parameter(f"%{m}")
+            for m in ("TRAIN_STEPS", "PNP_HALF_LIFE", "ADAMW_SCHEDULE", "ADAMW_MIN_LR", "PNP_LR")
+        }
+        xi = gin.query_parameter("%AMOS_XI")
+    finally:
+        gin.clear_config()
+    assert values["TRAIN_STEPS"] == horizon and values["PNP_HALF_LIFE"] == horizon / 4
+    assert values["PNP_HALF_LIFE"] == half_life
+    assert (values["ADAMW_SCHEDULE"], values["ADAMW_MIN_LR"]) == ("linear_decay", 0.0)
+    assert values["PNP_LR"] == xi  # alpha_0 at the Amos guidance
+
+
+@pytest.mark.parametrize(
+    ("experiment", "width_binding", "examples", "weight_decay"),
+    [
+        # A quarter of the digits' 1438 training images; wd = 32 / (1e-3 * 359 * 5).
+        ("timescale_resnet_cpu", "resnet_model.width", 359, 32 / (1e-3 * 359 * 5)),
+        # A quarter of Tiny Shakespeare's 1,003,854 training characters, in windows of 64:
+        # 250,963 // 64 = 3921; wd = 12 / (1e-3 * 3921 * 0.1).
+        ("timescale_nanogpt_cpu", "gpt_model.width", 3921, 12 / (1e-3 * 3921 * 0.1)),
+    ],
+)
+def test_the_timescale_files_set_the_decay_from_the_task(
+    experiment: str, width_binding: str, examples: int, weight_decay: float, request
+):
+    """ADAMW_TAU_EPOCHS sets AdamW's weight decay from the task's own train-set size (of
+    TRAIN_SUBSET), and MODEL_WIDTH reaches the model."""
+    import jax.numpy as jnp
+
+    if "nanogpt" in experiment:
+        request.getfixturevalue("shakespeare")
+    # No warmup and a constant rate: the first update of theta = 1 is -lr * wd.
+    bindings = ["TRAIN_SUBSET = 0.25", "WARMUP_STEPS = 0", "ADAMW_SCHEDULE = 'constant'"]
+    try:
+        load_gin([f"experiments/{experiment}.gin", "optimizers/adamw.gin"], bindings, [])
+        n = gin.get_configurable("train_examples")()
+        width = gin.query_parameter(width_binding)
+        spec = gin.query_parameter("train.optimizer").scoped_configurable_fn(100)
+    finally:
+        gin.clear_config()
+    assert n == examples and width.scoped_selector == "MODEL_WIDTH/gin.macro"
+    params = {"k": jnp.ones((2, 2))}
+    updates, _ = spec.tx.update({"k": jnp.zeros((2, 2))}, spec.tx.init(params), params)
+    assert float(updates["k"][0, 0]) == pytest.approx(-1e-3 * weight_decay, rel=1e-5)

@@ -178,3 +178,214 @@ def test_collapse_and_stall_detection():
     low = curve([0.3, 0.0148, 0.0147, 0.0146], [0.9, 0.5, 0.5, 0.5])
     assert "frozen at 0.5000" in collapse_reason(low)
     assert "nan" in collapse_reason(curve([3.0, float("nan")], [0.1, 0.1]))
+
+
+# ------------------------------------------------- AdamW: horizon and EMA timescale
+def test_adamw_weight_decay_from_the_timescale():
+    """Reference section 6: wd = B / (lr * N * tau_epoch); the digits: 32 / (1e-3 * 1438 *
+    5) = 4.4506, and AdamW's decoupled decay of theta = 1 is lr * wd per step."""
+    from experiments.errors import ConfigError
+
+    spec = adamw_optimizer(
+        10,
+        learning_rate=1e-3,
+        warmup_steps=0,
+        schedule="constant",
+        weight_decay=None,
+        tau_epochs=5.0,
+        batch_size=32,
+        train_examples=1438,
+    )
+    params = {"k": jnp.ones((2, 2))}
+    updates, _ = spec.tx.update({"k": jnp.zeros((2, 2))}, spec.tx.init(params), params)
+    assert float(updates["k"][0, 0]) == pytest.approx(-1e-3 * 4.450625869262865, rel=1e-6)
+    with pytest.raises(ConfigError, match="set one of adamw_optimizer.weight_decay"):
+        adamw_optimizer(10, learning_rate=1e-3, warmup_steps=0, tau_epochs=5.0)
+    with pytest.raises(ConfigError, match=r"train_examples \(@train_examples\(\)\) must be"):
+        adamw_optimizer(
+            10, learning_rate=1e-3, warmup_steps=0, weight_decay=None, tau_epochs=5.0, batch_size=32
+        )
+    with pytest.raises(ConfigError, match="ADAMW_TAU_EPOCHS"):
+        adamw_optimizer(10, learning_rate=1e-3, warmup_steps=0, weight_decay=None, tau_epochs=-1)
+
+
+def test_train_examples_comes_from_the_task():
+    from experiments.errors import ConfigError
+    from launch.optimizers import train_examples
+
+    class Task:
+        num_train_examples = 1438
+
+    assert train_examples(Task()) == 1438
+    with pytest.raises(ConfigError, match="object does not give its training-set size"):
+        train_examples(object())
+
+
+def test_adamw_horizon_keeps_the_schedule_of_the_planned_run():
+    """Trained to 200 steps with its horizon at 100: the paper's schedule of a 100-step run,
+    then its end rate (0) from step 101 on."""
+    from experiments.errors import ConfigError
+
+    planned = adamw_optimizer(100, learning_rate=1e-3, warmup_steps=10)
+    longer = adamw_optimizer(200, learning_rate=1e-3, warmup_steps=10, horizon_steps=100)
+    for t in (1, 6, 11, 56, 100, 101):
+        assert longer.learning_rate(t) == planned.learning_rate(t), t
+    assert longer.learning_rate(56) == pytest.approx(0.5e-3, rel=1e-3)
+    assert [longer.learning_rate(t) for t in (101, 150, 200)] == [0.0, 0.0, 0.0]
+    # Without the pin, the 200-step run decays over 200 steps.
+    assert adamw_optimizer(200, learning_rate=1e-3, warmup_steps=10).learning_rate(
+        101
+    ) == pytest.approx(1e-3 * 100 / 190, rel=1e-3)
+    cosine = adamw_optimizer(
+        400, learning_rate=1e-3, warmup_steps=10, schedule="nanogpt_cosine", min_learning_rate=1e-4
+    )
+    pinned = adamw_optimizer(
+        800,
+        learning_rate=1e-3,
+        warmup_steps=10,
+        schedule="nanogpt_cosine",
+        min_learning_rate=1e-4,
+        horizon_steps=400,
+    )
+    assert pinned.learning_rate(200) == cosine.learning_rate(200)
+    assert pinned.learning_rate(700) == pytest.approx(1e-4)
+    with pytest.raises(ConfigError, match="adamw_optimizer.horizon_steps must be positive"):
+        adamw_optimizer(10, learning_rate=1e-3, warmup_steps=0, horizon_steps=0)
+
+
+# ------------------------------------------------------- the plug-and-play arms
+PNP_PARAMS = {
+    "dense": {"kernel": jnp.arange(6.0).reshape(2, 3) / 10 - 0.2, "bias": jnp.ones(3) / 4},
+    "ln": {"scale": jnp.ones(3)},
+}
+PNP_GAINS = {r"dense/kernel$": 2.0}
+
+
+def _pnp_grads(step: int):
+    return jax.tree_util.tree_map(lambda p: jnp.cos(p * step) - 0.3, PNP_PARAMS)
+
+
+def _sigma(path, shape):
+    """Section 5 by hand: kernel sqrt(gain / fan_in) = sqrt(2 / 2), bias and scale 0.5."""
+    return {"kernel": 1.0, "bias": 0.5, "scale": 0.5}[path[-1]]
+
+
+def _updates(tx, steps: int) -> list:
+    state, out = tx.init(PNP_PARAMS), []
+    for step in range(1, steps + 1):
+        updates, state = tx.update(_pnp_grads(step), state, PNP_PARAMS)
+        out.append(updates)
+    return out
+
+
+@pytest.mark.parametrize("variant", ["inverse_square", "inverse_time"])
+def test_pnp_arm_is_adam_plug_and_play_with_the_familys_sigma(variant: str):
+    import amos
+    from launch.optimizers import adam_pnp_optimizer
+
+    spec = adam_pnp_optimizer(
+        1000, variant=variant, learning_rate=0.05, half_life=10.0, b2=0.99, gains=PNP_GAINS
+    )
+    assert (
+        spec.name == {"inverse_square": "adam_pnp_isq", "inverse_time": "adam_pnp_itime"}[variant]
+    )
+    direct = amos.adam_plug_and_play(
+        0.05, _sigma, b1=0.9, b2=0.99, eps=1e-8, variant=variant, half_life=10.0
+    )
+    for ours, theirs in zip(_updates(spec.tx, 4), _updates(direct, 4), strict=True):
+        for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
+            assert jnp.allclose(a, b, rtol=1e-6, atol=1e-9), variant
+    # The first update by hand: Adam's first direction is sign(g) (|u_i| = 1, ||u|| =
+    # sqrt(k)), the decay is 1, so delta = -(alpha_0 sigma sign(g) + alpha_0**2 / 2 theta).
+    first = _updates(spec.tx, 1)[0]
+    g = _pnp_grads(1)
+    for path, sigma in [
+        (("dense", "kernel"), 1.0),
+        (("dense", "bias"), 0.5),
+        (("ln", "scale"), 0.5),
+    ]:
+        theta, grad, got = (
+            PNP_PARAMS[path[0]][path[1]],
+            g[path[0]][path[1]],
+            first[path[0]][path[1]],
+        )
+        expected = -(0.05 * sigma * jnp.sign(grad) + 0.05**2 / 2 * theta)
+        assert jnp.allclose(got, expected, rtol=1e-5), path
+
+
+def test_pnp_learning_rate_and_warmup():
+    """The logged rate alpha_0 * w_t * d_t: both variants halve at t = T; the warmup
+    scales the whole update by min(1, n / W) at the 1-based step n."""
+    import amos
+    from launch.optimizers import adam_pnp_optimizer
+
+    for variant in ("inverse_square", "inverse_time"):
+        spec = adam_pnp_optimizer(0, variant=variant, learning_rate=0.1, half_life=10.0)
+        assert spec.learning_rate(1) == pytest.approx(0.1)
+        assert spec.learning_rate(11) == pytest.approx(0.05, rel=1e-6)  # t = 10 = T
+    itime = adam_pnp_optimizer(0, variant="inverse_time", learning_rate=0.1, half_life=10.0)
+    assert itime.learning_rate(31) == pytest.approx(0.1 / 4, rel=1e-6)  # 1 / (30/10 + 1)
+    isq = adam_pnp_optimizer(0, variant="inverse_square", learning_rate=0.1, half_life=10.0)
+    assert isq.learning_rate(31) == pytest.approx(0.1 / (3 * (2**0.5 - 1) + 1) ** 2, rel=1e-6)
+
+    warm = adam_pnp_optimizer(
+        0, variant="inverse_time", learning_rate=0.1, half_life=10.0, warmup_steps=4, gains={}
+    )
+    assert [warm.learning_rate(n) for n in (1, 2, 4)] == pytest.approx(
+        [0.025, 0.05 / 1.1, 0.1 / 1.3]
+    )
+    plain = amos.adam_plug_and_play(
+        0.1,
+        amos.default_eta_fn(overrides={r"(^|/)(scale|gamma)$": 0.5}),
+        variant="inverse_time",
+        half_life=10.0,
+    )
+    for n, (ours, theirs) in enumerate(zip(_updates(warm.tx, 6), _updates(plain, 6)), start=1):
+        for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
+            assert jnp.allclose(a, min(1.0, n / 4) * b, rtol=1e-6, atol=1e-9), n
+
+
+def test_pnp_sigma_defaults_to_the_amos_rules_gin_binds():
+    """Without gains given, sigma follows the model gin file's amos_optimizer rules."""
+    import gin
+
+    import launch.configurables  # noqa: F401
+    from launch.optimizers import adam_pnp_optimizer
+
+    by_hand = adam_pnp_optimizer(
+        0, variant="inverse_square", learning_rate=0.05, half_life=10.0, gains=PNP_GAINS
+    )
+    gin.clear_config()
+    try:
+        gin.parse_config("amos_optimizer.gains = {'dense/kernel$': 2.0}")
+        from_gin = adam_pnp_optimizer(
+            0, variant="inverse_square", learning_rate=0.05, half_life=10.0
+        )
+    finally:
+        gin.clear_config()
+    plain = adam_pnp_optimizer(0, variant="inverse_square", learning_rate=0.05, half_life=10.0)
+    ours, theirs, other = (_updates(s.tx, 1)[0] for s in (from_gin, by_hand, plain))
+    assert jnp.allclose(ours["dense"]["kernel"], theirs["dense"]["kernel"])
+    # Gain 1: sigma sqrt(1/2) instead of 1.
+    assert not jnp.allclose(other["dense"]["kernel"], theirs["dense"]["kernel"])
+
+
+def test_pnp_arm_names_the_binding_it_rejects():
+    from experiments.errors import ConfigError
+    from launch.optimizers import adam_pnp_optimizer
+
+    ok = dict(variant="inverse_square", learning_rate=0.05, half_life=10.0)
+    for change, culprit in [
+        ({"learning_rate": 0.0}, r"adam_pnp_isq_optimizer.learning_rate \(PNP_LR\)"),
+        ({"half_life": -1.0}, r"adam_pnp_isq_optimizer.half_life \(PNP_HALF_LIFE\)"),
+        ({"b2": 1.0}, r"\(PNP_B2\)"),
+        ({"q": float("nan")}, r"\(PNP_Q\)"),
+        ({"variant": "linear"}, "variant 'linear' is not one of"),
+        ({"eta_overrides": {"(": 1.0}}, "sigma from amos_optimizer.gains / eta_overrides"),
+    ]:
+        with pytest.raises(ConfigError, match=culprit):
+            adam_pnp_optimizer(0, **{**ok, **change})
+    # A variable the eta rules cannot name is a ConfigError at init, naming it.
+    spec = adam_pnp_optimizer(0, **ok, gains={})
+    with pytest.raises(ConfigError, match="'dense/mystery'.*gin bindings: amos_optimizer.gains"):
+        spec.tx.init({"dense": {"mystery": jnp.ones((2, 2))}})
