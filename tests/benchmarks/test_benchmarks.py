@@ -29,6 +29,7 @@ def test_optimizer_step_prints_a_ratio_for_every_optimizer(capsys):
     assert 0.5 <= float(rows["amos (momentum, factored)"][3]) < 0.7
 
 
+@pytest.mark.slow  # two short training loops, compiled twice
 def test_harness_overhead_runs_both_loops_and_records_them(tmp_path: Path, capsys):
     out_file = tmp_path / "overhead.json"
     argv = ["--steps", "20", "--repeats", "1", "--out", str(out_file), *TINY]

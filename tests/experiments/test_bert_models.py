@@ -380,7 +380,12 @@ def test_model_files(file, size, position_type):
     assert amos.compare_slot_memory(tx, params)["ratio"] <= 0.51
 
 
-@pytest.mark.parametrize("position_type", POSITION_TYPES)
+# The absolute variant in the fast suite; the other two (and RoPE / RPE training through
+# run.py, tests/launch/test_families.py) in the slow one.
+@pytest.mark.parametrize(
+    "position_type",
+    [p if p == "absolute" else pytest.param(p, marks=pytest.mark.slow) for p in POSITION_TYPES],
+)
 def test_amos_lowers_the_mlm_loss(position_type):
     # One layer keeps the compile of the training step short; two are no different in kind.
     loaded = load_model_file(f"{FILE_PREFIX[position_type]}_tiny.gin", 128, ("SEQ_LENGTH = 16",))

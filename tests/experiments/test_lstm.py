@@ -314,6 +314,7 @@ def _numbers(model_dir: Path):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in metrics(model_dir)]
 
 
+@pytest.mark.slow  # three run.py processes
 def test_run_split_in_two_halves_equals_one_run(tmp_path):
     """lm.py: the carried context variables are part of the train state, so training N
     steps equals N/2 steps, a restart from the checkpoint, and N/2 more: every step's loss,

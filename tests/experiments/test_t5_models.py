@@ -155,6 +155,7 @@ def test_forward_masks_and_causality():
     assert not np.allclose(dropped, logits)
 
 
+@pytest.mark.slow  # 25 s; T5 also trains in tests/launch/test_families.py
 def test_amos_lowers_the_seq2seq_loss():
     # One layer per stack keeps the compile of the training step short.
     config, model = _tiny_model(num_encoder_layers=1, num_decoder_layers=1)

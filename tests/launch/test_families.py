@@ -1,8 +1,9 @@
 """Every model family of the paper through launch/run.py at tiny size, Amos and AdamW.
 
 Each run takes the family's CPU-scale experiment (gin_configs/experiments/<family>_cpu.gin) cut
-to 30 steps: the loss falls, evaluation runs, the Amos run resumes from its checkpoint,
-and Amos' slots stay within the paper's memory claim against AdamW's.
+to 30 steps: the loss falls, evaluation runs, the Amos run of the families with extra
+state resumes from its checkpoint, and Amos' slots stay within the paper's memory claim
+against AdamW's.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tests.launch.harness_helpers import metrics, run, run_cmd
 pytestmark = pytest.mark.slow  # About a minute per family: `make test-all` runs them.
 
 FAMILIES = ["lstm", "resnet", "bert", "rope", "rpe", "t5"]
+RESUMED = ["lstm", "resnet"]
 SHORT = [
     "--gin.EVAL_EVERY=15",
     "--gin.CHECKPOINT_EVERY=15",
@@ -64,11 +66,15 @@ def test_family_trains_evaluates_and_resumes(family: str, tmp_path: Path, reques
                 assert r["perplexity"] == pytest.approx(math.exp(r["loss"]), rel=1e-6)
         slot_bytes[optimizer] = json.loads((model_dir / "run.json").read_text())["slot_bytes"]
 
-    # The Amos run continues from its step-30 checkpoint rather than starting over.
-    resumed = train(family, "amos", tmp_path / "amos", steps=36)
-    assert "resumed from checkpoint at step 30" in resumed.stdout
-    steps = [r["step"] for r in metrics(tmp_path / "amos") if r["split"] == "eval"]
-    assert steps == [15, 30, 36]
+    # The Amos run continues from its step-30 checkpoint rather than starting over: here
+    # for the families with state beyond parameters and slots (the LSTM's carried state,
+    # the ResNet's batch statistics); resuming itself is tested in tests/launch/test_run.py
+    # (SIGKILL, exact) and test_faults.py.
+    if family in RESUMED:
+        resumed = train(family, "amos", tmp_path / "amos", steps=36)
+        assert "resumed from checkpoint at step 30" in resumed.stdout
+        steps = [r["step"] for r in metrics(tmp_path / "amos") if r["split"] == "eval"]
+        assert steps == [15, 30, 36]
 
     ratio = slot_bytes["amos"] / slot_bytes["adamw"]
     # The paper's LSTM runs Amos without momentum: only factored slots. At this width (64)

@@ -76,6 +76,7 @@ def run_in(trainer: train_lib.Trainer, model_dir, **settings) -> dict:
 
 
 # ---------------------------------------------------------------- 1. mixed precision
+@pytest.mark.slow  # two trainers compiled
 def test_bfloat16_compute_tracks_float32_with_float32_params_and_slots(trainer, tmp_path: Path):
     bf16 = build_trainer(tmp_path / "bf16", *EVERY_10, "--gin.COMPUTE_DTYPE='bfloat16'", steps=50)
     assert bf16.config.compute_dtype == "bfloat16" and trainer.config.compute_dtype == "float32"
@@ -150,7 +151,7 @@ def _max_relative_difference(a, b) -> float:
     )
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "amos"])
+@pytest.mark.parametrize("optimizer", ["amos", pytest.param("adamw", marks=pytest.mark.slow)])
 def test_two_micro_batches_give_the_parameters_of_the_whole_batch(
     trainer, optimizer, tmp_path: Path
 ):

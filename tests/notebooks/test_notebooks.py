@@ -292,6 +292,7 @@ def test_loss_curves_figures(fake_study, tmp_path):
         assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # paper-scale shapes of five models
 def test_slot_memory(tmp_path):
     notebook = run("slot_memory", tmp_path)
     text = "".join(
