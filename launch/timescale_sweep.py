@@ -53,6 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import amos  # noqa: E402
 from experiments.errors import ConfigError  # noqa: E402
 from launch import compare, sweep  # noqa: E402
 from launch.run import git_revision  # noqa: E402
@@ -80,6 +81,9 @@ def tau_factors(n: int) -> list[float]:
     return [2.0**k for k in range(-(n // 2), n - n // 2)]
 
 
+_fmt = sweep._fmt  # the sweep's number formatter ("—" for none)
+
+
 def setting_label(fraction: float, width: int) -> str:
     return f"subset_{fraction:g}_width_{width}"
 
@@ -92,20 +96,13 @@ def train_examples(experiment: str, bindings: list[str]) -> int:
     with sweep.experiment_config(experiment, OPTIMIZER, bindings):
         try:
             return gin.get_configurable("train_examples")()
+        except ConfigError:
+            raise
         except (TypeError, ValueError) as e:
-            if isinstance(e, ConfigError):
-                raise
             raise ConfigError(
                 f"experiments/{experiment}.gin binds no task for train_examples "
                 f"(train_examples.task = @<the task>()): {e}"
             ) from e
-
-
-def weight_decay(learning_rate: float, tau_epochs: float, batch: int, examples: int) -> float:
-    """The weight decay of a timescale, as the AdamW arm computes it."""
-    import amos
-
-    return amos.weight_decay_from_timescale(learning_rate, tau_epochs, batch, examples)
 
 
 @dataclass
@@ -189,10 +186,8 @@ def trial_record(trial: sweep.Trial, setting: Setting, learning_rate: float) -> 
     """A trial's timescale and weight decay (one from the other) and its final losses."""
     lr, b, n = learning_rate, setting.batch_size, setting.train_examples
     if trial.knob == TAU:
-        tau, wd = trial.value, weight_decay(lr, trial.value, b, n)
+        tau, wd = trial.value, amos.weight_decay_from_timescale(lr, trial.value, b, n)
     else:
-        import amos
-
         tau, wd = amos.timescale_from_weight_decay(lr, trial.value, b, n), trial.value
     return {
         "tau_epochs": tau,
@@ -255,10 +250,6 @@ def transfer_record(
                 at_prediction.final_val_loss - best["final_val_loss"]
             )
     return out
-
-
-def _fmt(x, spec: str) -> str:
-    return "—" if x is None else format(x, spec)
 
 
 def markdown(record: dict) -> str:
@@ -499,7 +490,9 @@ def main(argv: list[str] | None = None) -> int:
         print("[timescale] no finished trial at the reference setting: no transfer check")
     else:
         best_tau = records[0]["best"]["tau_epochs"]
-        predicted = weight_decay(lr, best_tau, new.batch_size, new.train_examples)
+        predicted = amos.weight_decay_from_timescale(
+            lr, best_tau, new.batch_size, new.train_examples
+        )
         direct = plan_trials(parent, new, WEIGHT_DECAY, predicted, args.taus, "transfer_")
         if not args.resummarize:
             train_all(args.experiment, rest, new, direct)
