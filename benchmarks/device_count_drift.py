@@ -42,6 +42,7 @@ SETTINGS = [
     ("adamw, ADAMW_LR x 8", "adamw", ["--gin.ADAMW_LR=%ADAMW_LR_X8"]),
 ]
 REPORT_STEPS = (1, 10, 50, 100, 200, 400)
+DRIFT_KEYS = ("loss", "amos/b_mean", "param_norm")
 
 
 def train(experiment: str, optimizer: str, bindings: list[str], model_dir: Path, devices: int):
@@ -92,6 +93,12 @@ def drift(one: list[dict], eight: list[dict]) -> dict:
     final = lambda rs: [r for r in rs if r["split"] == "eval"][-1]["loss"]  # noqa: E731
     out = {
         "relative_loss_difference": {s: rel[s] for s in REPORT_STEPS if s in rel},
+        # Over every logged step, of each quantity both runs log.
+        "max_relative_difference": {
+            key: max(abs(a[s][key] - b[s][key]) / abs(a[s][key]) for s in steps)
+            for key in DRIFT_KEYS
+            if all(key in a[s] and key in b[s] for s in steps)
+        },
         "first_step_above_1e-3": next((s for s in steps if rel[s] > 1e-3), None),
         "final_eval_loss_1_device": final(one),
         "final_eval_loss_8_devices": final(eight),

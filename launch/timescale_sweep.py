@@ -331,17 +331,11 @@ def markdown(record: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(record: dict, path: Path) -> None:
-    """Final validation loss against tau_epoch per setting, and the transfer check's
-    against the weight decay with the prediction marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tr = record.get("transfer")
-    fig, axes = plt.subplots(1, 2 if tr else 1, figsize=(11 if tr else 6, 4), squeeze=False)
-    ax = axes[0][0]
+def draw(record: dict, axes) -> None:
+    """On two axes: final validation loss against tau_epoch per setting, and the transfer
+    check's against the weight decay with the prediction marked (the second axis is left
+    empty when the record has no transfer check)."""
+    ax = axes[0]
     for s in record["settings"]:
         done = [t for t in s["trials"] if t["final_val_loss"] is not None]
         ax.plot(
@@ -355,28 +349,42 @@ def plot(record: dict, path: Path) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("tau_epoch (EMA timescale, epochs)")
     ax.set_ylabel("final validation loss (seed 0)")
-    ax.set_title("the timescale sweep (star: best)")
+    ax.set_title(f"{record['experiment']}: the timescale sweep (star: best)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend()
-    if tr:
-        ax = axes[0][1]
-        done = [t for t in tr["trials"] if t["final_val_loss"] is not None]
-        ax.plot([t["weight_decay"] for t in done], [t["final_val_loss"] for t in done], "o-")
-        ax.axvline(tr["predicted_weight_decay"], color="C3", ls="--", label="predicted")
-        if tr["best"]:
-            ax.plot(
-                tr["best"]["weight_decay"],
-                tr["best"]["final_val_loss"],
-                "*",
-                ms=14,
-                color="k",
-                label="best",
-            )
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("weight decay")
-        ax.set_title(f"direct sweep at {tr['setting']['label']}")
-        ax.grid(alpha=0.3)
-        ax.legend()
+    ax.legend(fontsize=8)
+    tr = record.get("transfer")
+    ax = axes[1]
+    if not tr:
+        ax.axis("off")
+        return
+    done = [t for t in tr["trials"] if t["final_val_loss"] is not None]
+    ax.plot([t["weight_decay"] for t in done], [t["final_val_loss"] for t in done], "o-")
+    ax.axvline(tr["predicted_weight_decay"], color="C3", ls="--", label="predicted")
+    if tr["best"]:
+        ax.plot(
+            tr["best"]["weight_decay"],
+            tr["best"]["final_val_loss"],
+            "*",
+            ms=14,
+            color="k",
+            label="best",
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("weight decay")
+    ax.set_title(f"direct sweep at {tr['setting']['label']}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def plot(record: dict, path: Path) -> None:
+    """`draw` as a figure of its own (RESULTS/timescale.png)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    draw(record, axes)
     fig.suptitle(f"{record['experiment']}: AdamW weight decay as an EMA timescale")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

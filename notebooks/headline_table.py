@@ -144,6 +144,8 @@ def revisions(s: dict) -> str:
 studies, earlier = {}, {}
 for path in sorted(RESULTS.rglob("summary.json")):
     name = path.parent.relative_to(RESULTS).as_posix()
+    if "/continued_" in name:  # Runs trained past their horizon: notebooks/plug_and_play.py
+        continue
     try:
         summary = json.loads(path.read_text())
     except (OSError, ValueError) as e:

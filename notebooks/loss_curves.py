@@ -29,67 +29,24 @@
 # %%
 import json
 import os
+import sys
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 from IPython.display import Image  # noqa: E402
 
 REPO = Path.cwd()
+if str(REPO) not in sys.path:  # Run as a script, its own directory comes first instead.
+    sys.path.insert(0, str(REPO))
+from notebooks.records import band, seed_curves  # noqa: E402
+
 RESULTS = Path(os.environ.get("AMOS_RESULTS", REPO / "results"))
 OUT = Path(os.environ.get("AMOS_NOTEBOOK_OUT", REPO / "notebooks"))
 if not RESULTS.is_dir():
     raise FileNotFoundError(f"no {RESULTS}: run the notebook from the repository root")
-
-
-def eval_records(path: Path, key: str) -> list[dict]:
-    """The eval lines of a metrics.jsonl that hold ``key``; a half-written line is skipped."""
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record.get("split") == "eval" and key in record:
-            records.append({**record, "loss": record[key]})
-    return records
-
-
-def seed_curves(summary_dir: Path, summary: dict, key: str) -> dict[str, list[list[dict]]]:
-    """{row: one curve per seed}, from the copies under ``summary_dir/runs`` of the run
-    directories the summary lists per row (below its run_parent)."""
-    curves: dict[str, list[list[dict]]] = {}
-    parent = Path(summary.get("run_parent") or "")
-    for opt, v in (summary.get("optimizers") or {}).items():
-        for run_dir in v.get("run_dirs") or []:
-            try:
-                rel = Path(run_dir).relative_to(parent)
-            except ValueError:
-                continue
-            metrics = summary_dir / "runs" / rel / "metrics.jsonl"
-            curve = eval_records(metrics, key) if metrics.is_file() else []
-            if curve:
-                curves.setdefault(opt, []).append(curve)
-    return curves
-
-
-def band(curves: list[list[dict]]) -> dict[str, np.ndarray]:
-    """Mean step, mean training time, and mean / min / max loss over seeds, at the steps
-    every seed evaluated."""
-    steps = sorted(set.intersection(*({r["step"] for r in c} for c in curves)))
-    by_step = [{r["step"]: r for r in c} for c in curves]
-    loss = np.array([[c[s]["loss"] for s in steps] for c in by_step], dtype=float)
-    time = np.array([[c[s].get("train_time_s", np.nan) for s in steps] for c in by_step])
-    return {
-        "step": np.array(steps, dtype=float),
-        "train_time_s": np.nanmean(time, axis=0) if len(steps) else np.array([]),
-        "mean": loss.mean(0),
-        "min": loss.min(0),
-        "max": loss.max(0),
-    }
 
 
 # %% [markdown]
@@ -98,12 +55,14 @@ def band(curves: list[list[dict]]) -> dict[str, np.ndarray]:
 # %%
 studies, earlier = {}, {}
 for path in sorted(RESULTS.rglob("summary.json")):
+    name = path.parent.relative_to(RESULTS).as_posix()
+    if "/continued_" in name:  # Runs trained past their horizon: notebooks/plug_and_play.py
+        continue
     try:
         summary = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         print(f"skipped {path}: {e}")
         continue
-    name = path.parent.relative_to(RESULTS).as_posix()
     study = name.startswith("study/")
     key = "test_loss" if study else "loss"
     (studies if study else earlier)[name.removeprefix("study/")] = {

@@ -1,5 +1,6 @@
 """Every benchmark runs at a smoke size, so that none can rot unnoticed (the full sizes are
-run by hand: `make bench`, `benchmarks/harness_overhead.py`)."""
+run by hand: `make bench`, `benchmarks/harness_overhead.py`). `device_count_drift.py` runs
+in tests/launch/test_device_count.py, whose 300-step check it makes."""
 
 from __future__ import annotations
 
@@ -38,20 +39,3 @@ def test_harness_overhead_runs_both_loops_and_records_them(tmp_path: Path, capsy
     record = json.loads(out_file.read_text())
     assert record["steps"] == 20
     assert record["bare_steps_per_sec"][0] > 0 and record["harness_steps_per_sec"][0] > 0
-
-
-@pytest.mark.slow  # Two runs, one on 8 virtual devices.
-def test_device_count_drift_compares_one_and_eight_devices(tmp_path: Path):
-    from benchmarks import device_count_drift
-
-    out_file = tmp_path / "drift.md"
-    tiny = [b for b in TINY if not b.startswith("--gin.LOG_EVERY")]  # it logs every step
-    argv = ["--steps", "5", "--settings", "1", "--out", str(out_file), *tiny]
-    assert device_count_drift.main(argv) == 0
-    table = out_file.read_text()
-    assert "| amos, AMOS_XI / 4 |" in table and "step 1 |" in table
-    record = json.loads(out_file.with_suffix(".json").read_text())
-    setting = record["settings"]["amos, AMOS_XI / 4"]
-    # The quarter of the quickstart's xi = 0.053 reached the run as a binding.
-    assert "--gin.AMOS_XI=0.01325" in setting["bindings"]
-    assert setting["relative_loss_difference"]["1"] < 1e-5

@@ -55,13 +55,18 @@ def test_digits_task_batches():
     # Normalized by training statistics: roughly zero mean, unit variance.
     assert abs(float(val["images"].mean())) < 0.2 and 0.7 < float(val["images"].std()) < 1.3
     model = resnet_model(10, "tiny")
-    variables = task.init_variables(model, jax.random.PRNGKey(0), batch)
-    loss, metrics, updated = task.loss(
-        model, variables, batch, train=True, rng=jax.random.PRNGKey(1)
+    # Jitted: a compile each costs less than op-by-op dispatch.
+    variables = jax.jit(lambda key, b: task.init_variables(model, key, b))(
+        jax.random.PRNGKey(0), batch
     )
+    loss_fn = jax.jit(
+        lambda v, b, key, train: task.loss(model, v, b, train=train, rng=key),
+        static_argnames="train",
+    )
+    loss, metrics, updated = loss_fn(variables, batch, jax.random.PRNGKey(1), train=True)
     assert abs(float(loss) - np.log(10)) < 1.0 and "batch_stats" in updated
     few = {k: v[:32] for k, v in val.items()}  # The loss path, not its cost at 400 images.
-    eval_loss, _, none = task.loss(model, variables, few, train=False, rng=jax.random.PRNGKey(1))
+    eval_loss, _, none = loss_fn(variables, few, jax.random.PRNGKey(1), train=False)
     assert np.isfinite(float(eval_loss)) and none == {}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -108,3 +109,11 @@ def fake_run(
         }
         (d / "final.json").write_text(json.dumps(final))
     return d
+
+
+def dry_run_slot_bytes(out: str, arm: str) -> tuple[int, int]:
+    """(bytes in all, per device) of an arm's optimizer state, from `run.py --dry_run`'s
+    report."""
+    m = re.search(rf"^  {arm}\b.*?\s([\d,]+) \(.*per device\s+([\d,]+) ", out, re.M)
+    assert m, out
+    return int(m.group(1).replace(",", "")), int(m.group(2).replace(",", ""))

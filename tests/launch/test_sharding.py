@@ -27,7 +27,15 @@ from experiments.gpt.models import GPT
 from launch import run as run_cli
 from launch import sharding
 from launch import train as train_lib
-from tests.launch.harness_helpers import PYTHON, REPO, TIMING, env_with, run, run_cmd
+from tests.launch.harness_helpers import (
+    PYTHON,
+    REPO,
+    TIMING,
+    dry_run_slot_bytes,
+    env_with,
+    run,
+    run_cmd,
+)
 
 EIGHT = env_with(XLA_FLAGS="--xla_force_host_platform_device_count=8")
 
@@ -311,13 +319,6 @@ def _number(pattern: str, text: str) -> int:
     return int(match.group(1).replace(",", ""))
 
 
-def _slots(out: str, arm: str) -> tuple[int, int]:
-    """(bytes in all, per device) of an arm's optimizer state."""
-    m = re.search(rf"^  {arm}\b.*?\s([\d,]+) \(.*per device\s+([\d,]+) ", out, re.M)
-    assert m, out
-    return int(m.group(1).replace(",", "")), int(m.group(2).replace(",", ""))
-
-
 # tests/experiments: BERT-large 335,174,458 and T5 1.1 large 783,150,080 parameters with
 # their vocabularies (30522, 32128); the dry run assumes DRY_RUN_VOCAB_SIZE = 32000 when
 # the tokenizer file is absent, as here.
@@ -337,8 +338,8 @@ def test_dry_run_of_a_paper_scale_config_needs_no_data(
     assert "DRY_RUN_VOCAB_SIZE" in out and "vocabulary size 32000" in out
     param_bytes = _number(r"^parameter bytes: ([\d,]+) in all", out)
     assert param_bytes == 4 * n  # float32
-    amos_total, amos_device = _slots(out, "amos")
-    adamw_total, adamw_device = _slots(out, "adamw")
+    amos_total, amos_device = dry_run_slot_bytes(out, "amos")
+    adamw_total, adamw_device = dry_run_slot_bytes(out, "adamw")
     # AdamW: two float32 moments per parameter (and counters); Amos with momentum: one
     # full-size slot and small factored ones.
     assert 2 * param_bytes <= adamw_total <= 2 * param_bytes + 1024
@@ -358,7 +359,7 @@ def test_dry_run_on_eight_devices_with_fsdp8_holds_an_eighth_per_device():
     # 0.07% of BERT-large's parameters.
     assert total / 8 <= params <= total / 8 * 1.01
     for arm in ("amos", "adamw"):
-        arm_total, arm_device = _slots(out, arm)
+        arm_total, arm_device = dry_run_slot_bytes(out, arm)
         assert arm_total / 8 <= arm_device <= arm_total / 8 * 1.02, arm
     ratio = float(
         re.search(r"^per device, parameters \+ amos slots: .*?, ([\d.]+) of the", out, re.M).group(

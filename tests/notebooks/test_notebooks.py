@@ -59,6 +59,8 @@ def test_there_is_a_notebook_per_analysis():
         "tuning_curves",
         "slot_memory",
         "horizon_ladder",
+        "plug_and_play",
+        "ema_timescale",
     }
 
 
@@ -272,7 +274,7 @@ def test_horizon_ladder_puts_each_rung_beside_its_sweep(fake_study, tmp_path):
 
 def test_committed_study_tables_are_current(tmp_path):
     """The committed tuning-curve and ladder tables are what their notebooks write now."""
-    for name in ("tuning_curves", "horizon_ladder"):
+    for name in ("tuning_curves", "horizon_ladder", "plug_and_play", "ema_timescale"):
         run(name, tmp_path)
         committed = (REPO / "notebooks" / f"{name}.md").read_text()
         assert committed == (tmp_path / f"{name}.md").read_text(), f"{name}.md is stale"
@@ -290,6 +292,129 @@ def test_loss_curves_figures(fake_study, tmp_path):
     for name in ("loss_curves.png", "loss_curves_earlier.png"):
         figure = tmp_path / "figures" / name
         assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def fake_continued(tmp_path_factory) -> Path:
+    """A results/ directory with a sweep's rows continued to 2x, summarized by
+    launch/sweep.py's own continuation code from hand-chosen losses: Amos improves on both
+    seeds past the horizon, AdamW stays where its schedule ended, the plug-and-play arm
+    improves on one seed of two."""
+    from launch import sweep
+    from tests.launch.harness_helpers import fake_run
+
+    root = tmp_path_factory.mktemp("fake_continued")
+    results, parent = root / "results", root / "runs" / "sched"
+    rows = [
+        sweep.Row("amos", sweep.Trial("amos", "AMOS_XI", 0.5, 0.025, "xi_0.025", ""), True),
+        sweep.Row("adamw", sweep.Trial("adamw", "ADAMW_LR", 1.0, 1e-3, "lr_0.001", ""), True),
+        sweep.Row(
+            "adam_pnp_isq",
+            sweep.Trial("adam_pnp_isq", "PNP_HALF_LIFE", 2.0, 250.0, "T_250", ""),
+            True,
+        ),
+    ]
+    change = {"amos": {1: -0.3, 2: -0.3}, "adamw": {1: 0.0, 2: 0.0}}
+    change["adam_pnp_isq"] = {1: -0.2, 2: 0.1}
+    for row in rows:
+        t = row.trial
+        for seed in (1, 2):
+            val, c = 2.0 + 0.1 * seed, change[row.name][seed]
+            fake_run(
+                sweep.trial_dir(parent, t.optimizer, t.label, seed), [3.0, val], [3.1, val + 0.1]
+            )
+            fake_run(
+                sweep.trial_dir(sweep.continued_parent(parent, 2), t.optimizer, t.label, seed),
+                [3.0, val, val + c, val + c],
+                [3.1, val + 0.1, val + 0.1 + c, val + 0.1 + c],
+            )
+    out = results / "study" / "sched" / "continued_2x"
+    sweep.summarize_continuation("sched", parent, out, rows, [1, 2], 20, 2, ["sweep"])
+    return results
+
+
+def test_plug_and_play_table_says_who_kept_improving(fake_continued, tmp_path):
+    run("plug_and_play", tmp_path, AMOS_RESULTS=str(fake_continued))
+    rows = {r["row"]: r for r in table_rows((tmp_path / "plug_and_play.md").read_text())}
+    assert list(rows) == ["amos", "adamw", "adam_pnp_isq"]
+    amos, adamw, pnp = rows.values()
+    assert amos["setting"] == "tuned: AMOS_XI 0.025 = 0.5x"
+    assert pnp["setting"] == "tuned: PNP_HALF_LIFE 250 = 2x"
+    assert amos["horizon (steps)"] == "20 -> 40 (2x)"
+    # Test losses at 1x: 2.2 and 2.3 (seeds 1, 2); Amos then 0.3 lower on both.
+    assert (amos["test loss at 1x"], amos["test loss at Kx"]) == ("2.2500", "1.9500")
+    assert (amos["test change"], amos["seeds improved (test)"]) == ("-0.3000", "2/2")
+    assert amos["past the horizon"] == "kept improving"
+    assert (adamw["test change"], adamw["past the horizon"]) == ("+0.0000", "did not improve")
+    assert (pnp["test change"], pnp["seeds improved (test)"]) == ("-0.0500", "1/2")
+    assert pnp["past the horizon"] == "improved on 1 of 2 seeds"
+    assert pnp["val change"] == "-0.0500"
+    figure = tmp_path / "figures" / "plug_and_play.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The continued runs are this notebook's: the headline table leaves them out.
+    run("headline_table", tmp_path, AMOS_RESULTS=str(fake_continued))
+    assert "continued" not in (tmp_path / "headline_table.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def fake_timescale(tmp_path_factory) -> Path:
+    """A results/ directory with a timescale sweep summarized by launch/timescale_sweep.py
+    from hand-chosen losses: the best tau_epoch moves by 0, +1, +2 and -2 grid steps
+    across the four settings, and the direct sweep's best weight decay is half the
+    predicted one."""
+    from argparse import Namespace
+
+    from launch import timescale_sweep as ts
+    from tests.launch.harness_helpers import fake_run
+
+    root = tmp_path_factory.mktemp("fake_timescale")
+    parent, out = root / "runs", root / "results" / "timescale" / "timescale_resnet_cpu"
+    args = dict(fractions="1,0.25", widths="16,8", taus=5, horizon="epochs")
+    args.update(experiment="timescale_resnet_cpu", new_fraction=0.5, new_width=None)
+    recipe, settings, new = ts.plan_settings(Namespace(**args), [])
+    tau = recipe[ts.TAU]
+
+    def fake(trials, best_factor: float, offset: float) -> None:
+        for t in trials:
+            val = offset + 0.05 * abs(math.log2(t.factor / best_factor))
+            fake_run(t.run_dir, [val + 1.0, val], [val + 1.1, val + 0.1])
+
+    for s, best_factor in zip(settings, [1, 2, 4, 0.25], strict=True):
+        fake(ts.plan_trials(parent, s, ts.TAU, tau, 5), best_factor, 0.2)
+    wd = 32 / (recipe["ADAMW_LR"] * new.train_examples * tau)  # the reference's best, tau
+    fake(ts.plan_trials(parent, new, ts.WEIGHT_DECAY, wd, 5, "transfer_"), 0.5, 0.3)
+    argv = ["--experiment=timescale_resnet_cpu", "--taus=5", "--widths=16,8", "--resummarize"]
+    assert ts.main([*argv, f"--parent={parent}", f"--results={out}"]) == 0
+    return root / "results"
+
+
+def test_ema_timescale_tables_say_where_the_optimum_falls(fake_timescale, tmp_path):
+    run("ema_timescale", tmp_path, AMOS_RESULTS=str(fake_timescale))
+    text = (tmp_path / "ema_timescale.md").read_text()
+    optimum, transfer = text.split("## The transfer check")
+    record = json.loads(next(fake_timescale.rglob("timescale.json")).read_text())
+    rows = table_rows(optimum)
+    assert [r["setting"] for r in rows] == [s["label"] for s in record["settings"]]
+    for row, s in zip(rows, record["settings"], strict=True):
+        assert row["train examples"] == str(s["train_examples"])
+        assert close(row["best tau_epoch"], s["best"]["tau_epochs"])
+        assert close(row["its weight decay"], s["best"]["weight_decay"])
+    assert [(r["steps of 2 from the reference"], r["optimum"]) for r in rows] == [
+        ("+0", "reference"),
+        ("+1", "stays"),
+        ("+2", "moves +2 steps (at the grid's edge)"),
+        ("-2", "moves -2 steps (at the grid's edge)"),
+    ]
+    (check,) = table_rows(transfer)
+    tr = record["transfer"]
+    assert check["new setting"] == "subset_0.5_width_16"
+    assert close(check["predicted weight decay"], tr["predicted_weight_decay"])
+    assert close(check["best direct weight decay"], tr["predicted_weight_decay"] / 2)
+    assert check["best / predicted"] == "0.5"
+    assert check["excess at prediction"] == "+0.0500"
+    assert check["prediction"] == "within 2x of the best"
+    figure = tmp_path / "figures" / "ema_timescale.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow  # paper-scale shapes of five models

@@ -1,0 +1,60 @@
+"""Run records for the notebooks: the evaluation curves of the runs a summary.json lists,
+read from their copies under the summary's directory (`results/<experiment>/runs/`).
+
+A plain module (no cells), imported by the notebooks that draw curves, so that every
+figure reads the records the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def eval_records(path: Path, key: str) -> list[dict]:
+    """The eval lines of a metrics.jsonl that hold ``key``; a half-written line is skipped."""
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("split") == "eval" and key in record:
+            records.append({**record, "loss": record[key]})
+    return records
+
+
+def seed_curves(summary_dir: Path, summary: dict, key: str) -> dict[str, list[list[dict]]]:
+    """{row: one curve per seed}, from the copies under ``summary_dir/runs`` of the run
+    directories the summary lists per row (below its run_parent)."""
+    curves: dict[str, list[list[dict]]] = {}
+    parent = Path(summary.get("run_parent") or "")
+    for opt, v in (summary.get("optimizers") or {}).items():
+        for run_dir in v.get("run_dirs") or []:
+            try:
+                rel = Path(run_dir).relative_to(parent)
+            except ValueError:
+                continue
+            metrics = summary_dir / "runs" / rel / "metrics.jsonl"
+            curve = eval_records(metrics, key) if metrics.is_file() else []
+            if curve:
+                curves.setdefault(opt, []).append(curve)
+    return curves
+
+
+def band(curves: list[list[dict]]) -> dict[str, np.ndarray]:
+    """Mean step, mean training time, and mean / min / max loss over seeds, at the steps
+    every seed evaluated."""
+    steps = sorted(set.intersection(*({r["step"] for r in c} for c in curves)))
+    by_step = [{r["step"]: r for r in c} for c in curves]
+    loss = np.array([[c[s]["loss"] for s in steps] for c in by_step], dtype=float)
+    time = np.array([[c[s].get("train_time_s", np.nan) for s in steps] for c in by_step])
+    return {
+        "step": np.array(steps, dtype=float),
+        "train_time_s": np.nanmean(time, axis=0) if len(steps) else np.array([]),
+        "mean": loss.mean(0),
+        "min": loss.min(0),
+        "max": loss.max(0),
+    }
