@@ -34,7 +34,6 @@
 # %%
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -48,11 +47,7 @@ REPO = Path.cwd()
 if str(REPO) not in sys.path:  # Run as a script, its own directory comes first instead.
     sys.path.insert(0, str(REPO))
 from launch.timescale_sweep import draw  # noqa: E402  (the sweep's own figure, per row)
-
-RESULTS = Path(os.environ.get("AMOS_RESULTS", REPO / "results"))
-OUT = Path(os.environ.get("AMOS_NOTEBOOK_OUT", REPO / "notebooks"))
-if not RESULTS.is_dir():
-    raise FileNotFoundError(f"no {RESULTS}: run the notebook from the repository root")
+from notebooks.common import RESULTS, markdown_table, save_figure, write_markdown  # noqa: E402
 
 
 def steps_of_two(x: float, reference: float) -> float:
@@ -147,14 +142,6 @@ for experiment, record in records.items():
         transfer_rows.append(dict(zip(TRANSFER, cells, strict=True)))
 
 
-def table(columns: list[str], rows: list[dict]) -> list[str]:
-    return [
-        "| " + " | ".join(columns) + " |",
-        "|" + "---|" * len(columns),
-        *("| " + " | ".join(row.values()) + " |" for row in rows),
-    ]
-
-
 text = "\n".join(
     [
         "# AdamW's weight decay as an EMA timescale",
@@ -165,17 +152,23 @@ text = "\n".join(
         "",
         "## Where the optimum falls",
         "",
-        *(table(OPTIMUM, optimum_rows) if optimum_rows else ["No timescale sweep has run yet."]),
+        *(
+            markdown_table(OPTIMUM, optimum_rows)
+            if optimum_rows
+            else ["No timescale sweep has run yet."]
+        ),
         "",
         "## The transfer check",
         "",
-        *(table(TRANSFER, transfer_rows) if transfer_rows else ["No transfer check has run yet."]),
+        *(
+            markdown_table(TRANSFER, transfer_rows)
+            if transfer_rows
+            else ["No transfer check has run yet."]
+        ),
         "",
     ]
 )
-OUT.mkdir(parents=True, exist_ok=True)
-(OUT / "ema_timescale.md").write_text(text)
-print(f"wrote {OUT / 'ema_timescale.md'}")
+write_markdown("ema_timescale.md", text)
 Markdown(text)
 
 # %% [markdown]
@@ -193,9 +186,4 @@ for row, record in zip(axes, records.values(), strict=False):
 if not records:
     axes[0, 0].text(0.5, 0.5, "no timescale sweep yet", ha="center", transform=axes[0, 0].transAxes)
 fig.tight_layout()
-figure = OUT / "figures" / "ema_timescale.png"
-figure.parent.mkdir(parents=True, exist_ok=True)
-fig.savefig(figure, dpi=80, bbox_inches="tight")
-plt.close(fig)
-print(f"wrote {figure}")
-Image(filename=str(figure))
+Image(filename=str(save_figure(fig, "ema_timescale.png")))

@@ -28,7 +28,6 @@
 
 # %%
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -41,13 +40,7 @@ from IPython.display import Image  # noqa: E402
 REPO = Path.cwd()
 if str(REPO) not in sys.path:  # Run as a script, its own directory comes first instead.
     sys.path.insert(0, str(REPO))
-from notebooks.records import band, seed_curves  # noqa: E402
-
-RESULTS = Path(os.environ.get("AMOS_RESULTS", REPO / "results"))
-OUT = Path(os.environ.get("AMOS_NOTEBOOK_OUT", REPO / "notebooks"))
-if not RESULTS.is_dir():
-    raise FileNotFoundError(f"no {RESULTS}: run the notebook from the repository root")
-
+from notebooks.common import RESULTS, band, save_figure, seed_curves  # noqa: E402
 
 # %% [markdown]
 # ## Read the curves
@@ -79,7 +72,7 @@ for name, e in {**studies, **earlier}.items():
 
 
 # %%
-def figure(experiments: dict, ylabel: str, title: str, path: Path) -> Path:
+def figure(experiments: dict, ylabel: str, title: str, filename: str) -> Path:
     n = max(len(experiments), 1)
     fig, axes = plt.subplots(n, 2, figsize=(11, 3.2 * n), squeeze=False)
     # One color per row name in every panel, in the order they first appear.
@@ -107,24 +100,20 @@ def figure(experiments: dict, ylabel: str, title: str, path: Path) -> Path:
         axes[0, 0].text(0.5, 0.5, "no runs yet", ha="center", transform=axes[0, 0].transAxes)
     fig.suptitle(title, y=1.0)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    print(f"wrote {path}")
-    return path
+    return save_figure(fig, filename)
 
 
 study_figure = figure(
     studies,
     "test loss",
     "The study: test loss of the fresh seeds, mean and min-max band",
-    OUT / "figures" / "loss_curves.png",
+    "loss_curves.png",
 )
 earlier_figure = figure(
     earlier,
     "eval loss",
     "Earlier untuned comparisons: eval loss, mean and min-max band over seeds",
-    OUT / "figures" / "loss_curves_earlier.png",
+    "loss_curves_earlier.png",
 )
 Image(filename=str(study_figure))
 

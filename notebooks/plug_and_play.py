@@ -37,7 +37,6 @@
 
 # %%
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -50,12 +49,14 @@ from IPython.display import Image, Markdown  # noqa: E402
 REPO = Path.cwd()
 if str(REPO) not in sys.path:  # Run as a script, its own directory comes first instead.
     sys.path.insert(0, str(REPO))
-from notebooks.records import band, seed_curves  # noqa: E402
-
-RESULTS = Path(os.environ.get("AMOS_RESULTS", REPO / "results"))
-OUT = Path(os.environ.get("AMOS_NOTEBOOK_OUT", REPO / "notebooks"))
-if not RESULTS.is_dir():
-    raise FileNotFoundError(f"no {RESULTS}: run the notebook from the repository root")
+from notebooks.common import (  # noqa: E402
+    RESULTS,
+    band,
+    markdown_table,
+    save_figure,
+    seed_curves,
+    write_markdown,
+)
 
 
 def setting(v: dict) -> str:
@@ -133,21 +134,11 @@ text = "\n".join(
         "fresh-seed runs, copied at the planned horizon and trained on to K times it with every "
         "schedule's horizon kept; means over the seeds continued; change < 0: it improved.",
         "",
-        *(
-            [
-                "| " + " | ".join(COLUMNS) + " |",
-                "|" + "---|" * len(COLUMNS),
-                *("| " + " | ".join(row.values()) + " |" for row in rows),
-            ]
-            if rows
-            else ["No sweep has been continued yet."]
-        ),
+        *(markdown_table(COLUMNS, rows) if rows else ["No sweep has been continued yet."]),
         "",
     ]
 )
-OUT.mkdir(parents=True, exist_ok=True)
-(OUT / "plug_and_play.md").write_text(text)
-print(f"wrote {OUT / 'plug_and_play.md'}")
+write_markdown("plug_and_play.md", text)
 Markdown(text)
 
 # %% [markdown]
@@ -176,9 +167,4 @@ for ax, (experiment, (multiple, summary, directory)) in zip(
 if not continued:
     axes[0, 0].text(0.5, 0.5, "no continued sweep yet", ha="center", transform=axes[0, 0].transAxes)
 fig.tight_layout()
-figure = OUT / "figures" / "plug_and_play.png"
-figure.parent.mkdir(parents=True, exist_ok=True)
-fig.savefig(figure, dpi=80, bbox_inches="tight")
-plt.close(fig)
-print(f"wrote {figure}")
-Image(filename=str(figure))
+Image(filename=str(save_figure(fig, "plug_and_play.png")))

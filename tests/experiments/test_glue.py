@@ -515,24 +515,25 @@ TINY_RUN = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["amos"])  # AdamW trains the classifier above
-def test_run_py_trains_the_experiment(glue_dir, optimizer, tmp_path: Path):
+def test_run_py_trains_the_experiment(glue_dir, optimizer, tmp_path: Path, capsys):
     """The experiment end to end. A DATA_DIR without the dataset is
     test_config_errors_name_the_culprit's (a ConfigError, which run.py turns into exit 2
-    with its one line, tests/launch/test_failures.py)."""
-    from tests.launch.harness_helpers import PYTHON, REPO, metrics, run
+    with its one line, tests/launch/test_failures.py). In this process (`run.main`), which
+    has TensorFlow imported already."""
+    from launch import run as run_cli
+    from tests.launch.harness_helpers import metrics
 
     model_dir = tmp_path / "run"
-    cmd = [
-        PYTHON,
-        str(REPO / "launch" / "run.py"),
+    argv = [
         "--gin_file=experiments/bert_base_glue.gin",
         f"--optimizer={optimizer}",
         f"--gin.MODEL_DIR='{model_dir}'",
         f"--gin.DATA_DIR='{glue_dir}'",
         *TINY_RUN,
     ]
-    result = run(cmd, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    capsys.readouterr()
+    code = run_cli.main(argv)
+    assert code == 0, capsys.readouterr().err[-3000:]
     records = metrics(model_dir)
     evals = [r for r in records if r["split"] == "eval"]
     assert [r["step"] for r in evals] == [10, 20]

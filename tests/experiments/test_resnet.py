@@ -67,18 +67,23 @@ def test_resnet_sizes_and_every_variable_has_settings(size, classes, shape, expe
 def test_batch_norm_uses_batch_statistics_in_training_and_running_averages_in_eval():
     model = resnet_model(10, "tiny")
     x = jnp.asarray(np.random.default_rng(0).standard_normal((8, 8, 8, 1)), jnp.float32)
-    variables = model.init(jax.random.PRNGKey(0), x[:1], train=False)
-    _, updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    # Jitted: a compile per shape costs less than op-by-op dispatch.
+    variables = jax.jit(lambda key, x: model.init(key, x, train=False))(
+        jax.random.PRNGKey(0), x[:1]
+    )
+    train = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
+    evaluate = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    _, updated = train(variables, x)
     before = variables["batch_stats"]["stem_norm"]["mean"]
     after = updated["batch_stats"]["stem_norm"]["mean"]
     assert not np.allclose(before, after)  # Training moved the running averages.
     # Evaluation is per example: the logits of x[:2] do not depend on the rest of the batch.
-    full = model.apply(variables, x, train=False)
-    part = model.apply(variables, x[:2], train=False)
+    full = evaluate(variables, x)
+    part = evaluate(variables, x[:2])
     np.testing.assert_allclose(full[:2], part, rtol=1e-5, atol=1e-6)
     # Training normalizes by the batch, so there the rest of the batch matters.
-    train_full, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
-    train_part, _ = model.apply(variables, x[:2], train=True, mutable=["batch_stats"])
+    train_full, _ = train(variables, x)
+    train_part, _ = train(variables, x[:2])
     assert not np.allclose(train_full[:2], train_part, atol=1e-4)
 
 
@@ -103,7 +108,9 @@ def test_tiny_resnet_learns_digits_with_amos():
     x = jnp.asarray(digits.train_images[:64] / 255.0)
     y = jnp.asarray(digits.train_labels[:64])
     model = resnet_model(10, "tiny")
-    variables = model.init(jax.random.PRNGKey(0), x[:1], train=False)
+    variables = jax.jit(lambda key, x: model.init(key, x, train=False))(
+        jax.random.PRNGKey(0), x[:1]
+    )
 
     def loss_fn(p):
         logits, _ = model.apply(

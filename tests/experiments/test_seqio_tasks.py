@@ -374,32 +374,37 @@ def test_c4_data_file_names_the_missing_dataset(files, tmp_path):
 
 
 @pytest.mark.slow
-def test_t5_seqio_cpu_runs_learns_and_resumes_exactly(files, shakespeare, tmp_path):
+def test_t5_seqio_cpu_runs_learns_and_resumes_exactly(files, shakespeare, tmp_path, capsys):
     """launch/run.py end to end on experiments/t5_seqio_cpu.gin with Amos: the loss falls,
-    and a run preempted after its step-10 checkpoint finishes as the uninterrupted one."""
-    from tests.launch.harness_helpers import PYTHON, REPO, metrics, numbers, run
+    and a run preempted after its step-10 checkpoint finishes as the uninterrupted one.
+    Both runs are in this process (`run.main`), which has TensorFlow imported already."""
+    from launch import run as run_cli
+    from tests.launch.harness_helpers import metrics, numbers
 
-    def cmd(model_dir: Path) -> list[str]:
-        return [
-            PYTHON,
-            str(REPO / "launch" / "run.py"),
-            "--gin_file=experiments/t5_seqio_cpu.gin",
-            "--optimizer=amos",
-            f"--gin.MODEL_DIR='{model_dir}'",
-            f"--gin.CORPUS_PATH='{shakespeare}'",
-            f"--gin.TOKENIZER='{files['model']}'",
-            "--gin.TRAIN_STEPS=20",
-            "--gin.WARMUP_STEPS=5",
-            "--gin.BATCH_SIZE=16",
-            "--gin.LOG_EVERY=5",
-            "--gin.EVAL_EVERY=10",
-            "--gin.EVAL_BATCHES=2",
-            "--gin.CHECKPOINT_EVERY=10",
-        ]
+    def run_py(model_dir: Path) -> str:
+        capsys.readouterr()
+        code = run_cli.main(
+            [
+                "--gin_file=experiments/t5_seqio_cpu.gin",
+                "--optimizer=amos",
+                f"--gin.MODEL_DIR='{model_dir}'",
+                f"--gin.CORPUS_PATH='{shakespeare}'",
+                f"--gin.TOKENIZER='{files['model']}'",
+                "--gin.TRAIN_STEPS=20",
+                "--gin.WARMUP_STEPS=5",
+                "--gin.BATCH_SIZE=16",
+                "--gin.LOG_EVERY=5",
+                "--gin.EVAL_EVERY=10",
+                "--gin.EVAL_BATCHES=2",
+                "--gin.CHECKPOINT_EVERY=10",
+            ]
+        )
+        out, err = capsys.readouterr()
+        assert code == 0, err[-3000:]
+        return out
 
     first = tmp_path / "run"
-    p = run(cmd(first), timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
+    run_py(first)
     train = [r["loss"] for r in metrics(first) if r["split"] == "train" and "loss" in r]
     evals = [r["loss"] for r in metrics(first) if r["split"] == "eval"]
     assert len(train) == 4 and train[-1] < 0.9 * train[0], train
@@ -412,7 +417,5 @@ def test_t5_seqio_cpu_runs_learns_and_resumes_exactly(files, shakespeare, tmp_pa
     shutil.copytree(first, resumed)
     shutil.rmtree(resumed / "checkpoints" / "20")
     (resumed / "final.json").unlink()
-    p = run(cmd(resumed), timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert "resumed from checkpoint at step 10" in p.stdout
+    assert "resumed from checkpoint at step 10" in run_py(resumed)
     assert numbers(resumed) == numbers(first)

@@ -125,8 +125,8 @@ def test_forward_masks_and_causality():
     encoder_tokens = jax.random.randint(key_e, (2, 9), 1, config.vocab_size).at[:, 7:].set(0)
     decoder_targets = jax.random.randint(key_d, (2, 6), 1, config.vocab_size)
     decoder_inputs = shift_right(decoder_targets)
-    params = model.init(key_i, encoder_tokens, decoder_inputs)["params"]
-    # Jitted: op by op, six applications of even the tiny T5 take over a minute.
+    params = jax.jit(model.init)(key_i, encoder_tokens, decoder_inputs)["params"]
+    # Jitted, as the init: op by op, six applications of even the tiny T5 take a minute.
     apply = jax.jit(lambda e, d, t=None: model.apply({"params": params}, e, d, t))
 
     logits = apply(encoder_tokens, decoder_inputs, decoder_targets)
@@ -161,7 +161,7 @@ def test_amos_lowers_the_seq2seq_loss():
     encoder_tokens = jax.random.randint(key_e, (4, 12), 1, config.vocab_size)
     targets = jax.random.randint(key_d, (4, 8), 1, config.vocab_size).at[:, 6:].set(0)
     decoder_inputs = shift_right(targets)
-    params = model.init(key_i, encoder_tokens, decoder_inputs)["params"]
+    params = jax.jit(model.init)(key_i, encoder_tokens, decoder_inputs)["params"]
     batch, length = targets.shape
     rules = load_model_file("t5_tiny.gin", config.vocab_size)
     # The paper's T5 settings: beta 0.95, momentum 0.9, clip sqrt(batch * target length).

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.launch.harness_helpers import dry_run_slot_bytes, metrics, run, run_cmd
+from launch import run as run_cli
+from tests.launch.harness_helpers import dry_run_slot_bytes, metrics, run_cmd
 
 pytestmark = pytest.mark.slow  # Half a minute per family: `make test-all` runs them.
 
@@ -31,8 +32,10 @@ SHORT = [
 ]
 
 
-def command(family: str, optimizer: str, model_dir: Path, steps: int = 30) -> list[str]:
-    return run_cmd(
+def argv(family: str, optimizer: str, model_dir: Path, steps: int = 30) -> list[str]:
+    """launch/run.py's arguments. The runs are in this process (`run.main`, as a process
+    would call it): no interpreter start and imports per run."""
+    cmd = run_cmd(
         model_dir,
         *SHORT,
         "--gin.WARMUP_STEPS=3",
@@ -41,20 +44,24 @@ def command(family: str, optimizer: str, model_dir: Path, steps: int = 30) -> li
         steps=steps,
         tiny=False,
     )
+    return cmd[2:]  # Without the interpreter and the script.
 
 
-def train(family: str, model_dir: Path, steps: int = 30):
-    result = run(command(family, "amos", model_dir, steps), timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+def run_py(args: list[str], capsys) -> str:
+    """run.py's stdout; a nonzero exit fails with its stderr."""
+    capsys.readouterr()
+    code = run_cli.main(args)
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    return out
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_family_trains_evaluates_and_resumes(family: str, tmp_path: Path, request):
+def test_family_trains_evaluates_and_resumes(family: str, tmp_path: Path, request, capsys):
     if family != "resnet":  # The text families train on the shared Tiny Shakespeare.
         request.getfixturevalue("shakespeare")
     model_dir = tmp_path / "amos"
-    train(family, model_dir)
+    run_py(argv(family, "amos", model_dir), capsys)
     records = metrics(model_dir)
     losses = [r["loss"] for r in records if r["split"] == "train" and "loss" in r]
     assert losses[-1] < losses[0], losses
@@ -74,17 +81,16 @@ def test_family_trains_evaluates_and_resumes(family: str, tmp_path: Path, reques
     # ResNet's batch statistics); resuming itself is tested in tests/launch/test_run.py
     # (SIGKILL, exact) and test_faults.py.
     if family in RESUMED:
-        resumed = train(family, model_dir, steps=36)
-        assert "resumed from checkpoint at step 30" in resumed.stdout
+        resumed = run_py(argv(family, "amos", model_dir, steps=36), capsys)
+        assert "resumed from checkpoint at step 30" in resumed
         steps = [r["step"] for r in metrics(model_dir) if r["split"] == "eval"]
         assert steps == [15, 30, 36]
 
     # AdamW on the same files, from shapes: its slots against the ones Amos trained with.
-    dry = run([*command(family, "adamw", tmp_path / "adamw"), "--dry_run"], timeout=300)
-    assert dry.returncode == 0, dry.stderr[-3000:]
+    dry = run_py([*argv(family, "adamw", tmp_path / "adamw"), "--dry_run"], capsys)
     amos_bytes = json.loads((model_dir / "run.json").read_text())["slot_bytes"]
-    assert dry_run_slot_bytes(dry.stdout, "amos")[0] == amos_bytes
-    ratio = amos_bytes / dry_run_slot_bytes(dry.stdout, "adamw")[0]
+    assert dry_run_slot_bytes(dry, "amos")[0] == amos_bytes
+    ratio = amos_bytes / dry_run_slot_bytes(dry, "adamw")[0]
     # The paper's LSTM runs Amos without momentum: only factored slots. At this width (64)
     # the tied embedding's (vocab, 1) slots are 1.3% of AdamW's (0.3% at PTB size).
     assert ratio <= (0.02 if family == "lstm" else 0.51), ratio

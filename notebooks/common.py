@@ -1,16 +1,56 @@
-"""Run records for the notebooks: the evaluation curves of the runs a summary.json lists,
-read from their copies under the summary's directory (`results/<experiment>/runs/`).
+"""What the notebooks share (a plain module, no cells): where they read and write, the
+tables and figures they write, and the evaluation curves of the runs a summary.json lists
+(read from their copies under the summary's directory, `results/<experiment>/runs/`), so
+that every notebook does each of these one way.
 
-A plain module (no cells), imported by the notebooks that draw curves, so that every
-figure reads the records the same way.
+A notebook runs from the repository root (`make notebooks`); `AMOS_RESULTS` (default
+`results/`) is the directory it reads, `AMOS_NOTEBOOK_OUT` (default `notebooks/`) where it
+writes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
+
+REPO = Path.cwd()
+RESULTS = Path(os.environ.get("AMOS_RESULTS", REPO / "results"))
+OUT = Path(os.environ.get("AMOS_NOTEBOOK_OUT", REPO / "notebooks"))
+if not RESULTS.is_dir():
+    raise FileNotFoundError(f"no {RESULTS}: run the notebook from the repository root")
+
+
+def markdown_table(columns: list[str], rows: list[dict[str, str]]) -> list[str]:
+    """The lines of a markdown table: a header of ``columns``, then each row's values."""
+    return [
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(row.values()) + " |" for row in rows),
+    ]
+
+
+def write_markdown(name: str, text: str) -> Path:
+    """``text`` as OUT/<name>."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / name
+    path.write_text(text)
+    print(f"wrote {path}")
+    return path
+
+
+def save_figure(fig, name: str) -> Path:
+    """``fig`` as OUT/figures/<name> (80 dpi), then closed."""
+    import matplotlib.pyplot as plt
+
+    path = OUT / "figures" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    print(f"wrote {path}")
+    return path
 
 
 def eval_records(path: Path, key: str) -> list[dict]:
