@@ -23,6 +23,23 @@ if not RESULTS.is_dir():
     raise FileNotFoundError(f"no {RESULTS}: run the notebook from the repository root")
 
 
+def read_summaries() -> dict[str, tuple[Path, dict]]:
+    """Every `summary.json` under RESULTS by its directory relative to RESULTS (for example
+    `study/quickstart`), with its path; an unreadable one is skipped with a line saying
+    so. The runs a sweep continued past its horizon (`continued_<K>x/`) are left to
+    notebooks/plug_and_play.py: their rows are not a comparison at one horizon."""
+    out = {}
+    for path in sorted(RESULTS.rglob("summary.json")):
+        name = path.parent.relative_to(RESULTS).as_posix()
+        if path.parent.name.startswith("continued_"):
+            continue
+        try:
+            out[name] = (path, json.loads(path.read_text()))
+        except (OSError, ValueError) as e:
+            print(f"skipped {path}: {e}")
+    return out
+
+
 def markdown_table(columns: list[str], rows: list[dict[str, str]]) -> list[str]:
     """The lines of a markdown table: a header of ``columns``, then each row's values."""
     return [

@@ -35,18 +35,16 @@
 # Results section includes; run from the repository root (`make notebooks`).
 
 # %%
-import json
 import math
-import os
+import sys
 from pathlib import Path
 
 from IPython.display import Markdown
 
 REPO = Path.cwd()
-RESULTS = Path(os.environ.get("AMOS_RESULTS", REPO / "results"))
-OUT = Path(os.environ.get("AMOS_NOTEBOOK_OUT", REPO / "notebooks"))
-if not RESULTS.is_dir():
-    raise FileNotFoundError(f"no {RESULTS}: run the notebook from the repository root")
+if str(REPO) not in sys.path:  # Run as a script, its own directory comes first instead.
+    sys.path.insert(0, str(REPO))
+from notebooks.common import markdown_table, read_summaries, write_markdown  # noqa: E402
 
 # The paper's claims (reference section 3), as upper bounds on Amos / AdamW ratios.
 CLAIMS = {"steps": 0.70, "time": 0.70, "memory": 0.51}
@@ -142,15 +140,7 @@ def revisions(s: dict) -> str:
 
 # %%
 studies, earlier = {}, {}
-for path in sorted(RESULTS.rglob("summary.json")):
-    name = path.parent.relative_to(RESULTS).as_posix()
-    if "/continued_" in name:  # Runs trained past their horizon: notebooks/plug_and_play.py
-        continue
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        print(f"skipped {path}: {e}")
-        continue
+for name, (_, summary) in read_summaries().items():
     (studies if name.startswith("study/") else earlier)[name] = summary
 print(f"{len(studies)} study summaries:", ", ".join(studies) or "none yet")
 print(f"{len(earlier)} earlier summaries:", ", ".join(earlier))
@@ -234,14 +224,6 @@ def notes(summaries: dict[str, dict], split: str) -> list[str]:
     return out
 
 
-def markdown_table(rows: list[dict[str, str]]) -> list[str]:
-    return [
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
-        *("| " + " | ".join(row.values()) + " |" for row in rows),
-    ]
-
-
 study_rows = table_rows(studies, "test")
 earlier_rows = table_rows(earlier, "eval")
 print(f"{len(study_rows)} study rows, {len(earlier_rows)} earlier rows")
@@ -257,7 +239,7 @@ study_part = (
         "are Amos / AdamW: steps and training time for the seed-mean test curve to reach "
         "AdamW's mean final test loss, and optimizer-slot bytes.",
         "",
-        *markdown_table(study_rows),
+        *markdown_table(COLUMNS, study_rows),
         "",
         *notes(studies, "test"),
     ]
@@ -283,15 +265,13 @@ text = "\n".join(
         "judged on the held-out split they report (eval), which predates the test split. "
         "Ratios as above, to AdamW's mean final eval loss.",
         "",
-        *markdown_table(earlier_rows),
+        *markdown_table(COLUMNS, earlier_rows),
         "",
         *notes(earlier, "eval"),
         "",
     ]
 )
-OUT.mkdir(parents=True, exist_ok=True)
-(OUT / "headline_table.md").write_text(text)
-print(f"wrote {OUT / 'headline_table.md'}")
+write_markdown("headline_table.md", text)
 Markdown(text)
 
 # %% [markdown]

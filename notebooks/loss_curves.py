@@ -27,7 +27,6 @@
 # from the repository root (`make notebooks`).
 
 # %%
-import json
 import sys
 from pathlib import Path
 
@@ -40,22 +39,14 @@ from IPython.display import Image  # noqa: E402
 REPO = Path.cwd()
 if str(REPO) not in sys.path:  # Run as a script, its own directory comes first instead.
     sys.path.insert(0, str(REPO))
-from notebooks.common import RESULTS, band, save_figure, seed_curves  # noqa: E402
+from notebooks.common import band, read_summaries, save_figure, seed_curves  # noqa: E402
 
 # %% [markdown]
 # ## Read the curves
 
 # %%
 studies, earlier = {}, {}
-for path in sorted(RESULTS.rglob("summary.json")):
-    name = path.parent.relative_to(RESULTS).as_posix()
-    if "/continued_" in name:  # Runs trained past their horizon: notebooks/plug_and_play.py
-        continue
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        print(f"skipped {path}: {e}")
-        continue
+for name, (path, summary) in read_summaries().items():
     study = name.startswith("study/")
     key = "test_loss" if study else "loss"
     (studies if study else earlier)[name.removeprefix("study/")] = {
