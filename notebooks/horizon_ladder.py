@@ -29,7 +29,7 @@
 
 # %%
 import json
-import os
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -39,10 +39,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from IPython.display import Image, Markdown  # noqa: E402
 
 REPO = Path.cwd()
-RESULTS = Path(os.environ.get("AMOS_RESULTS", REPO / "results"))
-OUT = Path(os.environ.get("AMOS_NOTEBOOK_OUT", REPO / "notebooks"))
-if not RESULTS.is_dir():
-    raise FileNotFoundError(f"no {RESULTS}: run the notebook from the repository root")
+if str(REPO) not in sys.path:  # Run as a script, its own directory comes first instead.
+    sys.path.insert(0, str(REPO))
+from notebooks.common import RESULTS, markdown_table, save_figure, write_markdown  # noqa: E402
+
 CLAIM = 0.70  # Steps and time to AdamW's loss (reference section 3).
 
 
@@ -137,21 +137,11 @@ text = "\n".join(
         "sweep at a longer horizon; ratios are Amos / AdamW to AdamW's mean final test loss "
         "at that rung.",
         "",
-        *(
-            [
-                "| " + " | ".join(COLUMNS) + " |",
-                "|" + "---|" * len(COLUMNS),
-                *("| " + " | ".join(row.values()) + " |" for row in rows),
-            ]
-            if rows
-            else ["No ladder has run yet."]
-        ),
+        *(markdown_table(COLUMNS, rows) if rows else ["No ladder has run yet."]),
         "",
     ]
 )
-OUT.mkdir(parents=True, exist_ok=True)
-(OUT / "horizon_ladder.md").write_text(text)
-print(f"wrote {OUT / 'horizon_ladder.md'}")
+write_markdown("horizon_ladder.md", text)
 Markdown(text)
 
 # %% [markdown]
@@ -187,9 +177,5 @@ else:
     ax.text(0.5, 0.5, "no ladder yet", transform=ax.transAxes, ha="center")
 ax.set_title("The horizon ladder")
 fig.tight_layout()
-figure = OUT / "figures" / "horizon_ladder.png"
-figure.parent.mkdir(parents=True, exist_ok=True)
-fig.savefig(figure, dpi=80, bbox_inches="tight")
-plt.close(fig)
-print(f"wrote {figure}")
+figure = save_figure(fig, "horizon_ladder.png")
 Image(filename=str(figure))

@@ -22,7 +22,11 @@
 #
 # How sensitive each optimizer is, in the table: the spread of the finished trials' losses
 # (worst minus best), the loss at the recipe value (factor 1) against the pick's, and the
-# diverged trials. The test loss is never read here: the pick is made on validation.
+# diverged trials. A finished trial can still have collapsed (a constant prediction: frozen
+# accuracy, flat loss) or stalled, by `launch/compare.py`'s own tests applied to its
+# validation curve (its records are copied under `results/study/<experiment>/runs/`): such
+# trials are listed in the last column and drawn as open circles; they count in the spread.
+# The test loss is never read here: the pick is made on validation.
 #
 # Writes `notebooks/tuning_curves.md` and `notebooks/figures/tuning_curves.png` (or under
 # `$AMOS_NOTEBOOK_OUT`); run from the repository root (`make notebooks`).
@@ -30,7 +34,7 @@
 # %%
 import json
 import math
-import os
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -40,10 +44,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 from IPython.display import Image, Markdown  # noqa: E402
 
 REPO = Path.cwd()
-RESULTS = Path(os.environ.get("AMOS_RESULTS", REPO / "results"))
-OUT = Path(os.environ.get("AMOS_NOTEBOOK_OUT", REPO / "notebooks"))
-if not RESULTS.is_dir():
-    raise FileNotFoundError(f"no {RESULTS}: run the notebook from the repository root")
+if str(REPO) not in sys.path:  # Run as a script, its own directory comes first instead.
+    sys.path.insert(0, str(REPO))
+from launch.compare import collapse_reason, stall_reason  # noqa: E402
+from notebooks.common import (  # noqa: E402
+    RESULTS,
+    eval_records,
+    markdown_table,
+    save_figure,
+    write_markdown,
+)
 
 
 def fmt(x, spec: str = ".4f") -> str:
@@ -62,6 +72,23 @@ for path in sorted((RESULTS / "study").glob("*/sweep.json")):
     sweeps[path.parent.name] = record
 print(f"{len(sweeps)} sweeps:", ", ".join(sweeps) or "none yet")
 
+
+def flag(name: str, record: dict, trial: dict) -> str | None:
+    """COLLAPSED or STALLED with compare's reason, from the trial's validation curve."""
+    run = RESULTS / "study" / name / "runs" / trial["optimizer"] / trial["label"]
+    metrics = run / f"seed_{record['tuning_seed']}" / "metrics.jsonl"
+    curve = eval_records(metrics, "loss") if metrics.is_file() else []
+    if (reason := collapse_reason(curve)) is not None:
+        return f"COLLAPSED ({reason})"
+    if (reason := stall_reason(curve)) is not None:
+        return f"STALLED ({reason})"
+    return None
+
+
+for name, record in sweeps.items():
+    for t in record["trials"]:
+        t["flag"] = flag(name, record, t) if t["final_val_loss"] is not None else None
+
 # %%
 COLUMNS = [
     "experiment",
@@ -74,6 +101,7 @@ COLUMNS = [
     "val loss at pick",
     "val loss at factor 1",
     "spread (worst - best)",
+    "flagged trials",
 ]
 rows = []
 for name, record in sweeps.items():
@@ -95,6 +123,7 @@ for name, record in sweeps.items():
             fmt(chosen and chosen["final_val_loss"]),
             fmt(recipe and recipe["final_val_loss"]),
             fmt(max(losses) - min(losses) if losses else None),
+            "; ".join(f"{t['factor']:g}x {t['flag']}" for t in done if t["flag"]) or "none",
         ]
         rows.append(dict(zip(COLUMNS, values, strict=True)))
 
@@ -106,17 +135,13 @@ text = "\n".join(
         "(`make notebooks`); do not edit by hand. Final validation loss at the tuning seed; "
         'the pick is the lowest (README, "The reproduction study: protocol").',
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
-        *("| " + " | ".join(row.values()) + " |" for row in rows),
+        *markdown_table(COLUMNS, rows),
         "",
     ]
     if rows
     else ["# Tuning curves: the study's sweeps", "", "No sweep has run yet.", ""]
 )
-OUT.mkdir(parents=True, exist_ok=True)
-(OUT / "tuning_curves.md").write_text(text)
-print(f"wrote {OUT / 'tuning_curves.md'}")
+write_markdown("tuning_curves.md", text)
 Markdown(text)
 
 # %% [markdown]
@@ -145,6 +170,8 @@ for ax, (name, record) in zip(axes.flat, sweeps.items(), strict=False):
             label=f"{opt} ({knob} = {record['recipe_values'][opt]:.3g} x factor)",
         )
         for t in trials:
+            if t["flag"]:
+                ax.plot(t["factor"], t["final_val_loss"], "o", ms=11, mfc="none", color=color)
             if t["chosen"]:
                 ax.plot(t["factor"], t["final_val_loss"], "*", ms=15, color=color, mec="k")
             elif t["status"] == "diverged":
@@ -165,11 +192,10 @@ for ax in list(axes.flat)[len(sweeps) :]:
     ax.axis("off")
 if not sweeps:
     axes.flat[0].text(0.5, 0.5, "no sweep yet", ha="center", va="center")
-fig.suptitle("Tuning curves: star = pick (on validation), x = diverged", y=1.0)
+fig.suptitle(
+    "Tuning curves: star = pick (on validation), x = diverged, ring = collapsed or stalled",
+    y=1.0,
+)
 fig.tight_layout()
-figure = OUT / "figures" / "tuning_curves.png"
-figure.parent.mkdir(parents=True, exist_ok=True)
-fig.savefig(figure, dpi=80, bbox_inches="tight")
-plt.close(fig)
-print(f"wrote {figure}")
+figure = save_figure(fig, "tuning_curves.png")
 Image(filename=str(figure))

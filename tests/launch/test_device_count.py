@@ -15,8 +15,10 @@ at xi / 4 it stays at 1e-7 over all 400 steps. A defect that depended on the dev
 numbers) would show at the 1e-3 level within a few steps whatever xi is.
 
 So the tests use a tolerance that separates the two: 1e-5 (100x the float32 level) over
-300 steps at xi / 4, and over the first 50 steps at the guidance xi, where the
-amplification has not yet taken it past 1e-5 (measured 2.5e-6 at step 50).
+300 steps at xi / 4, and over the first 20 steps at the guidance xi, before the
+amplification takes it near 1e-5. How soon it gets there depends on the machine's float32
+kernels: the training loss measured 2.5e-6 at step 50 on one machine (the table), but the
+mean of b passed 1e-5 before step 50 on another (1.4e-5); at step 10 both are below 3e-7.
 """
 
 from __future__ import annotations
@@ -76,6 +78,6 @@ def test_amos_in_a_stable_setting_matches_over_300_steps(tmp_path: Path):
 
 
 def test_amos_at_the_guidance_xi_matches_until_its_dynamics_amplify(tmp_path: Path):
-    one, eight = _pair(tmp_path, 50)
-    assert _max_relative_difference(one, eight, "loss", 50) < 1e-5
-    assert _max_relative_difference(one, eight, "amos/b_mean", 50) < 1e-5
+    one, eight = _pair(tmp_path, 20)
+    assert _max_relative_difference(one, eight, "loss", 20) < 1e-5
+    assert _max_relative_difference(one, eight, "amos/b_mean", 20) < 1e-5

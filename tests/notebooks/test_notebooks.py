@@ -173,7 +173,7 @@ def fake_study(tmp_path_factory) -> Path:
     results, runs = root / "results", root / "runs"
     shutil.copytree(RESULTS / "t5_cpu", results / "t5_cpu", ignore=shutil.ignore_patterns("runs"))
     recipes = {"amos": 0.05, "adamw": 1e-3}
-    # Final validation loss per factor (1/2, 1, 2); AdamW's 2x diverges.
+    # Final validation loss per factor (1/2, 1, 2); AdamW's 2x diverges, Amos' 1/2 stalls.
     finals = {"amos": {0.5: 2.0, 1.0: 2.2, 2.0: 1.8}, "adamw": {0.5: 2.4, 1.0: 2.1, 2.0: None}}
     for opt, recipe in recipes.items():
         for factor, value in zip(sweep.grid_factors(3), sweep.grid(recipe, 3), strict=True):
@@ -183,6 +183,8 @@ def fake_study(tmp_path_factory) -> Path:
                 val = finals[opt][factor]
                 if val is None:
                     fake_run(d, [3.0], [3.0], status="diverged")
+                elif (opt, factor) == ("amos", 0.5):  # Stalled: flat from the first eval.
+                    fake_run(d, [val] * 3, [val + 0.1] * 3)
                 else:
                     v = val + 0.01 * seed
                     fake_run(d, [v + 0.5, v + 0.2, v], [v + 0.6, v + 0.3, v + 0.1])
@@ -241,6 +243,8 @@ def test_tuning_curves_table_is_the_sweep(fake_study, tmp_path):
     assert (amos["picked factor"], amos["picked value"]) == ("2", "0.1")
     assert (amos["val loss at pick"], amos["val loss at factor 1"]) == ("1.8000", "2.2000")
     assert amos["spread (worst - best)"] == "0.4000"
+    assert amos["flagged trials"].startswith("0.5x STALLED (eval loss 2.0000 at step 10")
+    assert adamw["flagged trials"] == "none"
     assert adamw["trials (finished / diverged)"] == "2 / 1"
     assert (adamw["picked factor"], adamw["val loss at pick"]) == ("1", "2.1000")
     assert adamw["spread (worst - best)"] == "0.3000"
