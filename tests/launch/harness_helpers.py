@@ -1,4 +1,5 @@
-"""Helpers for the launch tests: run launch/run.py and compare.py as subprocesses."""
+"""Helpers for the launch tests: run launch/run.py and the tools that start it (compare.py,
+sweep.py, ...) as subprocesses or in the test's process."""
 
 from __future__ import annotations
 
@@ -49,6 +50,49 @@ def run(cmd, env=None, timeout=300) -> subprocess.CompletedProcess:
     return subprocess.run(
         cmd, cwd=REPO, env=env or env_with(), capture_output=True, text=True, timeout=timeout
     )
+
+
+def run_in_process(cmd: list[str], capsys) -> subprocess.CompletedProcess:
+    """A launch/run.py command (`run_cmd`'s) run in this process through `run.main`, as the
+    script calls it: its exit status and output, without an interpreter start and the
+    imports (seconds per run). For one-device runs; a device count needs a process."""
+    from launch import run as run_cli
+
+    assert Path(cmd[1]).name == "run.py", cmd
+    capsys.readouterr()
+    code = run_cli.main(cmd[2:])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(cmd, code, out, err)
+
+
+def run_tool_in_process(main, argv: list[str], capsys, monkeypatch) -> subprocess.CompletedProcess:
+    """A launch tool's `main(argv)` (compare, sweep, ...) run in this process, and so are
+    the launch/run.py processes it starts (`run.main`, with the same arguments): its exit
+    status and output as a process would give them, without an interpreter start and the
+    imports for the tool and for every run. Any other command (git, a run with its own
+    XLA_FLAGS) still runs as a process."""
+    from launch import run as run_cli
+
+    real_run = subprocess.run
+
+    def run_here(cmd, *args, env=None, **kwargs):
+        same_devices = env is None or env.get("XLA_FLAGS") == os.environ.get("XLA_FLAGS")
+        if len(cmd) > 1 and Path(cmd[1]).name == "run.py" and same_devices:
+            return subprocess.CompletedProcess(cmd, run_cli.main(list(cmd[2:])))
+        return real_run(cmd, *args, env=env, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", run_here)
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as e:  # A tool's exit: a message goes to stderr with status 1.
+        code = e.code or 0 if e.code is None or isinstance(e.code, int) else 1
+        if code == 1 and isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+    finally:
+        monkeypatch.setattr(subprocess, "run", real_run)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["launch", *argv], code, out, err)
 
 
 def metrics(model_dir) -> list[dict]:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from launch import compare
-from tests.launch.harness_helpers import PYTHON, REPO, TINY, env_with, fake_run
+from launch import compare, quickstart
+from tests.launch.harness_helpers import PYTHON, REPO, TINY, fake_run, run_tool_in_process
 
 
 def _fake_comparison(parent: Path, with_test: bool = True) -> dict:
@@ -73,7 +72,7 @@ def test_without_test_evaluations_the_summary_is_as_before(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_compare_trains_summarizes_and_resummarizes(tmp_path: Path):
+def test_compare_trains_summarizes_and_resummarizes(tmp_path: Path, capsys, monkeypatch):
     parent, results = tmp_path / "runs", tmp_path / "results"
     cmd = [
         PYTHON,
@@ -88,7 +87,7 @@ def test_compare_trains_summarizes_and_resummarizes(tmp_path: Path):
         "--gin.EVAL_EVERY=10",
         *TINY,
     ]
-    p = subprocess.run(cmd, cwd=REPO, env=env_with(), capture_output=True, text=True, timeout=600)
+    p = run_tool_in_process(compare.main, cmd[2:], capsys, monkeypatch)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "| amos |" in p.stdout and "tensorboard --logdir" in p.stdout
     s = json.loads((results / "summary.json").read_text())
@@ -121,23 +120,13 @@ def test_compare_trains_summarizes_and_resummarizes(tmp_path: Path):
 
     # Re-summarizing trains nothing and reproduces the numbers.
     before = {opt: v["final_eval_loss"] for opt, v in s["optimizers"].items()}
-    p2 = subprocess.run(
-        cmd[:2]
-        + [
-            "--experiment",
-            "quickstart",
-            "--seeds",
-            "2",
-            f"--parent={parent}",
-            f"--results={results}",
-            "--resummarize",
-        ],
-        cwd=REPO,
-        env=env_with(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    resummarize = [
+        *("--experiment", "quickstart", "--seeds", "2"),
+        f"--parent={parent}",
+        f"--results={results}",
+        "--resummarize",
+    ]
+    p2 = run_tool_in_process(compare.main, resummarize, capsys, monkeypatch)
     assert p2.returncode == 0, p2.stderr[-3000:]
     assert "[compare] /" not in p2.stdout  # no training commands
     s2 = json.loads((results / "summary.json").read_text())
@@ -145,7 +134,7 @@ def test_compare_trains_summarizes_and_resummarizes(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_quickstart_leaves_the_tracked_results_alone(tmp_path: Path):
+def test_quickstart_leaves_the_tracked_results_alone(tmp_path: Path, capsys, monkeypatch):
     """`make quickstart` summarizes beside its runs (<parent>/results), never into the
     versioned results/quickstart/, so a new user's checkout stays clean."""
     tracked = REPO / "results" / "quickstart" / "summary.json"
@@ -160,7 +149,7 @@ def test_quickstart_leaves_the_tracked_results_alone(tmp_path: Path):
         "--gin.EVAL_EVERY=10",
         *TINY,
     ]
-    p = subprocess.run(cmd, cwd=REPO, env=env_with(), capture_output=True, text=True, timeout=600)
+    p = run_tool_in_process(quickstart.main, cmd[2:], capsys, monkeypatch)
     assert p.returncode == 0, p.stderr[-3000:]
     summary = json.loads((tmp_path / "runs" / "results" / "summary.json").read_text())
     assert set(summary["optimizers"]) == {"amos", "adamw"}

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from launch import run as run_cli
-from tests.launch.harness_helpers import dry_run_slot_bytes, metrics, run_cmd
+from tests.launch.harness_helpers import dry_run_slot_bytes, metrics, run_cmd, run_in_process
 
 pytestmark = pytest.mark.slow  # Half a minute per family: `make test-all` runs them.
 
@@ -49,11 +48,9 @@ def argv(family: str, optimizer: str, model_dir: Path, steps: int = 30) -> list[
 
 def run_py(args: list[str], capsys) -> str:
     """run.py's stdout; a nonzero exit fails with its stderr."""
-    capsys.readouterr()
-    code = run_cli.main(args)
-    out, err = capsys.readouterr()
-    assert code == 0, err[-3000:]
-    return out
+    p = run_in_process(["python", "launch/run.py", *args], capsys)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p.stdout
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.launch.harness_helpers import REPO, TIMING, env_with, metrics, numbers, run, run_cmd
+from tests.launch.harness_helpers import (
+    REPO,
+    TIMING,
+    env_with,
+    metrics,
+    numbers,
+    run,
+    run_cmd,
+    run_in_process,
+)
 
 
 def test_outputs_exist_parse_and_loss_falls(reference_run: Path):
@@ -122,16 +131,17 @@ def test_eight_device_mesh_matches_one_device(reference_run: Path, tmp_path: Pat
                 assert math.isclose(a[k], b[k], rel_tol=2e-4, abs_tol=1e-5), (a["step"], k)
 
 
-def test_amos_run_logs_diagnostics_and_learns(tmp_path: Path):
+def test_amos_run_logs_diagnostics_and_learns(tmp_path: Path, capsys):
     d = tmp_path / "amos"
-    p = run(
+    p = run_in_process(
         run_cmd(
             d,
             "--gin.EVAL_EVERY=30",
             "--gin.CHECKPOINT_EVERY=60",
             optimizer="amos",
             steps=60,
-        )
+        ),
+        capsys,
     )
     assert p.returncode == 0, p.stderr[-3000:]
     train = [r for r in metrics(d) if r["split"] == "train" and "loss" in r]
@@ -149,16 +159,17 @@ def test_amos_run_logs_diagnostics_and_learns(tmp_path: Path):
     assert final["slot_bytes"] < 0.6 * 2 * 4 * final["num_params"]
 
 
-def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path):
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, capsys):
     d = tmp_path / "nan"
-    p = run(
+    p = run_in_process(
         run_cmd(
             d,
             "--gin.CHECKPOINT_EVERY=20",
             "--gin.EVAL_EVERY=20",
             "--gin.train.inject_nonfinite_at_steps=[25]",
             steps=60,
-        )
+        ),
+        capsys,
     )
     assert p.returncode == 3
     assert "non-finite loss or gradient at step 25" in p.stderr
@@ -169,16 +180,17 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path):
     assert all(math.isfinite(r.get("loss", 0.0)) for r in metrics(d))
 
 
-def test_skip_nonfinite_steps_option(tmp_path: Path):
+def test_skip_nonfinite_steps_option(tmp_path: Path, capsys):
     d = tmp_path / "skip"
-    p = run(
+    p = run_in_process(
         run_cmd(
             d,
             "--gin.SKIP_NONFINITE_STEPS=True",
             "--gin.EVAL_EVERY=30",
             "--gin.train.inject_nonfinite_at_steps=[5, 6]",
             steps=30,
-        )
+        ),
+        capsys,
     )
     assert p.returncode == 0, p.stderr[-3000:]
     last = [r for r in metrics(d) if r["split"] == "train" and "loss" in r][-1]

@@ -4,14 +4,13 @@ and one tiny sweep end to end."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from experiments.errors import ConfigError
 from launch import sweep
-from tests.launch.harness_helpers import PYTHON, REPO, TINY, env_with, fake_run
+from tests.launch.harness_helpers import PYTHON, REPO, TINY, fake_run, run_tool_in_process
 
 
 def test_grid_is_the_protocols_log_grid():
@@ -223,7 +222,9 @@ def test_the_pick_never_looks_at_the_test_loss_and_the_summary_has_three_rows(tm
 
 
 @pytest.mark.slow
-def test_a_tiny_sweep_trains_summarizes_and_skips_finished_runs(tmp_path: Path):
+def test_a_tiny_sweep_trains_summarizes_and_skips_finished_runs(
+    tmp_path: Path, capsys, monkeypatch
+):
     parent, results = tmp_path / "runs", tmp_path / "results"
     cmd = [
         PYTHON,
@@ -239,7 +240,7 @@ def test_a_tiny_sweep_trains_summarizes_and_skips_finished_runs(tmp_path: Path):
         "--gin.WARMUP_STEPS=2",
         *TINY,
     ]
-    p = subprocess.run(cmd, cwd=REPO, env=env_with(), capture_output=True, text=True, timeout=900)
+    p = run_tool_in_process(sweep.main, cmd[2:], capsys, monkeypatch)
     assert p.returncode == 0, p.stderr[-3000:]
     for opt, label in [("amos", "xi_0.053"), ("adamw", "lr_0.001")]:  # the recipe values
         d = parent / opt / label / "seed_0"
@@ -262,7 +263,7 @@ def test_a_tiny_sweep_trains_summarizes_and_skips_finished_runs(tmp_path: Path):
 
     # A rerun trains nothing: every run is finished, and the summary is the same.
     before = {k: v["final_test_loss"] for k, v in s["optimizers"].items()}
-    p2 = subprocess.run(cmd, cwd=REPO, env=env_with(), capture_output=True, text=True, timeout=300)
+    p2 = run_tool_in_process(sweep.main, cmd[2:], capsys, monkeypatch)
     assert p2.returncode == 0, p2.stderr[-3000:]
     assert "launch/run.py" not in p2.stdout and "already finished; skipping" in p2.stdout
     s2 = json.loads((results / "summary.json").read_text())
@@ -530,7 +531,9 @@ def test_continue_rows_copies_trains_and_summarizes_who_kept_improving(tmp_path:
 
 
 @pytest.mark.slow
-def test_a_tiny_schedules_sweep_continues_past_the_horizon(tmp_path: Path, shakespeare):
+def test_a_tiny_schedules_sweep_continues_past_the_horizon(
+    tmp_path: Path, capsys, monkeypatch, shakespeare
+):
     """adamw and adam_pnp_isq on the GPT, one trial and one seed each, then both seeds'
     runs continued to 2x: AdamW's rate is 0 past its planned horizon, the plug-and-play
     rate still positive, and the planned runs are untouched."""
@@ -557,7 +560,7 @@ def test_a_tiny_schedules_sweep_continues_past_the_horizon(tmp_path: Path, shake
         "--gin.EVAL_BATCHES=2",
         "--gin.LOG_EVERY=10",
     ]
-    p = subprocess.run(cmd, cwd=REPO, env=env_with(), capture_output=True, text=True, timeout=900)
+    p = run_tool_in_process(sweep.main, cmd[2:], capsys, monkeypatch)
     assert p.returncode == 0, p.stderr[-3000:]
     for opt, label in [("adamw", "lr_0.001"), ("adam_pnp_isq", "T_125")]:
         planned = parent / opt / label / "seed_1"

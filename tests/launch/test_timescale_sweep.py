@@ -5,7 +5,6 @@ transfer check; on hand-made runs, and one tiny sweep end to end."""
 from __future__ import annotations
 
 import json
-import subprocess
 from argparse import Namespace
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 from experiments.errors import ConfigError
 from launch import sweep
 from launch import timescale_sweep as ts
-from tests.launch.harness_helpers import PYTHON, REPO, env_with, fake_run
+from tests.launch.harness_helpers import PYTHON, REPO, fake_run, run_tool_in_process
 
 EXPERIMENT = "timescale_resnet_cpu"
 
@@ -158,7 +157,7 @@ def test_the_best_timescale_per_setting_and_the_transfer_check(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_a_tiny_timescale_sweep_trains_and_checks_the_transfer(tmp_path: Path):
+def test_a_tiny_timescale_sweep_trains_and_checks_the_transfer(tmp_path: Path, capsys, monkeypatch):
     parent, results = tmp_path / "runs", tmp_path / "results"
     cmd = [
         PYTHON,
@@ -175,7 +174,7 @@ def test_a_tiny_timescale_sweep_trains_and_checks_the_transfer(tmp_path: Path):
         "--gin.EVAL_BATCHES=2",
         "--gin.LOG_EVERY=10",
     ]
-    p = subprocess.run(cmd, cwd=REPO, env=env_with(), capture_output=True, text=True, timeout=900)
+    p = run_tool_in_process(ts.main, cmd[2:], capsys, monkeypatch)
     assert p.returncode == 0, p.stderr[-3000:]
     record = json.loads((results / "timescale.json").read_text())
     (setting,) = record["settings"]
