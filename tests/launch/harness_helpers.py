@@ -81,16 +81,15 @@ def run_tool_in_process(main, argv: list[str], capsys, monkeypatch) -> subproces
             return subprocess.CompletedProcess(cmd, run_cli.main(list(cmd[2:])))
         return real_run(cmd, *args, env=env, **kwargs)
 
-    monkeypatch.setattr(subprocess, "run", run_here)
     capsys.readouterr()
-    try:
-        code = main(argv)
-    except SystemExit as e:  # A tool's exit: a message goes to stderr with status 1.
-        code = e.code or 0 if e.code is None or isinstance(e.code, int) else 1
-        if code == 1 and isinstance(e.code, str):
-            print(e.code, file=sys.stderr)
-    finally:
-        monkeypatch.setattr(subprocess, "run", real_run)
+    with monkeypatch.context() as patch:
+        patch.setattr(subprocess, "run", run_here)
+        try:
+            code = main(argv)
+        except SystemExit as e:  # As the interpreter: a message to stderr and status 1.
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
+            code = 1 if isinstance(e.code, str) else e.code or 0
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess(["launch", *argv], code, out, err)
 

@@ -31,10 +31,10 @@ SHORT = [
 ]
 
 
-def argv(family: str, optimizer: str, model_dir: Path, steps: int = 30) -> list[str]:
-    """launch/run.py's arguments. The runs are in this process (`run.main`, as a process
-    would call it): no interpreter start and imports per run."""
-    cmd = run_cmd(
+def command(family: str, optimizer: str, model_dir: Path, steps: int = 30) -> list[str]:
+    """launch/run.py's command line. The runs are in this process (`run_in_process`: no
+    interpreter start and imports per run)."""
+    return run_cmd(
         model_dir,
         *SHORT,
         "--gin.WARMUP_STEPS=3",
@@ -43,12 +43,11 @@ def argv(family: str, optimizer: str, model_dir: Path, steps: int = 30) -> list[
         steps=steps,
         tiny=False,
     )
-    return cmd[2:]  # Without the interpreter and the script.
 
 
-def run_py(args: list[str], capsys) -> str:
+def run_py(cmd: list[str], capsys) -> str:
     """run.py's stdout; a nonzero exit fails with its stderr."""
-    p = run_in_process(["python", "launch/run.py", *args], capsys)
+    p = run_in_process(cmd, capsys)
     assert p.returncode == 0, p.stderr[-3000:]
     return p.stdout
 
@@ -58,7 +57,7 @@ def test_family_trains_evaluates_and_resumes(family: str, tmp_path: Path, reques
     if family != "resnet":  # The text families train on the shared Tiny Shakespeare.
         request.getfixturevalue("shakespeare")
     model_dir = tmp_path / "amos"
-    run_py(argv(family, "amos", model_dir), capsys)
+    run_py(command(family, "amos", model_dir), capsys)
     records = metrics(model_dir)
     losses = [r["loss"] for r in records if r["split"] == "train" and "loss" in r]
     assert losses[-1] < losses[0], losses
@@ -78,13 +77,13 @@ def test_family_trains_evaluates_and_resumes(family: str, tmp_path: Path, reques
     # ResNet's batch statistics); resuming itself is tested in tests/launch/test_run.py
     # (SIGKILL, exact) and test_faults.py.
     if family in RESUMED:
-        resumed = run_py(argv(family, "amos", model_dir, steps=36), capsys)
+        resumed = run_py(command(family, "amos", model_dir, steps=36), capsys)
         assert "resumed from checkpoint at step 30" in resumed
         steps = [r["step"] for r in metrics(model_dir) if r["split"] == "eval"]
         assert steps == [15, 30, 36]
 
     # AdamW on the same files, from shapes: its slots against the ones Amos trained with.
-    dry = run_py([*argv(family, "adamw", tmp_path / "adamw"), "--dry_run"], capsys)
+    dry = run_py([*command(family, "adamw", tmp_path / "adamw"), "--dry_run"], capsys)
     amos_bytes = json.loads((model_dir / "run.json").read_text())["slot_bytes"]
     assert dry_run_slot_bytes(dry, "amos")[0] == amos_bytes
     ratio = amos_bytes / dry_run_slot_bytes(dry, "adamw")[0]
