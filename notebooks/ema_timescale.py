@@ -111,7 +111,11 @@ for experiment, record in records.items():
                 f"{b['weight_decay']:.4g}",
                 f"{b['final_val_loss']:.4f}",
                 f"{shift:+.0f}",
-                "reference" if s is record["settings"][0] else stays(shift, b["at_grid_edge"]),
+                (
+                    "reference" + (" (at the grid's edge)" if b["at_grid_edge"] else "")
+                    if s is record["settings"][0]
+                    else stays(shift, b["at_grid_edge"])
+                ),
             ]
         optimum_rows.append(dict(zip(OPTIMUM, cells, strict=True)))
     tr = record.get("transfer")
@@ -181,8 +185,9 @@ Markdown(text)
 # %%
 n = max(len(records), 1)
 fig, axes = plt.subplots(n, 2, figsize=(11, 4 * n), squeeze=False)
-for row, record in zip(axes, records.values(), strict=False):
+for row, (name, record) in zip(axes, records.items(), strict=False):
     draw(record, row)
+    row[0].set_title(f"{name}: the timescale sweep (star: best)", fontsize=10)  # its directory
 if not records:
     axes[0, 0].text(0.5, 0.5, "no timescale sweep yet", ha="center", transform=axes[0, 0].transAxes)
 fig.tight_layout()

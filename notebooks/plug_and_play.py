@@ -68,8 +68,13 @@ def setting(v: dict) -> str:
 
 
 def verdict(c: dict) -> str:
-    """Whether the row kept improving on test past the horizon, seed by seed."""
+    """Whether the row kept improving on test past the horizon, seed by seed. A row whose
+    learning rate ended at 0 (AdamW's decay) did not train on: its parameters are frozen,
+    and a loss that still moves comes from other state (a ResNet's batch-norm statistics)."""
     n, improved = len(c["continued_seeds"]), c.get("test_seeds_improved")
+    rates = c["end_learning_rate"]
+    if rates and all(r == 0 for r in rates):
+        return "frozen: rate 0 past the horizon"
     if improved is None:
         return "not evaluated on test"
     if improved == n and c["test_loss_change_mean"] < 0:
@@ -144,8 +149,8 @@ Markdown(text)
 # %% [markdown]
 # ## The continued runs' test loss
 #
-# Mean over seeds and a min-max band, one panel per experiment; the dashed line is the
-# planned horizon, where AdamW's schedule ended.
+# Mean over seeds and a min-max band, one panel per experiment, on a log scale; the dashed
+# line is the planned horizon, where AdamW's schedule ended.
 
 # %%
 n = max(len(continued), 1)
@@ -162,6 +167,7 @@ for ax, (experiment, (multiple, summary, directory)) in zip(
     ax.set_title(f"{experiment}: continued to {multiple}x", fontsize=10)
     ax.set_xlabel("step")
     ax.set_ylabel("test loss")
+    ax.set_yscale("log")  # Past the horizon the differences are small against the start.
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
 if not continued:

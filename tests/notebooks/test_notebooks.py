@@ -136,9 +136,12 @@ def check_rows(rows: list[dict], summaries: dict[str, dict], section: str) -> No
 
 
 def read_summaries(results: Path) -> dict[str, dict]:
+    """Every comparison at one horizon: a sweep's runs continued past it (continued_<K>x/)
+    are the plug-and-play notebook's, not the headline table's."""
     return {
         p.parent.relative_to(results).as_posix(): json.loads(p.read_text())
         for p in sorted(results.rglob("summary.json"))
+        if not p.parent.name.startswith("continued_")
     }
 
 
@@ -302,8 +305,8 @@ def test_loss_curves_figures(fake_study, tmp_path):
 def fake_continued(tmp_path_factory) -> Path:
     """A results/ directory with a sweep's rows continued to 2x, summarized by
     launch/sweep.py's own continuation code from hand-chosen losses: Amos improves on both
-    seeds past the horizon, AdamW stays where its schedule ended, the plug-and-play arm
-    improves on one seed of two."""
+    seeds past the horizon, AdamW stays where its schedule ended (its last training record
+    at rate 0), the plug-and-play arm improves on one seed of two."""
     from launch import sweep
     from tests.launch.harness_helpers import fake_run
 
@@ -327,11 +330,19 @@ def fake_continued(tmp_path_factory) -> Path:
             fake_run(
                 sweep.trial_dir(parent, t.optimizer, t.label, seed), [3.0, val], [3.1, val + 0.1]
             )
-            fake_run(
+            continued = fake_run(
                 sweep.trial_dir(sweep.continued_parent(parent, 2), t.optimizer, t.label, seed),
                 [3.0, val, val + c, val + c],
                 [3.1, val + 0.1, val + 0.1 + c, val + 0.1 + c],
             )
+            rate = {
+                "step": 40,
+                "split": "train",
+                "loss": val + c,
+                "learning_rate": 0.0 if row.name == "adamw" else 1e-3,
+            }
+            with open(continued / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(rate) + "\n")
     out = results / "study" / "sched" / "continued_2x"
     sweep.summarize_continuation("sched", parent, out, rows, [1, 2], 20, 2, ["sweep"])
     return results
@@ -349,7 +360,9 @@ def test_plug_and_play_table_says_who_kept_improving(fake_continued, tmp_path):
     assert (amos["test loss at 1x"], amos["test loss at Kx"]) == ("2.2500", "1.9500")
     assert (amos["test change"], amos["seeds improved (test)"]) == ("-0.3000", "2/2")
     assert amos["past the horizon"] == "kept improving"
-    assert (adamw["test change"], adamw["past the horizon"]) == ("+0.0000", "did not improve")
+    assert adamw["test change"] == "+0.0000"
+    assert adamw["past the horizon"] == "frozen: rate 0 past the horizon"
+    assert (amos["end learning rate"], adamw["end learning rate"]) == ("0.001, 0.001", "0, 0")
     assert (pnp["test change"], pnp["seeds improved (test)"]) == ("-0.0500", "1/2")
     assert pnp["past the horizon"] == "improved on 1 of 2 seeds"
     assert pnp["val change"] == "-0.0500"
@@ -419,6 +432,15 @@ def test_ema_timescale_tables_say_where_the_optimum_falls(fake_timescale, tmp_pa
     assert check["prediction"] == "within 2x of the best"
     figure = tmp_path / "figures" / "ema_timescale.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A reference optimum on the grid's edge is said to be there: the optimum may lie beyond,
+    # so "stays" relative to it means little.
+    record["settings"][0]["best"]["at_grid_edge"] = True
+    edged = tmp_path / "edged"
+    (edged / "timescale" / "x").mkdir(parents=True)
+    (edged / "timescale" / "x" / "timescale.json").write_text(json.dumps(record))
+    run("ema_timescale", tmp_path / "out", AMOS_RESULTS=str(edged))
+    optimum = (tmp_path / "out" / "ema_timescale.md").read_text().split("## The transfer")[0]
+    assert table_rows(optimum)[0]["optimum"] == "reference (at the grid's edge)"
 
 
 @pytest.mark.slow  # paper-scale shapes of five models
