@@ -1,7 +1,7 @@
 """The weight-decay timescale study of one experiment (reference section 6; issue 12).
 
   .venv/bin/python launch/timescale_sweep.py --experiment timescale_resnet_cpu \\
-      [--fractions 1,0.25] [--widths 16,8] [--taus 7] [--horizon epochs] \\
+      [--fractions 1,0.25] [--widths 16,8] [--taus 7] [--extensions 3] [--horizon epochs] \\
       [--new_fraction 0.5] [--new_width 16] [--parent runs/timescale/<exp>] \\
       [--results results/timescale/<exp>] [--gin.NAME=VALUE ...]
   .venv/bin/python launch/timescale_sweep.py --experiment timescale_resnet_cpu --resummarize
@@ -19,7 +19,10 @@ ADAMW_TAU_EPOCHS (the experiment file binds `adamw_optimizer.tau_epochs` and the
 train-set size, `@train_examples()`), is trained at seed 0 for every tau_epoch of a log grid
 (--taus 7: 1/8 .. 8 times the experiment's ADAMW_TAU_EPOCHS, in powers of 2) at every setting
 (training-set fraction TRAIN_SUBSET, model width MODEL_WIDTH) of --fractions x --widths. The
-first fraction and first width are the reference setting. `--horizon epochs` (the default)
+first fraction and first width are the reference setting. Where a setting's best trial is
+an end of its grid, the optimum may lie beyond: launch/sweep.py's edge rule then adds one
+trial a factor of 2 beyond that end, at most --extensions rounds (the direct sweep below
+likewise). `--horizon epochs` (the default)
 trains every setting for the reference's number of epochs (TRAIN_STEPS and WARMUP_STEPS
 scaled by N / N_reference): a timescale in epochs is then the same fraction of every run;
 `--horizon steps` keeps TRAIN_STEPS, so a smaller training set is seen for more epochs.
@@ -46,6 +49,7 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -153,18 +157,57 @@ def make_setting(
 
 
 def plan_trials(
-    parent: Path, setting: Setting, knob: str, center: float, n: int, prefix: str = ""
+    parent: Path,
+    setting: Setting,
+    knob: str,
+    center: float,
+    factors: int | list[float],
+    prefix: str = "",
 ) -> list[sweep.Trial]:
-    """The setting's trials of `knob` at `center` times tau_factors(n), with their outcome
-    so far, under PARENT/<prefix><setting>/."""
+    """The setting's trials of `knob` at `center` times each factor (a count n: the grid,
+    tau_factors(n)), with their outcome so far, under PARENT/<prefix><setting>/."""
     out = []
-    for factor in tau_factors(n):
+    for factor in tau_factors(factors) if isinstance(factors, int) else sorted(factors):
         value = center * factor
         label = sweep.trial_label(knob, value)
         d = sweep.trial_dir(parent, prefix + setting.label, label, sweep.TUNING_SEED)
         status, loss = sweep.run_status(d)
         out.append(sweep.Trial(OPTIMIZER, knob, factor, value, label, str(d), status, loss))
     return out
+
+
+def extend_at_edge(
+    parent: Path,
+    setting: Setting,
+    knob: str,
+    center: float,
+    factors: list[float],
+    rounds: int,
+    train_new: Callable[[list[sweep.Trial]], None] | None,
+    prefix: str = "",
+) -> list[float]:
+    """launch/sweep.py's edge rule for one setting's sweep: while its best trial (on
+    validation) is the grid's smallest or largest factor, one more trial a factor of 2
+    beyond that edge, at most `rounds` times; the factors then swept. `train_new` trains
+    an added trial; None (--resummarize) counts only the trials already on disk."""
+    factors = sorted(factors)
+    for _ in range(rounds):
+        best = sweep.pick(plan_trials(parent, setting, knob, center, factors, prefix))
+        if best is None or len(factors) < 2:
+            break
+        if best.factor == factors[0]:
+            beyond = factors[0] / 2
+        elif best.factor == factors[-1]:
+            beyond = factors[-1] * 2
+        else:
+            break
+        (trial,) = plan_trials(parent, setting, knob, center, [beyond], prefix)
+        if train_new is None and trial.status == "missing":
+            break
+        if train_new is not None:
+            train_new([trial])
+        factors = sorted([*factors, beyond])
+    return factors
 
 
 def trial_bindings(user: list[str], setting: Setting, trial: sweep.Trial) -> list[str]:
@@ -437,6 +480,12 @@ def main(argv: list[str] | None = None) -> int:
         "width, and half of it)",
     )
     p.add_argument("--taus", type=int, default=7, help="tau_epoch values per setting")
+    p.add_argument(
+        "--extensions",
+        type=int,
+        default=sweep.MAX_EXTENSIONS,
+        help="at most this many rounds of the edge rule per setting (0: the grid only)",
+    )
     p.add_argument("--horizon", choices=list(HORIZON_NOTES), default="epochs")
     p.add_argument(
         "--new_fraction", type=float, default=0.5, help="the transfer check's TRAIN_SUBSET"
@@ -460,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     fixed = [a for a in rest if a.split("=", 1)[0] in {f"--gin.{n}" for n in mine}]
     if fixed:
         p.error(f"{' '.join(fixed)}: the sweep sets {', '.join(mine)} itself")
+    if args.extensions < 0:
+        p.error(f"--extensions={args.extensions} must be 0 or more")
     if not (REPO / "gin_configs" / compare.experiment_file(args.experiment)).exists():
         p.error(f"no experiment file for --experiment {args.experiment!r}")
     parent = Path(args.parent or REPO / "runs" / "timescale" / args.experiment).resolve()
@@ -471,6 +522,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     lr, tau = float(recipe["ADAMW_LR"]), float(recipe[TAU])
 
+    def trainer(setting: Setting) -> Callable[[list[sweep.Trial]], None] | None:
+        if args.resummarize:
+            return None
+        return lambda trials: train_all(args.experiment, rest, setting, trials)
+
     t0 = time.time()
     for s in settings:
         s.trials = plan_trials(parent, s, TAU, tau, args.taus)
@@ -478,8 +534,11 @@ def main(argv: list[str] | None = None) -> int:
         for factor in tau_factors(args.taus):  # Factor by factor: a partial sweep compares.
             for s in settings:
                 train_all(args.experiment, rest, s, [t for t in s.trials if t.factor == factor])
-        for s in settings:  # Their outcomes.
-            s.trials = plan_trials(parent, s, TAU, tau, args.taus)
+    for s in settings:  # Their outcomes, the grid extended where its best is on an edge.
+        factors = extend_at_edge(
+            parent, s, TAU, tau, tau_factors(args.taus), args.extensions, trainer(s)
+        )
+        s.trials = plan_trials(parent, s, TAU, tau, factors)
     records = [setting_record(s, lr) for s in settings]
     record = {
         "experiment": args.experiment,
@@ -488,6 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         "horizon": args.horizon,
         "recipe_tau_epochs": tau,
         "tau_factors": tau_factors(args.taus),
+        "max_extensions": args.extensions,
         "tuning_seed": sweep.TUNING_SEED,
         "pick": "lowest final validation loss at seed 0; a tie goes to the smaller value; "
         "the test loss is not used",
@@ -504,7 +564,17 @@ def main(argv: list[str] | None = None) -> int:
         direct = plan_trials(parent, new, WEIGHT_DECAY, predicted, args.taus, "transfer_")
         if not args.resummarize:
             train_all(args.experiment, rest, new, direct)
-            direct = plan_trials(parent, new, WEIGHT_DECAY, predicted, args.taus, "transfer_")
+        factors = extend_at_edge(
+            parent,
+            new,
+            WEIGHT_DECAY,
+            predicted,
+            tau_factors(args.taus),
+            args.extensions,
+            trainer(new),
+            "transfer_",
+        )
+        direct = plan_trials(parent, new, WEIGHT_DECAY, predicted, factors, "transfer_")
         record["transfer"] = transfer_record(records[0], new, direct, lr, predicted)
         dirs += [Path(t.run_dir) for t in direct]
     if not args.resummarize:

@@ -5,6 +5,7 @@ transfer check; on hand-made runs, and one tiny sweep end to end."""
 from __future__ import annotations
 
 import json
+import math
 from argparse import Namespace
 from pathlib import Path
 
@@ -185,3 +186,50 @@ def test_a_tiny_timescale_sweep_trains_and_checks_the_transfer(tmp_path: Path, c
     # The run's operative config: the timescale set the decay, from the task's size.
     config = (parent / "subset_1_width_8" / "tau_5" / "seed_0" / "config.gin").read_text()
     assert "ADAMW_TAU_EPOCHS = 5.0" in config and "train_examples.task" in config
+
+
+def test_the_edge_rule_extends_a_setting_until_its_optimum_is_bracketed(
+    tmp_path: Path, monkeypatch
+):
+    """Losses chosen so that the best timescale is 8x the recipe's and the best direct weight
+    decay a quarter of the prediction: the 3-trial grids' best trials are on an edge, and
+    the sweep trains one trial a factor of 2 beyond it per round until they are not."""
+    parent, out = tmp_path / "runs", tmp_path / "results"
+    trained = []
+
+    def fake_train(experiment, optimizer, seed, directory, bindings):
+        value = {b.split("=")[0]: b.split("=", 1)[1] for b in bindings}
+        tau, wd = value[f"--gin.{ts.TAU}"], value.get(f"--gin.{ts.WEIGHT_DECAY}")
+        if tau != "None":  # The grid's loss is lowest at tau 40 (factor 8 of the recipe's 5).
+            val = 0.1 + 0.05 * abs(math.log2(float(tau) / 40.0))
+        else:  # The direct sweep's, at a quarter of the predicted weight decay.
+            val = 0.2 + 0.05 * abs(math.log2(float(wd) / (predicted / 4)))
+        fake_run(directory, [val + 1.0, val], [val + 1.0, val])
+        trained.append(Path(directory).relative_to(parent).parts[:2])
+        return "finished"
+
+    monkeypatch.setattr(sweep, "train", fake_train)
+    predicted = 32 / (1e-3 * 719 * 40)  # from the best tau 40, at half the data
+    argv = [f"--experiment={EXPERIMENT}", "--taus=3", "--widths=16", "--fractions=1"]
+    assert ts.main([*argv, f"--parent={parent}", f"--results={out}"]) == 0
+    record = json.loads((out / "timescale.json").read_text())
+    (setting,) = record["settings"]
+    # Grid 2.5, 5, 10; then 20, 40 and 80 (three rounds), after which 40 is bracketed.
+    assert [t["tau_epochs"] for t in setting["trials"]] == [2.5, 5, 10, 20, 40, 80]
+    assert (setting["best"]["tau_epochs"], setting["best"]["at_grid_edge"]) == (40, False)
+    tr = record["transfer"]
+    assert tr["predicted_weight_decay"] == pytest.approx(predicted)
+    # Grid 1/2, 1, 2 of the prediction, then 1/4 and 1/8: a quarter is bracketed.
+    assert [t["factor"] for t in tr["trials"]] == [0.125, 0.25, 0.5, 1, 2]
+    assert tr["best"]["factor"] == 0.25 and not tr["best"]["at_grid_edge"]
+    assert tr["best_over_predicted"] == pytest.approx(0.25)
+    assert len(trained) == 6 + 5 and record["max_extensions"] == 3
+    # Resummarized, the extension trials on disk are found again, and nothing is trained.
+    trained.clear()
+    assert ts.main([*argv, f"--parent={parent}", f"--results={out}", "--resummarize"]) == 0
+    again = json.loads((out / "timescale.json").read_text())
+    assert again["settings"][0]["trials"] == setting["trials"] and not trained
+    # With no rounds allowed, the grid's edge is where the best stays.
+    assert ts.main([*argv, "--extensions=0", f"--parent={parent}", f"--results={out}"]) == 0
+    edge = json.loads((out / "timescale.json").read_text())["settings"][0]["best"]
+    assert (edge["tau_epochs"], edge["at_grid_edge"]) == (10, True)
