@@ -723,8 +723,9 @@ def continuation_markdown(experiment: str, multiple: int, planned: int, rows: di
         "Each row's fresh-seed runs, copied at the planned horizon and trained on, every "
         "schedule's horizon kept at the planned steps (AdamW's decay stays at its end rate; "
         "Amos and the plug-and-play schedules have none). Means over the seeds finished at "
-        "both; change < 0: it kept improving. A run whose rate has reached 0 keeps its loss "
-        "from the horizon on, which compare's checks below flag as stalled or collapsed.",
+        "both; change < 0: it kept improving. A run whose rate has reached 0 keeps its "
+        "parameters from the horizon on (its loss moves only through other state, such as "
+        "batch-norm statistics), which compare's checks below may flag as stalled.",
         "",
         f"| row | seeds | val loss at 1x | at {multiple}x | change | seeds improved | "
         f"test loss at 1x | at {multiple}x | change | end learning rate |",

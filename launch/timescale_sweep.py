@@ -186,21 +186,18 @@ def extend_at_edge(
     train_new: Callable[[list[sweep.Trial]], None] | None,
     prefix: str = "",
 ) -> list[float]:
-    """launch/sweep.py's edge rule for one setting's sweep: while its best trial (on
-    validation) is the grid's smallest or largest factor, one more trial a factor of 2
-    beyond that edge, at most `rounds` times; the factors then swept. `train_new` trains
-    an added trial; None (--resummarize) counts only the trials already on disk."""
+    """launch/sweep.py's edge rule (`sweep.extension_factors`, one series) for one
+    setting's sweep: while its best trial on validation is the grid's smallest or largest
+    factor, one more trial a factor of 2 beyond that edge, at most `rounds` times; the
+    factors then swept. A one-value grid is not extended. `train_new` trains an added
+    trial; None (--resummarize) counts only the trials already on disk."""
     factors = sorted(factors)
-    for _ in range(rounds):
-        best = sweep.pick(plan_trials(parent, setting, knob, center, factors, prefix))
-        if best is None or len(factors) < 2:
+    for _ in range(rounds if len(factors) > 1 else 0):
+        trials = plan_trials(parent, setting, knob, center, factors, prefix)
+        nxt = sweep.extension_factors(trials, {OPTIMIZER: factors})
+        if nxt is None:
             break
-        if best.factor == factors[0]:
-            beyond = factors[0] / 2
-        elif best.factor == factors[-1]:
-            beyond = factors[-1] * 2
-        else:
-            break
+        beyond = nxt[OPTIMIZER]
         (trial,) = plan_trials(parent, setting, knob, center, [beyond], prefix)
         if train_new is None and trial.status == "missing":
             break
