@@ -151,8 +151,8 @@ def test_the_schedules_study_files(experiment: str, horizon: int, half_life: flo
         # A quarter of the digits' 1438 training images; wd = 32 / (1e-3 * 359 * 5).
         ("timescale_resnet_cpu", "resnet_model.width", 359, 32 / (1e-3 * 359 * 5)),
         # A quarter of Tiny Shakespeare's 1,003,854 training characters, in windows of 64:
-        # 250,963 // 64 = 3921; wd = 12 / (1e-3 * 3921 * 0.1).
-        ("timescale_nanogpt_cpu", "gpt_model.width", 3921, 12 / (1e-3 * 3921 * 0.1)),
+        # 250,963 // 64 = 3921; wd = 12 / (1e-3 * 3921 * 0.4).
+        ("timescale_nanogpt_cpu", "gpt_model.width", 3921, 12 / (1e-3 * 3921 * 0.4)),
     ],
 )
 def test_the_timescale_files_set_the_decay_from_the_task(
