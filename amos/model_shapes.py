@@ -64,7 +64,10 @@ def lstm_param_shapes(vocab: int = 10000, hidden: int = 650, layers: int = 2) ->
     """A word-level LSTM language model: embedding, LSTM cells, output projection.
 
     Each cell has one fused core kernel ``(2 * hidden, 4 * hidden)`` acting on
-    ``[x, h]`` and a bias; the output layer maps ``hidden`` to ``vocab``.
+    ``[x, h]`` and a bias; the output layer maps ``hidden`` to ``vocab``. The defaults are
+    the classic medium PTB model (two layers of 650), a generic shape for eta and slot
+    checks; the LSTM this repository trains is the reference's cell with a separate
+    memory (``experiments/lstm/models.py``), whose shapes come from the model itself.
     """
     tree: dict[str, Any] = {
         "embed": {"embedding": _leaf(vocab, hidden)},
