@@ -279,6 +279,7 @@ def test_horizon_ladder_puts_each_rung_beside_its_sweep(fake_study, tmp_path):
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # four notebooks over every committed result: the fast suite's margin
 def test_committed_study_tables_are_current(tmp_path):
     """The committed tuning-curve and ladder tables are what their notebooks write now."""
     for name in ("tuning_curves", "horizon_ladder", "plug_and_play", "ema_timescale"):
