@@ -668,6 +668,11 @@ def _end_learning_rate(directory: Path) -> float | None:
     return rates[-1] if rates else None
 
 
+# A continued seed improved when its loss fell by more than float32 rounding: a run frozen
+# at rate 0 re-evaluates its unchanged parameters to within ~1e-7 (summation order).
+ROUNDING = 1e-6
+
+
 def continuation_fields(
     row: Row, parent: Path, seeds: list[int], planned: int, multiple: int
 ) -> dict | None:
@@ -707,7 +712,8 @@ def continuation_fields(
                 f"{split}_loss_continued_mean": mean(continued_losses),
                 f"{split}_loss_change_mean": mean(continued_losses) - mean(planned_losses),
                 f"{split}_seeds_improved": sum(
-                    a < b for a, b in zip(continued_losses, planned_losses, strict=True)
+                    a < b * (1 - ROUNDING)
+                    for a, b in zip(continued_losses, planned_losses, strict=True)
                 ),
             }
         )
@@ -725,7 +731,7 @@ def continuation_markdown(experiment: str, multiple: int, planned: int, rows: di
         "Amos and the plug-and-play schedules have none). Means over the seeds finished at "
         "both; change < 0: it kept improving. A run whose rate has reached 0 keeps its "
         "parameters from the horizon on (its loss moves only through other state, such as "
-        "batch-norm statistics), which compare's checks below may flag as stalled.",
+        "batch-norm statistics), which compare's checks below may flag as stalled or collapsed.",
         "",
         f"| row | seeds | val loss at 1x | at {multiple}x | change | seeds improved | "
         f"test loss at 1x | at {multiple}x | change | end learning rate |",
