@@ -97,8 +97,23 @@ class EventFile:
         self._records.close()
 
 
+# TensorBoard draws one chart per tag, with a line per split: a tag shared by the train
+# and eval records must mean the same quantity in both. The train record's `loss` is the
+# training objective as normalized (a sum for span corruption, sum / sqrt(count) for masked
+# LM), not comparable with the eval loss per target; its `token_loss` is. So TensorBoard
+# shows the train `token_loss` as `loss` and the objective as `objective`; metrics.jsonl
+# keeps the record's own names.
+TENSORBOARD_TAGS = {"train": {"loss": "objective", "token_loss": "loss"}}
+
+
+def tensorboard_tag(split: str, name: str) -> str:
+    """The TensorBoard tag of scalar `name` of a `split` record (`TENSORBOARD_TAGS`)."""
+    return TENSORBOARD_TAGS.get(split, {}).get(name, name)
+
+
 class ScalarWriter:
-    """Scalars into MODEL_DIR/<split>/events.* (TensorBoard) and MODEL_DIR/metrics.jsonl."""
+    """Scalars into MODEL_DIR/<split>/events.* (TensorBoard, tags by `tensorboard_tag`) and
+    MODEL_DIR/metrics.jsonl."""
 
     def __init__(self, model_dir: PathLike, enabled: bool = True):
         self._dir = os.fspath(model_dir)
@@ -140,7 +155,10 @@ class ScalarWriter:
             return
         values = {k: float(v) for k, v in scalars.items()}
         summary = summary_pb2.Summary(
-            value=[summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in values.items()]
+            value=[
+                summary_pb2.Summary.Value(tag=tensorboard_tag(split, k), simple_value=v)
+                for k, v in values.items()
+            ]
         )
         self._writer(split).add_event(
             event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary)

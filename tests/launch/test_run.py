@@ -67,11 +67,17 @@ def test_tensorboard_events_match_jsonl(reference_run: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     recs = metrics(reference_run)
-    for split in ["train", "eval"]:
+    # TensorBoard's `loss` is per target token in both splits (the train record's
+    # `token_loss`); the train objective is `objective`.
+    for split, tag, key in [
+        ("train", "loss", "token_loss"),
+        ("train", "objective", "loss"),
+        ("eval", "loss", "loss"),
+    ]:
         acc = EventAccumulator(str(reference_run / split))
         acc.Reload()
-        loss = [(e.step, e.value) for e in acc.Scalars("loss")]
-        want = [(r["step"], r["loss"]) for r in recs if r["split"] == split and "loss" in r]
+        loss = [(e.step, e.value) for e in acc.Scalars(tag)]
+        want = [(r["step"], r[key]) for r in recs if r["split"] == split and key in r]
         assert [s for s, _ in loss] == [s for s, _ in want]
         for (_, got), (_, exp) in zip(loss, want, strict=True):
             assert math.isclose(got, exp, rel_tol=1e-6)

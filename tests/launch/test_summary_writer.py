@@ -38,13 +38,15 @@ def test_events_and_jsonl_hold_the_same_scalars_after_a_restart(tmp_path: Path):
 
     writer = ScalarWriter(str(tmp_path))
     for step in (1, 2, 3):
-        writer.write("train", step, {"loss": 10.0 - step, "accuracy": 0.1 * step})
+        writer.write(
+            "train", step, {"loss": 10.0 - step, "token_loss": 5.0 - step, "accuracy": 0.1 * step}
+        )
     writer.write("eval", 3, {"loss": 6.5})
     writer.close()
     # A restarted run goes back to step 2: later points are dropped from both records.
     writer = ScalarWriter(str(tmp_path))
     writer.restart_at(2)
-    writer.write("train", 3, {"loss": 6.75, "accuracy": 0.25})
+    writer.write("train", 3, {"loss": 6.75, "token_loss": 1.5, "accuracy": 0.25})
     writer.close()
 
     records = read_metrics(str(tmp_path))
@@ -55,7 +57,15 @@ def test_events_and_jsonl_hold_the_same_scalars_after_a_restart(tmp_path: Path):
     ]
     train = EventAccumulator(str(tmp_path / "train"))
     train.Reload()
-    assert [(e.step, e.value) for e in train.Scalars("loss")] == [(1, 9.0), (2, 8.0), (3, 6.75)]
+    # TensorBoard's train `loss` is the per-token loss (comparable with eval's `loss`), the
+    # record's `loss` (the objective as normalized) is `objective`.
+    assert [(e.step, e.value) for e in train.Scalars("objective")] == [
+        (1, 9.0),
+        (2, 8.0),
+        (3, 6.75),
+    ]
+    assert [(e.step, e.value) for e in train.Scalars("loss")] == [(1, 4.0), (2, 3.0), (3, 1.5)]
+    assert "token_loss" not in train.Tags()["scalars"]
     accuracy = [e.value for e in train.Scalars("accuracy")]
     assert accuracy == pytest.approx([0.1, 0.2, 0.25], rel=1e-6)  # Stored as float32.
     evals = EventAccumulator(str(tmp_path / "eval"))
