@@ -26,7 +26,6 @@ import dataclasses
 import datetime
 import functools
 import inspect
-import logging
 import math
 import os
 import sys
@@ -47,7 +46,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from experiments.errors import ConfigError
-from launch import sharding
+from launch import pretrained, sharding
+from launch.checkpoints import checkpoint_manager, checkpoint_steps
 from launch.optimizers import OptimizerSpec, slot_bytes
 from launch.summary_writer import ScalarWriter, join, read_metrics, write_json
 
@@ -756,7 +756,7 @@ class Checkpointer:
         self.read_only = read_only
         # The newest step saved or restored by this run: what a restart would resume from.
         self.last_good: int | None = None
-        self.manager = _checkpoint_manager(directory, keep=keep, read_only=read_only)
+        self.manager = checkpoint_manager(directory, keep=keep, read_only=read_only)
         self._closed = False
 
     def save(self, step: int, state: TrainState, train_time: float) -> None:
@@ -850,41 +850,6 @@ class Checkpointer:
 
             multihost_utils.sync_global_devices("checkpoints moved aside")
         self.manager.reload()
-
-
-@contextlib.contextmanager
-def _quiet_absl():
-    """Silences absl's warnings meanwhile (orbax's 'Given directory is read only', which
-    a read-only checkpoint manager logs by design)."""
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _checkpoint_manager(directory: str, *, keep: int, read_only: bool) -> ocp.CheckpointManager:
-    if not read_only:
-        return ocp.CheckpointManager(
-            directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-        )
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
-    with _quiet_absl():
-        return ocp.CheckpointManager(directory, options=options)
-
-
-def checkpoint_steps(directory: str) -> list[int]:
-    """The steps of the finished checkpoints in `directory` (orbax's list: one being
-    written is not among them), read-only; [] if there is no such directory."""
-    if not epath.Path(directory).is_dir():
-        return []
-    manager = _checkpoint_manager(directory, keep=1, read_only=True)
-    try:
-        return sorted(manager.all_steps())
-    finally:
-        manager.close()
 
 
 # ---------------------------------------------------------------------- metrics
@@ -1405,41 +1370,23 @@ class Trainer:
         return state
 
     def load_pretrained(self, state: TrainState) -> TrainState:
-        """`state` with the parameters of `init_from`'s checkpoint (its newest, or
-        `init_from_step`) copied in by path where the shapes match; the optimizer state
-        is initialized afresh for the result, the non-parameter collections stay.
+        """`state` with the parameters of `init_from`'s checkpoint copied in by path where
+        the shapes match; the optimizer state is initialized afresh for the result, the
+        non-parameter collections stay.
 
-        Read-only and parameters only: the checkpoint's optimizer state is never read
-        (orbax partial restore of `params`, laid out directly in this run's shardings).
-        A variable of the model absent from the checkpoint keeps its initialization (a
+        `init_from` is another run's MODEL_DIR (its newest checkpoint, or
+        `init_from_step`), a t5x checkpoint or a Flax/Orbax PyTree checkpoint
+        (launch/pretrained.py, which maps t5x's T5 names). Only parameters are read. A
+        variable of the model absent from the checkpoint keeps its initialization (a
         classifier head); one present with another shape, or a checkpoint sharing no
         variable with the model, is a ConfigError naming them with their shapes. Prints
         what was loaded, what is fresh and what of the checkpoint went unused."""
         c = self.config
-        binding = "train.init_from (INIT_FROM)"
-        source = join(c.init_from, "checkpoints")
-        steps = checkpoint_steps(source)
-        if not steps:
-            raise ConfigError(
-                f"{binding} = {c.init_from!r}: no checkpoint to start from ({source} holds none)"
-            )
-        step = steps[-1] if c.init_from_step is None else c.init_from_step
-        if step not in steps:
-            raise ConfigError(
-                f"train.init_from_step (INIT_FROM_STEP) = {step}: {source} has the steps {steps}"
-            )
-        item = join(source, str(step), "state")
-        with _quiet_absl():
-            metadata = ocp.PyTreeCheckpointer().metadata(item).item_metadata.tree
-        saved = {
-            path: (tuple(leaf.shape), leaf.dtype)
-            for path, leaf in flax.traverse_util.flatten_dict(
-                dict(metadata.get("params") or {})
-            ).items()
-        }
+        checkpoint = pretrained.open_checkpoint(c.init_from, c.init_from_step)
+        saved = checkpoint.shapes
         paths, leaves, treedef = _named_leaves(state.params)
         wanted = dict(zip(paths, leaves, strict=True))
-        where = f"{binding} = {c.init_from!r} (step {step})"
+        where = f"{pretrained.BINDING} = {c.init_from!r} ({checkpoint.label})"
         mismatched = [p for p in paths if p in saved and saved[p][0] != tuple(wanted[p].shape)]
         if mismatched:
             shown = "; ".join(
@@ -1459,38 +1406,27 @@ class Trainer:
                 f"{_shapes(saved)}; model: "
                 f"{_shapes({p: (tuple(wanted[p].shape), None) for p in paths})})"
             )
-        target = flax.traverse_util.unflatten_dict(
+        restored = checkpoint.load(
             {
                 p: jax.ShapeDtypeStruct(saved[p][0], saved[p][1], sharding=wanted[p].sharding)
                 for p in loaded
             }
         )
-        restore_args = jax.tree_util.tree_map(
-            lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype), target
-        )
-        with _quiet_absl():
-            restored = ocp.PyTreeCheckpointer().restore(
-                item,
-                args=ocp.args.PyTreeRestore(
-                    item={"params": target},
-                    restore_args={"params": restore_args},
-                    partial_restore=True,
-                ),
-            )["params"]
-        flat = flax.traverse_util.flatten_dict(restored)
-        merged = [flat[p].astype(wanted[p].dtype) if p in flat else wanted[p] for p in paths]
+        merged = [
+            restored[p].astype(wanted[p].dtype) if p in restored else wanted[p] for p in paths
+        ]
         state = self.with_params(state, jax.tree_util.tree_unflatten(treedef, merged))
         fresh = [p for p in paths if p not in saved]
         unused = [p for p in saved if p not in wanted]
         names = lambda ps: ", ".join("/".join(p) for p in ps) or "none"  # noqa: E731
         self._say(
-            f"init_from {c.init_from} (step {step}): loaded {len(loaded)} of the model's "
-            f"{len(paths)} variables; fresh (initialized here): {names(fresh)}; unused from "
-            f"the checkpoint: {names(unused)}"
+            f"init_from {c.init_from} ({checkpoint.label}): loaded {len(loaded)} of the "
+            f"model's {len(paths)} variables; fresh (initialized here): {names(fresh)}; "
+            f"unused from the checkpoint: {names(unused)}"
         )
         self.init_report = {
             "path": c.init_from,
-            "step": step,
+            "checkpoint": checkpoint.label,
             "loaded": ["/".join(p) for p in loaded],
             "fresh": ["/".join(p) for p in fresh],
             "unused": ["/".join(p) for p in unused],

@@ -445,6 +445,22 @@ def test_init_from_copies_matching_variables_and_keeps_the_rest_fresh(
         tuned.replace(init_from=str(tmp_path / "nothing")).initial_state()
 
 
+def test_init_from_a_flax_checkpoint_loads_its_params(trainer, tmp_path: Path, capsys):
+    """A Flax/Orbax PyTree checkpoint of {'params': ...} (launch/pretrained.py), laid out
+    in the run's shardings."""
+    fresh = jax.device_get(trainer.init_state(0).params)
+    params = jax.tree_util.tree_map(lambda x: np.full_like(x, 0.25), fresh)
+    ocp.PyTreeCheckpointer().save(str(tmp_path / "flax"), {"params": params, "step": 9})
+    tuned = trainer.replace(model_dir=str(tmp_path / "ft"), init_from=str(tmp_path / "flax"))
+    capsys.readouterr()
+    state = tuned.initial_state()
+    n = len(leaves(fresh))
+    assert f"(Flax checkpoint): loaded {n} of the model's {n} variables" in capsys.readouterr().out
+    for a, b in zip(leaves(state.params), leaves(params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert tuned.init_report["checkpoint"] == "Flax checkpoint"
+
+
 def test_init_from_is_ignored_when_the_run_resumes(trainer, tmp_path: Path, capsys):
     d = tmp_path / "ft"
     run_in(trainer, str(d), stop_after=10)
