@@ -18,6 +18,7 @@ import itertools
 import json
 import os
 import socket
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +26,8 @@ from typing import Any
 from etils import epath
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
+
+from experiments.errors import ConfigError
 
 _file_counter = itertools.count()
 
@@ -138,7 +141,7 @@ class ScalarWriter:
         if epath.Path(self.jsonl_path).exists():
             kept = [
                 line.rstrip("\n") + "\n"
-                for line, record in _records(self.jsonl_path)
+                for line, record in _records(self.jsonl_path, keep_going=True)
                 if record["step"] <= step
             ]
             write_text_atomic(self.jsonl_path, "".join(kept))
@@ -177,21 +180,41 @@ class ScalarWriter:
         self._writers.clear()
 
 
-def _records(path: PathLike) -> list[tuple[str, dict]]:
+def _records(path: PathLike, *, keep_going: bool = False) -> list[tuple[str, dict]]:
     """(line, record) of each line of a metrics.jsonl.
 
     A last line that does not parse is what a kill in the middle of an append leaves; it is
-    no record and is skipped. A bad line before the last is real damage and raises.
+    no record and is skipped. A bad line before the last is real damage (a disk fault, an
+    editor): a ConfigError naming the file and the line, or with `keep_going` a warning,
+    the line set aside in `<path>.damaged` and the other records returned.
     """
     # Lines as iterating the file gives them (split at "\n" only).
     lines = [line for line in io.StringIO(epath.Path(path).read_text()) if line.strip()]
-    out = []
+    out, damaged = [], []
     for i, line in enumerate(lines):
         try:
-            out.append((line, json.loads(line)))
-        except json.JSONDecodeError:
-            if i < len(lines) - 1:
-                raise
+            record = json.loads(line)
+            if not isinstance(record, dict) or "step" not in record or "split" not in record:
+                raise json.JSONDecodeError("not a record with a step and a split", line, 0)
+            out.append((line, record))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                continue
+            if not keep_going:
+                raise ConfigError(
+                    f"{path}: line {i + 1} is not a metrics record ({e.msg}); a resumed run "
+                    "sets such lines aside, or repair the file"
+                ) from None
+            damaged.append((i + 1, line))
+    if damaged:
+        aside = f"{os.fspath(path)}.damaged"
+        append_text(aside, "".join(line.rstrip("\n") + "\n" for _, line in damaged))
+        print(
+            f"WARNING: {path}: lines {[n for n, _ in damaged]} are not metrics records; "
+            f"moved to {aside}",
+            file=sys.stderr,
+            flush=True,
+        )
     return out
 
 

@@ -150,6 +150,25 @@ def test_a_half_written_last_metrics_line_is_dropped_on_resume(
     assert all(line.endswith("}\n") for line in (d / "metrics.jsonl").read_text().splitlines(True))
 
 
+def test_a_damaged_metrics_line_is_named_and_a_resume_sets_it_aside(
+    trainer, reference: Path, tmp_path: Path, capsys
+):
+    d = copy_unfinished(reference, tmp_path)
+    lines = (d / "metrics.jsonl").read_text().splitlines(keepends=True)
+    lines[3] = '{"step": 12, "spl\x00\n'  # A flipped block in the middle of the file.
+    (d / "metrics.jsonl").write_text("".join(lines))
+    with pytest.raises(ConfigError, match=r"metrics.jsonl: line 4 is not a metrics record"):
+        read_metrics(str(d))
+
+    capsys.readouterr()
+    assert run_in(trainer, d)["finished"]
+    assert "lines [4] are not metrics records" in capsys.readouterr().err
+    assert (d / "metrics.jsonl.damaged").read_text() == lines[3]
+    records = read_metrics(str(d))  # The rest of the record, and the steps trained since.
+    assert len(records) == len(read_metrics(str(reference))) - 1
+    assert records[-1] == read_metrics(str(reference))[-1]
+
+
 # ---------------------------------------------------------------- 3. one run per MODEL_DIR
 _HOLD_AND_RUN = """
 import sys
