@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -55,7 +56,8 @@ def train_command(
         str(REPO / "launch" / "run.py"),
         f"--gin_file={experiment_file(experiment)}",
         f"--optimizer={optimizer}",
-        f"--gin.MODEL_DIR='{directory}'",
+        # A Python string literal, as gin reads it: quotes or spaces in the path survive.
+        f"--gin.MODEL_DIR={str(directory)!r}",
         f"--gin.SEED={seed}",
         *extra,
     ]
@@ -579,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     expect = None if args.expect_loss is None else (args.expect_loss, args.expect_tolerance)
     summary = summarize(args.experiment, parent, optimizers, seeds, out, command, expect)
     print((out / "summary.md").read_text())
-    print(f"TensorBoard: tensorboard --logdir {parent}")
+    print(f"TensorBoard: tensorboard --logdir {shlex.quote(str(parent))}")
     return 0 if summary else 1
 
 

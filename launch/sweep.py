@@ -55,6 +55,7 @@ import contextlib
 import json
 import math
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -920,8 +921,8 @@ def main(argv: list[str] | None = None) -> int:
         cont = out / f"continued_{k}x"
         summarize_continuation(args.experiment, parent, cont, rows, seeds, horizon, k, command)
         print((cont / "summary.md").read_text())
-        print(f"TensorBoard: tensorboard --logdir {continued_parent(parent, k)}")
-    print(f"TensorBoard: tensorboard --logdir {parent}")
+        print(f"TensorBoard: tensorboard --logdir {shlex.quote(str(continued_parent(parent, k)))}")
+    print(f"TensorBoard: tensorboard --logdir {shlex.quote(str(parent))}")
     return 0
 
 

@@ -6,9 +6,11 @@ import json
 import math
 from pathlib import Path
 
+import gin
 import pytest
 
 from launch import compare, quickstart
+from launch import run as run_cli
 from tests.launch.harness_helpers import PYTHON, REPO, TINY, fake_run, run_tool_in_process
 
 
@@ -155,3 +157,11 @@ def test_quickstart_leaves_the_tracked_results_alone(tmp_path: Path, capsys, mon
     assert set(summary["optimizers"]) == {"amos", "adamw"}
     assert f"summary in {tmp_path / 'runs' / 'results'}" in p.stdout
     assert tracked.read_bytes() == before
+
+
+def test_a_parent_with_a_quote_and_a_space_reaches_gin_intact(tmp_path: Path):
+    directory = tmp_path / "it's runs" / "adamw" / "seed_0"
+    command = compare.train_command("quickstart", "adamw", 0, directory, [])
+    args, bindings = run_cli.parse_args(command[2:])
+    run_cli.load_gin(args.gin_file, bindings, [])
+    assert gin.query_parameter("%MODEL_DIR") == str(directory)
