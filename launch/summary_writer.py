@@ -6,9 +6,10 @@ all of TensorFlow whenever it is installed (seconds per run). `tensorboard --log
 PARENT` then compares runs.
 
 Every file goes through `etils.epath.Path` (as orbax and tfds do), so MODEL_DIR may be a
-cloud path (`gs://bucket/run`, with the GCS filesystem installed) as well as a local one.
-Object stores cannot append: there metrics.jsonl is rewritten whole at each record
-(`append_text`), while a local file is appended to as before.
+Cloud Storage path (`gs://bucket/run`, through gcsfs) as well as a local one. Object stores
+cannot append, and an object appears only once its upload is complete: there metrics.jsonl
+is rewritten whole at each record (`append_text`), an event file whole at each flush
+(`EventFile`), and a JSON file is written in place (one upload is already all or nothing).
 """
 
 from __future__ import annotations
@@ -60,9 +61,13 @@ def append_text(path: PathLike, text: str) -> None:
 
 
 def write_text_atomic(path: PathLike, text: str) -> None:
-    """Writes `text` to `path` through a temporary file renamed over it: a reader (or a
-    kill) never sees half a file. On an object store the rename is a copy and a delete."""
+    """Writes `text` to `path` so that a reader (or a kill) never sees half a file: locally
+    through a temporary file renamed over it; on an object store directly, since an object
+    is replaced only by a complete upload (and a rename there is a copy and a delete)."""
     target = epath.Path(path)
+    if not is_local(path):
+        target.write_text(text)
+        return
     tmp = target.parent / (target.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(target)
@@ -78,7 +83,13 @@ def read_json(path: PathLike) -> Any:
 
 
 class EventFile:
-    """One TensorBoard event file in `directory`, named as TensorBoard expects."""
+    """One TensorBoard event file in `directory`, named as TensorBoard expects.
+
+    On an object store (gs://) the records are kept in memory and the whole file is
+    uploaded at each `flush` that has new ones: an object being written appears only when
+    it is closed, so a running job's points would otherwise show only at its end (and a
+    killed job's never). A run's event file is small (hundreds of bytes per record).
+    """
 
     def __init__(self, directory: PathLike):
         epath.Path(directory).mkdir(parents=True, exist_ok=True)
@@ -87,16 +98,25 @@ class EventFile:
             f"{os.getpid()}.{next(_file_counter)}"
         )
         self.path = os.fspath(epath.Path(directory) / name)
-        self._records = RecordWriter(epath.Path(self.path).open("wb"))
+        self._local = is_local(self.path)
+        self._buffer = None if self._local else io.BytesIO()
+        sink = epath.Path(self.path).open("wb") if self._local else self._buffer
+        self._records = RecordWriter(sink)
+        self._unsaved = False
         self.add_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def add_event(self, event: event_pb2.Event) -> None:
         self._records.write(event.SerializeToString())
+        self._unsaved = True
 
     def flush(self) -> None:
         self._records.flush()
+        if self._buffer is not None and self._unsaved:
+            epath.Path(self.path).write_bytes(self._buffer.getvalue())
+        self._unsaved = False
 
     def close(self) -> None:
+        self.flush()
         self._records.close()
 
 

@@ -20,6 +20,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".cache" / "jax"))
+# As launch/run.py: gs:// paths through gcsfs, not TensorFlow's gfile. etils.epath decides
+# once per process, and tfds may ask it first (about its own gs:// bucket) in a test.
+os.environ.setdefault("EPATH_USE_TF", "false")
 
 
 @pytest.fixture(scope="session")

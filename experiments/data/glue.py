@@ -43,6 +43,7 @@ import numpy as np
 from experiments.data.mlm import separator_id
 from experiments.data.sources import default_tfds_data_dir, tfds_builder
 from experiments.data.text_tasks import resolve_tokenizer
+from experiments.data.tf_import import tensorflow_datasets
 from experiments.data.tokenizers import Tokenizer
 from experiments.errors import ConfigError
 from experiments.objectives import SequenceClassification
@@ -153,7 +154,7 @@ def load_split(
     lowercase: bool,
 ) -> TokenizedSplit:
     """One split of a prepared GLUE builder, tokenized, in ``idx`` order."""
-    import tensorflow_datasets as tfds
+    tfds = tensorflow_datasets()
 
     name = f"{builder.name}/{builder.builder_config.name}"
     data = tfds.as_numpy(

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from experiments.data.splits import first_fraction, halve_tfds_split, halves
+from experiments.data.tf_import import tensorflow, tensorflow_datasets
 from experiments.errors import ConfigError
 from experiments.objectives import Classification
 from experiments.task import SPLITS, ObjectiveTask, batch_rng
@@ -94,7 +95,7 @@ def digits_split_names(splits: ImageSplits, train_subset: float = 1.0) -> dict[s
 
 
 def _tfds_builder(name: str, data_dir: str):
-    import tensorflow_datasets as tfds
+    tfds = tensorflow_datasets()
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
@@ -133,7 +134,7 @@ def tfds_split_names(
 def load_tfds_images(builder, split_names: dict[str, str]) -> ImageSplits:
     """A prepared tfds image dataset (features ``image``, ``label``) held in memory; a
     split with hidden labels (stored as -1) is an error."""
-    import tensorflow_datasets as tfds
+    tfds = tensorflow_datasets()
 
     arrays = []
     for split in SPLITS:
@@ -313,8 +314,7 @@ class _ImageStream:
         self._iterators: dict[tuple, tuple[int, Any]] = {}
 
     def _dataset(self, split: str, seed: int, batch_size: int, train: bool, skip_batches: int):
-        import tensorflow as tf
-        import tensorflow_datasets as tfds
+        tf, tfds = tensorflow(), tensorflow_datasets()
 
         ds = self.builder.as_dataset(
             split=self.splits[split],
@@ -357,7 +357,7 @@ class _ImageStream:
         return ds.map(prepare).batch(batch_size, drop_remainder=True).with_options(options)
 
     def _next(self, split, seed, index, batch_size, rows, train):
-        import tensorflow_datasets as tfds
+        tfds = tensorflow_datasets()
 
         key = (split, seed, batch_size, train)
         position, iterator = self._iterators.get(key, (None, None))

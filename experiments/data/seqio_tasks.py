@@ -63,6 +63,7 @@ import numpy as np
 from experiments.data import files, span_corruption
 from experiments.data.sources import VALIDATION_FRACTION, default_tfds_data_dir, tfds_builder
 from experiments.data.splits import halve_tfds_split, validation_size
+from experiments.data.tf_import import tensorflow
 from experiments.data.tokenizers import NUM_SENTINELS, SentencePieceTokenizer
 from experiments.errors import ConfigError
 from experiments.objectives import Seq2Seq
@@ -73,16 +74,8 @@ SEQIO_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 SHUFFLE_BUFFER_SIZE = 1000  # seqio's default, T5X's too.
 
 
-def _tensorflow():
-    """TensorFlow, kept off the GPUs: it only runs the input pipeline, and would otherwise
-    reserve accelerator memory JAX needs (T5X does the same)."""
-    import tensorflow as tf
-
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:  # TensorFlow already initialized its devices: nothing to hide now.
-        pass
-    return tf
+# TensorFlow, kept off the GPUs (it only runs the input pipeline), as every tfds reader.
+_tensorflow = tensorflow
 
 
 def span_corruption_preprocessor(

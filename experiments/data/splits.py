@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
+from experiments.data.tf_import import tensorflow_datasets
 from experiments.errors import ConfigError
 
 T = TypeVar("T", bound=Sequence)
@@ -35,7 +36,7 @@ def halve_tfds_split(spec: str, split_infos: Mapping[str, Any], binding: str) ->
     ``split_infos`` is a builder's ``info.splits``; ``binding`` names the setting to fix
     when the spec cannot be halved (a union such as ``'train+test'``).
     """
-    import tensorflow_datasets as tfds
+    tfds = tensorflow_datasets()
 
     try:
         parts = tfds.core.ReadInstruction.from_spec(spec).to_absolute(split_infos)
