@@ -22,12 +22,16 @@ Masking follows BERT's ``create_pretraining_data.py``: in each example,
 padding) are chosen uniformly without replacement; of those, 80% become ``[MASK]``, 10% a
 random ordinary token, 10% stay. ``targets`` hold the original ids and ``weights`` 1 at
 chosen positions, 0 elsewhere. Every draw comes from the NumPy Generator the caller seeds
-(the tasks seed it with (seed, stream, step)).
+(the tasks seed it with (seed, stream, step)), or from one Generator per example (the
+streaming tasks seed row ``r`` with (seed, stream, step, r), so that a host, or a worker
+process, can make any rows of a batch alone: ``experiments.data.packed_stream``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -92,17 +96,38 @@ def segment_ids(tokens: np.ndarray, tokenizer: Tokenizer) -> np.ndarray:
     return np.where(tokens == tokenizer.pad_id, 0, seg).astype(np.int32)
 
 
+Rng = np.random.Generator | Sequence[np.random.Generator]
+
+
+def draw(rng: Rng, shape: tuple[int, ...], sample: Callable[..., np.ndarray]) -> np.ndarray:
+    """``sample(generator, shape)`` from one Generator for the whole array, or row by row
+    from one Generator per row (``shape[0]`` of them)."""
+    if isinstance(rng, np.random.Generator):
+        return sample(rng, shape)
+    if len(rng) != shape[0]:
+        raise ValueError(f"{len(rng)} Generators for {shape[0]} rows")
+    rows = [sample(r, shape[1:]) for r in rng]
+    return np.stack(rows) if rows else sample(np.random.default_rng(0), shape)
+
+
+def _uniform(generator: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return generator.random(shape)
+
+
 def mask_tokens(
     tokens: np.ndarray,
     tokenizer: Tokenizer,
-    rng: np.random.Generator,
+    rng: Rng,
     *,
     mask_rate: float = MASK_RATE,
     mask_token_rate: float = MASK_TOKEN_RATE,
     random_token_rate: float = RANDOM_TOKEN_RATE,
     max_predictions: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """BERT's masking of ``(B, L)`` ids: returns ``(input_ids, targets, weights)``."""
+    """BERT's masking of ``(B, L)`` ids: returns ``(input_ids, targets, weights)``.
+
+    ``rng``: one Generator for the batch, or one per row (each row then draws its own
+    scores, choices and random ids, in that order)."""
     check_tokenizer(tokenizer)
     if not 0.0 < mask_rate < 1.0:
         raise ConfigError(f"mask_rate={mask_rate} must be in (0, 1)")
@@ -118,22 +143,23 @@ def mask_tokens(
     if max_predictions is not None:
         k = np.minimum(k, max_predictions)
     # A uniform draw without replacement per row: the k maskable positions of lowest score.
-    scores = np.where(maskable, rng.random(tokens.shape), np.inf)
+    scores = np.where(maskable, draw(rng, tokens.shape, _uniform), np.inf)
     ranks = np.argsort(np.argsort(scores, axis=-1, kind="stable"), axis=-1, kind="stable")
     chosen = maskable & (ranks < k[:, None])
 
-    u = rng.random(tokens.shape)
+    u = draw(rng, tokens.shape, _uniform)
     to_mask = chosen & (u < mask_token_rate)
     to_random = chosen & (u >= mask_token_rate) & (u < mask_token_rate + random_token_rate)
     normal = tokenizer.normal_ids()
-    random_ids = normal[rng.integers(0, len(normal), size=tokens.shape)]
+    picks = draw(rng, tokens.shape, lambda g, shape: g.integers(0, len(normal), size=shape))
+    random_ids = normal[picks]
     inputs = np.where(to_mask, tokenizer.mask_id, np.where(to_random, random_ids, tokens))
     targets = np.where(chosen, tokens, 0).astype(np.int32)
     return inputs.astype(np.int32), targets, chosen.astype(np.float32)
 
 
 def mlm_batch(
-    tokens: np.ndarray, tokenizer: Tokenizer, rng: np.random.Generator, **mask_kwargs
+    tokens: np.ndarray, tokenizer: Tokenizer, rng: Rng, **mask_kwargs
 ) -> dict[str, np.ndarray]:
     """The model's batch from ``(B, L)`` examples: input ids, segment ids, attention mask,
     targets and weights, all ``(B, L)``."""
@@ -146,3 +172,22 @@ def mlm_batch(
         "targets": targets,
         "weights": weights,
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedLMBatcher:
+    """Examples (packed stream windows, or documents) -> the masked-LM batch: what
+    ``text_tasks.MaskedLMTask`` does to its examples, as a small picklable object that
+    worker processes can run (``experiments.data.packed_stream``)."""
+
+    tokenizer: Tokenizer
+    seq_length: int
+    packing: bool
+    mask_kwargs: dict[str, Any]
+
+    def __call__(self, examples: Sequence[np.ndarray], rng: Rng) -> dict[str, np.ndarray]:
+        if self.packing:
+            tokens = packed_examples(np.stack(examples), self.tokenizer)
+        else:
+            tokens = truncated_examples(examples, self.tokenizer, self.seq_length)
+        return mlm_batch(tokens, self.tokenizer, rng, **self.mask_kwargs)

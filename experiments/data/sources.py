@@ -3,8 +3,10 @@
 A source has three splits, ``"train"``, ``"validation"`` and ``"test"``, and either holds
 its documents in memory (``in_memory = True``: ``documents(split)`` returns the list) or
 streams them (``iter_documents(split)``: the same documents in the same fixed order on
-every call, so a reader can resume by skipping). Every source provides ``iter_documents``;
-in-memory ones also provide ``documents``.
+every call). Every source provides ``iter_documents``; in-memory ones also provide
+``documents``. ``iter_documents(split, start=k)`` begins at the ``k``-th document: a TFDS
+source seeks there (the documents before it are not decoded), so a reader positioned by
+``experiments.data.packed_stream``'s token index resumes without replaying the split.
 
 Where a dataset has no test split of its own, the held-out part (the last 10% of a text,
 or the dataset's validation split) is cut in two: its first half is validation, its
@@ -25,6 +27,7 @@ from experiments.data import files
 from experiments.data.char_text import generated_text
 from experiments.data.files import read_text
 from experiments.data.splits import halve_tfds_split, halves
+from experiments.data.tf_import import tensorflow_datasets
 from experiments.errors import ConfigError
 
 SPLITS = ("train", "validation", "test")
@@ -91,8 +94,8 @@ class InMemorySource:
         _check_split(split, self.name)
         return self._splits[split]
 
-    def iter_documents(self, split: str) -> Iterator[str]:
-        return iter(self.documents(split))
+    def iter_documents(self, split: str, start: int = 0) -> Iterator[str]:
+        return iter(self.documents(split)[start:])
 
     def text(self) -> str:
         """All documents of every split, e.g. to build a character vocabulary."""
@@ -138,7 +141,7 @@ def default_tfds_data_dir(data_dir: str | None) -> str:
     """``data_dir``, or TFDS' default (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``)."""
     if data_dir:
         return os.path.expanduser(data_dir)
-    import tensorflow_datasets as tfds
+    tfds = tensorflow_datasets()
 
     return os.path.expanduser(tfds.core.constants.DATA_DIR)
 
@@ -149,7 +152,7 @@ def tfds_builder(name: str, data_dir: str | None):
     A dataset that is not there (not prepared, or unknown to TFDS and not in the
     directory) is an error naming both the data directory and the dataset.
     """
-    import tensorflow_datasets as tfds
+    tfds = tensorflow_datasets()
 
     data_dir = default_tfds_data_dir(data_dir)
     missing = ConfigError(
@@ -182,7 +185,10 @@ class TfdsSource:
     name a ``'test'`` split where the dataset has its own.
 
     Streaming by default (``in_memory=False``); ``in_memory=True`` loads the splits (at most
-    ``max_documents`` each) into lists, for small datasets.
+    ``max_documents`` each) into lists, for small datasets. Documents come in file order
+    (files in order, one at a time), so the ``k``-th document of a split is the one at
+    absolute position ``k`` of its TFDS slices, where ``iter_documents(split, start=k)``
+    seeks.
     """
 
     def __init__(
@@ -242,25 +248,71 @@ class TfdsSource:
         _check_split(split, f"TfdsSource({self.name!r})")
         return self._capped(self.split_names[split])
 
-    def tf_dataset(self, split: str):
-        """The split's text feature as a ``tf.data.Dataset`` of strings, in file order."""
-        import tensorflow_datasets as tfds
+    def _tfds_split_from(self, split: str, start: int) -> str | None:
+        """The split from its ``start``-th document on, as absolute TFDS slices (None when
+        nothing is left): TFDS then opens the file holding that document and skips only
+        the records before it in that file."""
+        tfds = tensorflow_datasets()
 
+        spec = self._tfds_split(split)
+        if start == 0:
+            return spec
+        splits = self.builder.info.splits
+        parts = []
+        for part in tfds.core.ReadInstruction.from_spec(spec).to_absolute(splits):
+            total = splits[part.splitname].num_examples
+            begin = 0 if part.from_ is None else min(part.from_, total)
+            end = total if part.to is None else min(part.to, total)
+            if start >= end - begin:
+                start -= end - begin
+                continue
+            parts.append(f"{part.splitname}[{begin + start}:{end}]")
+            start = 0
+        return "+".join(parts) or None
+
+    def num_documents(self, split: str) -> int:
+        """How many documents the split has (from the dataset's metadata: nothing is read)."""
+        return self.builder.info.splits[self._tfds_split(split)].num_examples
+
+    def index_key(self, split: str) -> str:
+        """What names the split's documents (dataset, version, feature, slice, count): the
+        key of its saved token index (experiments.data.packed_stream)."""
+        version = self.builder.info.version
+        return (
+            f"{self.name}|{version}|{self.feature}|{self._tfds_split(split)}|"
+            f"{self.num_documents(split)}"
+        )
+
+    def tf_dataset(self, split: str, start: int = 0):
+        """The split's text feature as a ``tf.data.Dataset`` of strings, in file order, from
+        its ``start``-th document on."""
+        tfds = tensorflow_datasets()
+
+        tfds_split = self._tfds_split_from(split, start)
+        if tfds_split is None:
+            return None
         # No auto-cache: a streaming reader stops part-way, which a cache would warn about.
+        # One file at a time (TFDS interleaves 16 by default): file order, so that document
+        # k of the split is the one TFDS's slice `[k:]` starts with.
         ds = self.builder.as_dataset(
-            split=self._tfds_split(split),
+            split=tfds_split,
             shuffle_files=False,
-            read_config=tfds.ReadConfig(try_autocache=False),
+            read_config=tfds.ReadConfig(try_autocache=False, interleave_cycle_length=1),
         )
         feature = self.feature
         return ds.map(lambda x: x[feature])
 
-    def iter_documents(self, split: str) -> Iterator[str]:
+    def iter_documents(self, split: str, start: int = 0) -> Iterator[str]:
         if self.in_memory:
-            yield from self.documents(split)
+            yield from self.documents(split)[start:]
             return
-        for text in self.tf_dataset(split).as_numpy_iterator():
-            yield text.decode("utf-8")
+        ds = self.tf_dataset(split, start)
+        if ds is None:
+            return
+        # In batches: one Python step per 256 documents, not per document.
+        for texts in ds.batch(256).prefetch(2).as_numpy_iterator():
+            for text in texts:
+                yield text.decode("utf-8")
 
     def documents(self, split: str) -> list[str]:
         if not self.in_memory:

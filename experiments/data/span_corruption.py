@@ -17,6 +17,9 @@ document) is not applied: it matters only for documents far longer than a chunk.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+
 import numpy as np
 
 from experiments.data.tokenizers import Tokenizer
@@ -143,7 +146,7 @@ def span_corrupt(
 def span_corruption_batch(
     chunks: list[np.ndarray] | np.ndarray,
     tokenizer: Tokenizer,
-    rng: np.random.Generator,
+    rng: np.random.Generator | Sequence[np.random.Generator],
     *,
     inputs_length: int,
     targets_length: int,
@@ -154,16 +157,23 @@ def span_corruption_batch(
 
     ``decoder_input_tokens`` are the targets shifted right with 0 (the pad id) as the start
     token, as T5's feature converter makes them; ``decoder_loss_weights`` are 1 on every
-    target token including EOS.
+    target token including EOS. ``rng``: one Generator for all chunks, in order, or one
+    per chunk.
     """
     n = len(chunks)
+    if isinstance(rng, np.random.Generator):
+        rngs = [rng] * n
+    elif len(rng) != n:
+        raise ValueError(f"{len(rng)} Generators for {n} chunks")
+    else:
+        rngs = list(rng)
     enc = np.zeros((n, inputs_length), np.int32)
     tgt = np.zeros((n, targets_length), np.int32)
     for i, chunk in enumerate(chunks):
         inputs, targets = span_corrupt(
             chunk,
             tokenizer,
-            rng,
+            rngs[i],
             noise_density=noise_density,
             mean_noise_span_length=mean_noise_span_length,
         )
@@ -183,6 +193,34 @@ def span_corruption_batch(
         "decoder_target_tokens": tgt,
         "decoder_loss_weights": (tgt != tokenizer.pad_id).astype(np.float32),
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class SpanCorruptionBatcher:
+    """Chunks -> the span-corruption batch: what ``text_tasks.SpanCorruptionTask`` does to
+    its examples, as a small picklable object that worker processes can run
+    (``experiments.data.packed_stream``)."""
+
+    tokenizer: Tokenizer
+    inputs_length: int
+    targets_length: int
+    noise_density: float = NOISE_DENSITY
+    mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH
+
+    def __call__(
+        self,
+        chunks: Sequence[np.ndarray],
+        rng: np.random.Generator | Sequence[np.random.Generator],
+    ) -> dict[str, np.ndarray]:
+        return span_corruption_batch(
+            list(chunks),
+            self.tokenizer,
+            rng,
+            inputs_length=self.inputs_length,
+            targets_length=self.targets_length,
+            noise_density=self.noise_density,
+            mean_noise_span_length=self.mean_noise_span_length,
+        )
 
 
 def reconstruct(inputs, targets, tokenizer: Tokenizer) -> list[int]:

@@ -16,28 +16,31 @@ Determinism, as in ``char_text``: every batch is a pure function of its argument
   replacement, as nanoGPT), and the same Generator then draws the masking / noise. Eval
   batch ``i`` of a split uses stream 1 ('val'), 2 ('train') or 3 ('test') instead of 0,
   so evaluation never shares draws with training.
-* Streaming sources (TFDS, ``in_memory=False``): windows are read in the dataset's fixed
-  file order (``shuffle_files=False``), one pass after another; step ``s`` takes windows
+* Streaming sources (TFDS, ``in_memory=False``: the paper-scale data): windows are read in
+  the dataset's fixed file order, one pass after another; step ``s`` takes windows
   ``(s - 1) * batch_size`` to ``s * batch_size - 1`` and eval batch ``i`` windows
-  ``i * batch_size`` onwards of the validation (or test) split. The reader keeps its
-  position, so consecutive steps cost nothing extra; asking for an earlier step (or a
-  resumed run's first step) restarts the pass and skips to the window, which costs one
-  read of the data up to there. Masking / noise is still drawn from (seed, stream,
-  step), so ``seed`` changes the corruption but not the order of the data.
+  ``i * batch_size`` onwards of the validation (or test) split. A token index built once
+  per split (and saved next to the data) tells where each window is, so any step costs
+  the same, a resumed run seeks instead of replaying, each host builds only its ``rows``,
+  and worker processes build them in parallel (``num_workers``):
+  ``experiments.data.packed_stream``. Each row draws its masking / noise from its own
+  Generator ``np.random.default_rng([seed, stream, step, row])``, so ``seed`` changes the
+  corruption but not the order of the data, and no row depends on the host or worker
+  that builds it.
 
-``rows`` slices the global batch after it is built: every host builds the same global
-batch, so the data does not depend on the number of hosts.
+In-memory sources build the whole global batch and slice ``rows`` from it: every host
+builds the same global batch, so the data does not depend on the number of hosts.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
+import os
 from typing import Any
 
 import numpy as np
 
 from experiments.data import mlm, span_corruption
+from experiments.data.packed_stream import Batcher, PackedStream, RowBuilder
 from experiments.data.sources import InMemorySource, TextFileSource
 from experiments.data.tokenizers import (
     ByteTokenizer,
@@ -47,7 +50,7 @@ from experiments.data.tokenizers import (
 )
 from experiments.errors import ConfigError
 from experiments.objectives import MaskedLM, Seq2Seq
-from experiments.task import ObjectiveTask, batch_rng
+from experiments.task import ObjectiveTask, batch_rng, batch_stream
 
 Batch = dict[str, np.ndarray]
 
@@ -85,55 +88,60 @@ def resolve_tokenizer(tokenizer, source) -> Tokenizer:
     )
 
 
-class _StreamReader:
-    """Examples of one split of a streaming source, read in order, pass after pass."""
-
-    def __init__(self, make_examples):
-        self._make_examples = make_examples  # () -> iterator over examples of one pass
-        self._it: Iterator[np.ndarray] | None = None
-        self._next = 0
-
-    def _restart(self) -> None:
-        def forever():
-            for _ in itertools.count():
-                empty = True
-                for example in self._make_examples():
-                    empty = False
-                    yield example
-                if empty:
-                    raise ConfigError("the split yields no complete example")
-
-        self._it, self._next = forever(), 0
-
-    def read(self, start: int, count: int) -> list[np.ndarray]:
-        if self._it is None or start < self._next:
-            self._restart()
-        for _ in itertools.islice(self._it, start - self._next):
-            pass
-        self._next = start + count
-        return list(itertools.islice(self._it, count))
-
-
 class TextExamples(ObjectiveTask):
     """Tokenized splits and the windows (``packing``) or documents of each batch, shared by
-    the text tasks; a subclass sets ``objective`` and turns examples into the model's
-    batch in ``make_batch``."""
+    the text tasks; a subclass sets ``objective`` and gives the ``batcher`` that turns
+    examples into the model's batch.
+
+    Streaming sources only: ``num_workers`` worker processes build the batches (None: the
+    host's cores less one, none on two cores or fewer; 0: in this process), and
+    ``index_dir`` keeps the splits' token indexes (None: ``<data_dir>/token_index`` for a
+    source with a ``data_dir``, e.g. TFDS; otherwise they are not saved).
+    """
 
     unit_name = "tokens"
 
-    def __init__(self, source, tokenizer, *, window: int, separator: int | None, packing: bool):
+    def __init__(
+        self,
+        source,
+        tokenizer,
+        *,
+        window: int,
+        separator: int | None,
+        packing: bool,
+        batcher: Batcher,
+        num_workers: int | None = None,
+        index_dir: str | None = None,
+    ):
         self.source = resolve_source(source)
         self.tokenizer = resolve_tokenizer(tokenizer, self.source)
         self.window = window
         self.separator = separator
         self.packing = packing
+        self.batcher = batcher
         self.in_memory = bool(getattr(self.source, "in_memory", False))
         self._docs: dict[str, list[np.ndarray]] = {}
         self._streams: dict[str, np.ndarray] = {}
-        self._readers: dict[tuple[str, str], _StreamReader] = {}
         if self.in_memory:
             for split in _SOURCE_SPLIT:  # Fail at construction, not at the first eval.
                 self._split_stream(split)
+            return
+        data_dir = getattr(self.source, "data_dir", None)
+        if index_dir is None and isinstance(data_dir, str) and data_dir:
+            index_dir = os.path.join(data_dir, "token_index")
+        self.index_dir = index_dir
+        self.stream = PackedStream(
+            self.source,
+            _SOURCE_SPLIT,
+            RowBuilder(self.tokenizer, window, separator, packing, batcher),
+            num_workers=num_workers,
+            index_dir=index_dir,
+        )
+
+    def close(self) -> None:
+        """Stops a streaming task's worker processes (they start again when needed)."""
+        if not self.in_memory:
+            self.stream.close()
 
     # In-memory: the tokenized documents and their concatenation.
     def _split_docs(self, split: str) -> list[np.ndarray]:
@@ -165,39 +173,13 @@ class TextExamples(ObjectiveTask):
             self._streams[split] = stream
         return self._streams[split]
 
-    # Streaming: examples in order.
-    def _examples_of_one_pass(self, split: str) -> Iterator[np.ndarray]:
-        buffer: list[np.ndarray] = []
-        size = 0
-        for text in self.source.iter_documents(_SOURCE_SPLIT[split]):
-            ids = np.asarray(self.tokenizer.encode(text), np.int32)
-            if not len(ids):
-                continue
-            if not self.packing:
-                yield ids
-                continue
-            buffer.append(self._concat([ids]))
-            size += len(buffer[-1])
-            if size >= self.window:
-                flat = np.concatenate(buffer)
-                n = len(flat) // self.window * self.window
-                yield from flat[:n].reshape(-1, self.window)
-                buffer, size = [flat[n:]], len(flat) - n
-
-    def _reader(self, split: str, purpose: str) -> _StreamReader:
-        key = (split, purpose)
-        if key not in self._readers:
-            self._readers[key] = _StreamReader(lambda: self._examples_of_one_pass(split))
-        return self._readers[key]
-
     def _raw_examples(
         self, split: str, purpose: str, *, seed: int, index: int, batch_size: int, first: int
     ) -> tuple[list[np.ndarray], np.random.Generator]:
-        """``batch_size`` windows (packing) or documents, and the Generator that then draws
-        the objective's randomness; ``first`` is the first example's position in a stream."""
+        """In-memory sources: ``batch_size`` windows (packing) or documents, and the
+        Generator that then draws the objective's randomness."""
+        del first  # Random windows: no position in a stream.
         rng = batch_rng(seed=seed, split=split, purpose=purpose, index=index)
-        if not self.in_memory:
-            return self._reader(split, purpose).read(first, batch_size), rng
         if not self.packing:
             docs = self._split_docs(split)
             return [docs[i] for i in rng.integers(0, len(docs), size=batch_size)], rng
@@ -216,6 +198,16 @@ class TextExamples(ObjectiveTask):
         first: int,
         rows: slice | None,
     ) -> Batch:
+        if not self.in_memory:  # Only `rows` are built.
+            return self.stream.batch(
+                split,
+                seed=seed,
+                stream=batch_stream(split, purpose),
+                index=index,
+                first=first,
+                batch_size=batch_size,
+                rows=rows,
+            )
         examples, rng = self._raw_examples(
             split, purpose, seed=seed, index=index, batch_size=batch_size, first=first
         )
@@ -226,7 +218,7 @@ class TextExamples(ObjectiveTask):
 
     def make_batch(self, examples: list[np.ndarray], rng: np.random.Generator) -> Batch:
         """The model's batch from the examples; further draws come from ``rng``."""
-        raise NotImplementedError
+        return self.batcher(examples, rng)
 
     # The Task protocol.
     @property
@@ -293,6 +285,8 @@ class MaskedLMTask(TextExamples):
         random_token_rate: float = mlm.RANDOM_TOKEN_RATE,
         max_predictions: int | None = None,
         loss_normalization: str = "sqrt",
+        num_workers: int | None = None,
+        index_dir: str | None = None,
     ):
         self.objective = MaskedLM(normalization=loss_normalization)
         if seq_length < 4:
@@ -309,16 +303,16 @@ class MaskedLMTask(TextExamples):
         )
         window = mlm.window_length(tok, seq_length) if packing else seq_length
         super().__init__(
-            source, tok, window=window, separator=mlm.separator_id(tok), packing=packing
+            source,
+            tok,
+            window=window,
+            separator=mlm.separator_id(tok),
+            packing=packing,
+            batcher=mlm.MaskedLMBatcher(tok, seq_length, packing, self.mask_kwargs),
+            num_workers=num_workers,
+            index_dir=index_dir,
         )
         self.units_per_example = seq_length
-
-    def make_batch(self, examples: list[np.ndarray], rng: np.random.Generator) -> Batch:
-        if self.packing:
-            tokens = mlm.packed_examples(np.stack(examples), self.tokenizer)
-        else:
-            tokens = mlm.truncated_examples(examples, self.tokenizer, self.seq_length)
-        return mlm.mlm_batch(tokens, self.tokenizer, rng, **self.mask_kwargs)
 
 
 class SpanCorruptionTask(TextExamples):
@@ -349,6 +343,8 @@ class SpanCorruptionTask(TextExamples):
         noise_density: float = span_corruption.NOISE_DENSITY,
         mean_noise_span_length: float = span_corruption.MEAN_NOISE_SPAN_LENGTH,
         loss_normalization: str = "sum",
+        num_workers: int | None = None,
+        index_dir: str | None = None,
     ):
         self.objective = Seq2Seq(normalization=loss_normalization)
         if not 0.0 < noise_density < 1.0:
@@ -374,7 +370,21 @@ class SpanCorruptionTask(TextExamples):
         self.noise_density = noise_density
         self.mean_noise_span_length = mean_noise_span_length
         self.units_per_example = inputs_length
-        super().__init__(source, tokenizer, window=tokens_length, separator=None, packing=True)
+        source = resolve_source(source)
+        tok = resolve_tokenizer(tokenizer, source)
+        batcher = span_corruption.SpanCorruptionBatcher(
+            tok, inputs_length, targets_length, noise_density, mean_noise_span_length
+        )
+        super().__init__(
+            source,
+            tok,
+            window=tokens_length,
+            separator=None,
+            packing=True,
+            batcher=batcher,
+            num_workers=num_workers,
+            index_dir=index_dir,
+        )
         spans = int(round(round(tokens_length * noise_density) / mean_noise_span_length))
         if spans > self.tokenizer.num_sentinels:
             raise ConfigError(
@@ -382,14 +392,3 @@ class SpanCorruptionTask(TextExamples):
                 f"as many sentinels; the tokenizer has "
                 f"{self.tokenizer.num_sentinels}"
             )
-
-    def make_batch(self, examples: list[np.ndarray], rng: np.random.Generator) -> Batch:
-        return span_corruption.span_corruption_batch(
-            examples,
-            self.tokenizer,
-            rng,
-            inputs_length=self.inputs_length,
-            targets_length=self.targets_length,
-            noise_density=self.noise_density,
-            mean_noise_span_length=self.mean_noise_span_length,
-        )

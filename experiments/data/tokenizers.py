@@ -18,6 +18,7 @@ characters (sorted) or the 256 bytes, then the sentinels.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -49,6 +50,15 @@ class Tokenizer:
         raise NotImplementedError
 
     def decode(self, ids: Iterable[int]) -> str:
+        raise NotImplementedError
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """``encode`` of each text (a sentencepiece model does the loop in C++)."""
+        return [self.encode(t) for t in texts]
+
+    def fingerprint(self) -> str:
+        """A digest of what ``encode`` does: equal fingerprints encode alike (it keys the
+        token index that experiments.data.packed_stream caches on disk)."""
         raise NotImplementedError
 
     def sentinel_id(self, i: int) -> int:
@@ -127,6 +137,9 @@ class CharTokenizer(_TableTokenizer):
         lookup, unk = self._lookup, self.unk_id
         return [lookup.get(c, unk) for c in text]
 
+    def fingerprint(self) -> str:
+        return "char:" + hashlib.sha256(self.chars.encode("utf-8")).hexdigest()[:16]
+
     def decode(self, ids: Iterable[int]) -> str:
         out = []
         for i in ids:
@@ -146,6 +159,9 @@ class ByteTokenizer(_TableTokenizer):
 
     def encode(self, text: str) -> list[int]:
         return [b + self.offset for b in text.encode("utf-8")]
+
+    def fingerprint(self) -> str:
+        return "byte"
 
     def decode(self, ids: Iterable[int]) -> str:
         out: list[str] = []
@@ -204,6 +220,14 @@ class SentencePieceTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        # One thread: parallelism comes from the worker processes that call this.
+        return self.sp.encode(list(texts), num_threads=1)
+
+    def fingerprint(self) -> str:
+        proto = self.sp.serialized_model_proto()
+        return "sentencepiece:" + hashlib.sha256(proto).hexdigest()[:16]
 
     def decode(self, ids: Iterable[int]) -> str:
         out: list[str] = []

@@ -39,3 +39,24 @@ def test_harness_overhead_runs_both_loops_and_records_them(tmp_path: Path, capsy
     record = json.loads(out_file.read_text())
     assert record["steps"] == 20
     assert record["bare_steps_per_sec"][0] > 0 and record["harness_steps_per_sec"][0] > 0
+
+
+@pytest.mark.slow  # trains a sentencepiece model, starts worker processes
+def test_input_pipeline_prints_rates_and_resume_times_and_records_them(tmp_path: Path, capsys):
+    from benchmarks import input_pipeline
+
+    argv = ["--smoke", "--workers", "2", "--write", "--results_dir", str(tmp_path)]
+    assert input_pipeline.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(
+        r"^\| (BERT-base|T5-base) .*\| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", out, re.M
+    )
+    assert [r[0] for r in rows] == ["BERT-base", "T5-base"]
+    for _, ratio, resume, _ in rows:
+        assert float(ratio) > 0 and 0 < float(resume) < 60
+    assert (tmp_path / "input_pipeline.md").read_text().strip() == out.strip()
+    record = json.loads((tmp_path / "input_pipeline.json").read_text())
+    bert, t5 = record["rows"]
+    # A v4-8 at 50% MFU: BERT-base's 256 x 512 step takes about 0.17 s, T5-base's 0.09 s.
+    assert 150 < bert["v4_8_step_ms"] < 200 and 75 < t5["v4_8_step_ms"] < 110
+    assert bert["parallel_examples_per_s"] > 0 and t5["index_documents"] > 0

@@ -192,3 +192,50 @@ def test_tasks_over_tfds(data_dir):
         targets_length=8,
     )
     assert span.train_batch(seed=0, step=1, batch_size=3)["encoder_input_tokens"].shape == (3, 32)
+
+
+class TinyAmosFiles(TinyAmosText):
+    """More documents, to be written in several files of more than 16 documents each (TFDS
+    reads 16 at a time from each of 16 files unless told to read one file at a time)."""
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        return {
+            "train": self._generate_examples("t", 200),
+            "validation": self._generate_examples("v", 40),
+        }
+
+
+@pytest.fixture(scope="module")
+def sharded_data_dir(tmp_path_factory) -> str:
+    """A dataset written in four files per split, as large datasets are."""
+    path = str(tmp_path_factory.mktemp("tfds_sharded"))
+    TinyAmosFiles(data_dir=path).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False, num_shards=4)
+    )
+    return path
+
+
+def test_tfds_source_seeks_to_a_document(sharded_data_dir):
+    """`iter_documents(split, start=k)` is the split read in file order from its k-th
+    document on: the packed stream's token index counts documents in that order."""
+    from experiments.data.sources import TfdsSource
+
+    source = TfdsSource(
+        "tiny_amos_files",
+        sharded_data_dir,
+        split_names={
+            "train": "train[5:195]",
+            "validation": "validation[:20]",
+            "test": "validation[20:]+train[:5]",  # Two parts: a seek may skip the first.
+        },
+    )
+    assert len(source.builder.info.splits["train"].shard_lengths) == 4
+    for split, size in (("train", 190), ("validation", 20), ("test", 25)):
+        docs = list(source.iter_documents(split))
+        assert len(docs) == source.num_documents(split) == size
+        for start in (0, 1, 17, 20, 21, 44, 45, 46, 100, size - 1, size, size + 3):
+            assert list(source.iter_documents(split, start=start)) == docs[start:]
+    # The key of a split's saved token index names the dataset, version, slice and size.
+    assert source.index_key("train") == "tiny_amos_files|1.0.0|text|train[5:195]|190"
+    assert source.index_key("test") != source.index_key("validation")
