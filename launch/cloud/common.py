@@ -12,6 +12,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 REQUIREMENTS = REPO / "requirements.txt"
+if str(REPO) not in sys.path:  # launch.preemption, whatever the working directory.
+    sys.path.insert(0, str(REPO))
+
+# launch/run.py's exit code for a run that a SIGTERM or SIGINT stopped at a checkpoint
+# (launch/preemption.py, which imports only the standard library): rerun it to resume.
+from launch.preemption import EXIT_CODE as PREEMPTED_EXIT_CODE  # noqa: E402, F401
 
 
 def jax_pin(requirements: Path = REQUIREMENTS) -> str:

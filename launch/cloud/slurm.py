@@ -13,6 +13,14 @@ process count and this process's id; it would also give each process only the GP
 numbered SLURM_LOCALID (0 with one task per node), so the script sets
 JAX_LOCAL_DEVICE_IDS to all of the node's GPUs. The repository, its venv and MODEL_DIR
 must be on a file system every node sees at the same path.
+
+Time limits and preemption: the job asks SLURM for a SIGTERM to its tasks
+`--signal_seconds` (300) before the time limit (`#SBATCH --signal=TERM@300`), on which
+run.py saves a checkpoint at a step all processes agree on and exits 75 (see
+launch/preemption.py); the script then requeues the job (`scontrol requeue`, allowed by
+`#SBATCH --requeue`), which resumes from that checkpoint when it runs again, its log
+appended to the same file. The same happens when SLURM or anyone else sends the tasks
+SIGTERM (a preemption with a grace time). `--no_requeue` leaves the job ended instead.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ if str(REPO) not in sys.path:  # Run as a file; make `launch` importable.
     sys.path.insert(0, str(REPO))
 
 from launch.cloud.common import (  # noqa: E402
+    PREEMPTED_EXIT_CODE,
     Shell,
     fraction,
     run_main,
@@ -49,6 +58,14 @@ def one_word(value: str) -> str:
     if not value or re.search(r"\s", value):
         raise argparse.ArgumentTypeError(f"no spaces or newlines: {value!r}")
     return value
+
+
+def signal_seconds(value: str) -> int:
+    """argparse type: SLURM's `--signal=SIG@TIME` takes 0 to 65535 seconds."""
+    n = int(value)
+    if not 0 < n <= 65535:
+        raise argparse.ArgumentTypeError(f"seconds in 1..65535: {value!r}")
+    return n
 
 
 def sbatch_option(value: str) -> str:
@@ -78,6 +95,10 @@ def render_script(args: argparse.Namespace) -> str:
     sbatch += [f"--partition={args.partition}"] if args.partition else []
     sbatch += [f"--account={args.account}"] if args.account else []
     sbatch += [f"--cpus-per-task={args.cpus_per_task}"] if args.cpus_per_task else []
+    # SIGTERM to the tasks (not the batch shell) before the time limit; a requeued job
+    # appends to its log instead of truncating it (the job id, %j, stays the same).
+    sbatch += [f"--signal=TERM@{args.signal_seconds}", "--open-mode=append"]
+    sbatch += [] if args.no_requeue else ["--requeue"]
     sbatch += args.sbatch_option
 
     # srun gets --cpus-per-task itself too: since SLURM 22.05 a step does not inherit it.
@@ -88,18 +109,34 @@ def render_script(args: argparse.Namespace) -> str:
     env = {"JAX_LOCAL_DEVICE_IDS": ",".join(str(i) for i in range(args.gpus_per_node))}
     if args.mem_fraction is not None:
         env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = args.mem_fraction
+    code = PREEMPTED_EXIT_CODE
     lines = [
         "#!/bin/bash",
         *(f"#SBATCH {opt}" for opt in sbatch),
         "# Written by launch/cloud/slurm.py. One task per node, each driving all the",
         "# node's GPUs; jax.distributed.initialize() finds the others through SLURM_*.",
-        "set -euo pipefail",
-        f"cd {shlex.quote(repo)}",
+        "set -uo pipefail",
+        f"cd {shlex.quote(repo)} || exit 1",
         "# Without this JAX would give each process only GPU number SLURM_LOCALID.",
         *(f"export {k}={shlex.quote(v)}" for k, v in env.items()),
-        'echo "job $SLURM_JOB_ID: $SLURM_JOB_NUM_NODES nodes: $SLURM_JOB_NODELIST"',
+        'echo "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}): $SLURM_JOB_NUM_NODES '
+        'nodes: $SLURM_JOB_NODELIST"',
         shlex.join(train),
+        "status=$?",
     ]
+    if args.no_requeue:
+        lines.append('exit "$status"')
+    else:
+        lines += [
+            f"# run.py exits {code} when a SIGTERM (--signal above, or a preemption) stopped",
+            "# it at a checkpoint: requeue the job, which resumes from there.",
+            f'if [ "$status" -eq {code} ]; then',
+            f'  echo "job $SLURM_JOB_ID: run.py stopped at a checkpoint (exit {code}): '
+            'requeueing it"',
+            '  scontrol requeue "$SLURM_JOB_ID"',
+            "fi",
+            'exit "$status"',
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -136,6 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="any other #SBATCH option, e.g. --sbatch_option=--qos=high (repeat)",
+    )
+    parser.add_argument(
+        "--signal_seconds",
+        type=signal_seconds,
+        default=300,
+        help="SIGTERM to the tasks this many seconds before the time limit, for run.py to "
+        "save a checkpoint and exit 75 (default 300: leave time for the slowest save)",
+    )
+    parser.add_argument(
+        "--no_requeue",
+        action="store_true",
+        help="do not requeue the job when run.py stopped at a checkpoint (exit 75)",
     )
     parser.add_argument(
         "--mem_fraction", type=fraction, default=None, help="XLA_PYTHON_CLIENT_MEM_FRACTION"

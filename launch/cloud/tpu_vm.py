@@ -1,9 +1,11 @@
 """Train on a Cloud TPU VM or pod slice with `gcloud compute tpus tpu-vm`.
 
   tpu_vm.py create     --name N --zone Z --accelerator_type v4-8 [--spot|--preemptible]
+                       [--queued]
   tpu_vm.py setup      --name N --zone Z [--repo_url URL] [--ref REF]
   tpu_vm.py stage_data --name N --zone Z --src DIR|gs://... [--dest shared/data | --in_place]
-  tpu_vm.py run        --name N --zone Z --accelerator_type v4-32 -- RUN_PY_ARGS...
+  tpu_vm.py run        --name N --zone Z --accelerator_type v4-32 [--max_restarts 100]
+                       -- RUN_PY_ARGS...
   tpu_vm.py logs       --name N --zone Z [--worker all|I] [--lines 50] [--fetch DIR]
   tpu_vm.py stop       --name N --zone Z
   tpu_vm.py delete     --name N --zone Z [--yes]
@@ -14,6 +16,17 @@ the processes find each other through jax.distributed.initialize(): run.py's aut
 detection looks at environment variables that a gcloud-created TPU VM does not set
 (TPU_WORKER_HOSTNAMES is GKE's), so on a pod slice this tool adds `--distributed=on`, and
 JAX then reads the slice's workers from the TPU VM metadata server.
+
+Preemption: on SIGTERM (a Spot TPU's shutdown, `stop`) launch/run.py saves a checkpoint at
+a step all workers agree on and exits 75 (launch/preemption.py). `run` starts it inside a
+restart loop on each worker that runs it again while it exits 75, unless the loop itself
+was told to stop (`stop` signals the loop, which passes the SIGTERM on; a VM shutting down
+signals every process) or it restarted `--max_restarts` times. A preempted Spot TPU is
+gone with its VM: `create` then deletes what is left of it (a TPU VM in state PREEMPTED or
+TERMINATED, a queued resource SUSPENDED or FAILED) and creates it again; `setup` and the
+same `run` resume from the last checkpoint (MODEL_DIR on a disk that outlives the VM).
+`--queued` asks for the TPU through a queued resource (`gcloud compute tpus
+queued-resources create ... [--spot]`), which waits for capacity instead of failing.
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ if str(REPO) not in sys.path:  # Run as a file; make `launch` importable.
     sys.path.insert(0, str(REPO))
 
 from launch.cloud.common import (  # noqa: E402
+    PREEMPTED_EXIT_CODE,
     Shell,
     jax_pin,
     run_main,
@@ -38,6 +52,13 @@ from launch.cloud.common import (  # noqa: E402
 )
 
 GCLOUD_TPU = ["gcloud", "compute", "tpus", "tpu-vm"]
+GCLOUD_QUEUED = ["gcloud", "compute", "tpus", "queued-resources"]
+# A TPU VM in these states cannot run again (a Spot or preemptible TPU taken back): `create`
+# deletes it and creates it anew. The same for a queued resource whose TPU is gone.
+GONE_STATES = {"PREEMPTED", "TERMINATED"}
+QUEUED_GONE_STATES = {"SUSPENDING", "SUSPENDED", "FAILED"}
+# Seconds between a preempted run.py's exit and its restart on the same worker.
+RESTART_DELAY_S = 10
 # Where run/logs/stop keep each worker's log and pid, inside the repository on the worker;
 # runs/ is git-ignored, so a cloned checkout stays clean for run.json's dirty flag.
 LOG_DIR = "runs/logs"
@@ -100,6 +121,13 @@ def env_binding(value: str) -> str:
     return value
 
 
+def non_negative(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {value!r}")
+    return n
+
+
 def python_name(value: str) -> str:
     if not re.fullmatch(r"python3(\.[0-9]+)?", value):
         raise argparse.ArgumentTypeError(f"expected python3 or python3.X: {value!r}")
@@ -109,8 +137,8 @@ def python_name(value: str) -> str:
 # --- gcloud command lines -------------------------------------------------------------
 
 
-def gcloud(args: argparse.Namespace, verb: str, *rest: str) -> list[str]:
-    cmd = [*GCLOUD_TPU, verb, *rest, f"--zone={args.zone}"]
+def gcloud(args: argparse.Namespace, verb: str, *rest: str, group=GCLOUD_TPU) -> list[str]:
+    cmd = [*group, verb, *rest, f"--zone={args.zone}"]
     if args.project:
         cmd.append(f"--project={args.project}")
     return cmd
@@ -141,20 +169,55 @@ def install_commands(python: str, pin: str) -> list[str]:
     ]
 
 
+def restart_loop(train: list[str], max_restarts: int) -> str:
+    """bash text that runs `train` (launch/run.py) and runs it again, after
+    RESTART_DELAY_S, while it exits PREEMPTED_EXIT_CODE (stopped at a checkpoint), at most
+    `max_restarts` times. A SIGTERM or SIGINT to the loop itself (`stop`, a VM shutting
+    down) goes on to run.py as SIGTERM and ends the loop once run.py has exited, with its
+    exit code. A signal interrupts `wait` before run.py has exited; `woke` makes it wait
+    again, for run.py's own exit code (bash keeps it even if run.py ended meanwhile)."""
+    code = PREEMPTED_EXIT_CODE
+    return "; ".join(
+        [
+            "stop=0; woke=0; n=0; child=",
+            'on_signal() { stop=1; woke=1; [ -z "$child" ] || kill -TERM "$child" 2>/dev/null; }',
+            "trap on_signal TERM INT",
+            "while :",
+            f"do {shlex.join(train)} & child=$!",
+            '[ "$stop" = 0 ] || kill -TERM "$child"',
+            'wait "$child"; rc=$?',
+            'while [ "$woke" = 1 ]; do woke=0; wait "$child"; r=$?; [ "$r" = 127 ] || rc=$r; done',
+            f'[ "$rc" = {code} ] && [ "$stop" = 0 ] && [ "$n" -lt {max_restarts} ] || exit "$rc"',
+            "n=$((n + 1))",
+            f'echo "$(date -u +%FT%TZ) launch/run.py stopped at a checkpoint (exit {code}): '
+            f'restart $n of at most {max_restarts} in {RESTART_DELAY_S} s"',
+            f"sleep {RESTART_DELAY_S}",
+            f'[ "$stop" = 0 ] || exit {code}',
+            "done",
+        ]
+    )
+
+
 def remote_run_command(
-    run_args: list[str], *, remote_dir: str, log_name: str, env: list[str] = ()
+    run_args: list[str],
+    *,
+    remote_dir: str,
+    log_name: str,
+    env: list[str] = (),
+    max_restarts: int = 0,
 ) -> str:
-    """The shell text each worker runs: start launch/run.py detached (setsid + nohup, so it
-    outlives the ssh session), its output in a log named after the worker's hostname, its
-    pid beside it; refuse to start while the previous run there is alive (it holds the
-    TPU)."""
+    """The shell text each worker runs: start launch/run.py in its restart loop
+    (`restart_loop`) detached (setsid + nohup, so it outlives the ssh session), its output
+    in a log named after the worker's hostname, the loop's pid beside it; refuse to start
+    while the previous run there is alive (it holds the TPU)."""
     train = [*(["env", *env] if env else []), ".venv/bin/python", "launch/run.py", *run_args]
+    loop = ["bash", "-c", restart_loop(train, max_restarts)]
     base = f"{LOG_DIR}/{log_name}-$(hostname)"  # $(hostname) expands on the worker
     return (
         f"cd {shlex.quote(remote_dir)} && mkdir -p {LOG_DIR} && "
         f'if [ -f {base}.pid ] && kill -0 "$(cat {base}.pid)" 2>/dev/null; then '
         f'echo "$(hostname): a run is still going: pid $(cat {base}.pid)" >&2; exit 1; fi && '
-        f"{{ setsid nohup {shlex.join(train)} > {base}.log 2>&1 < /dev/null & "
+        f"{{ setsid nohup {shlex.join(loop)} > {base}.log 2>&1 < /dev/null & "
         f"echo $! > {base}.pid; }} && "
         f'echo "$(hostname): started pid $(cat {base}.pid), log ~/{remote_dir}/{base}.log"'
     )
@@ -164,10 +227,17 @@ def remote_run_command(
 
 
 def cmd_create(args: argparse.Namespace, sh: Shell) -> None:
-    """Creates the TPU VM, or reuses one of that name if it already exists."""
+    """Creates the TPU VM (through a queued resource with --queued), or reuses one of that
+    name if it already exists; one that was preempted is deleted and created again."""
+    if args.queued:
+        _create_queued(args, sh)
+        return
     found = sh.query(gcloud(args, "describe", args.name, "--format=value(acceleratorType,state)"))
     if found is None:
-        sh.note("dry run: the create below runs only if describe finds no such TPU VM")
+        sh.note(
+            "dry run: the create below runs only if describe finds no such TPU VM, or one "
+            f"in state {'/'.join(sorted(GONE_STATES))} (deleted first)"
+        )
     elif found.returncode == 0:
         accel, state = ([*found.stdout.split(), "", ""])[:2]
         if accel and accel != args.accelerator_type:
@@ -175,8 +245,11 @@ def cmd_create(args: argparse.Namespace, sh: Shell) -> None:
                 f"ERROR: {args.name} exists as {accel}, not {args.accelerator_type}: "
                 "delete it or choose another --name"
             )
-        print(f"{args.name} exists ({accel} {state}): reusing it", flush=True)
-        return
+        if state not in GONE_STATES:
+            print(f"{args.name} exists ({accel} {state}): reusing it", flush=True)
+            return
+        sh.note(f"{args.name} is {state} (taken back): deleting it to create it again")
+        sh.run(gcloud(args, "delete", args.name, "--quiet"))
     cmd = gcloud(
         args,
         "create",
@@ -185,6 +258,38 @@ def cmd_create(args: argparse.Namespace, sh: Shell) -> None:
         f"--version={args.version or default_runtime(args.accelerator_type)}",
     )
     cmd += ["--spot"] if args.spot else ["--preemptible"] if args.preemptible else []
+    sh.run(cmd)
+
+
+def _create_queued(args: argparse.Namespace, sh: Shell) -> None:
+    """A queued resource named --name whose one TPU VM (node) is named --name too: it waits
+    in the queue for capacity (`queued-resources list` shows its state), and the other
+    subcommands then address the node as usual."""
+    found = sh.query(
+        gcloud(args, "describe", args.name, "--format=value(state.state)", group=GCLOUD_QUEUED)
+    )
+    if found is None:
+        sh.note(
+            "dry run: the create below runs only if describe finds no such queued resource, "
+            f"or one in state {'/'.join(sorted(QUEUED_GONE_STATES))} (deleted first, with its TPU)"
+        )
+    elif found.returncode == 0:
+        state = found.stdout.strip()
+        if state not in QUEUED_GONE_STATES:
+            print(f"{args.name} exists as a queued resource ({state}): reusing it", flush=True)
+            return
+        sh.note(f"queued resource {args.name} is {state}: deleting it to create it again")
+        sh.run(gcloud(args, "delete", args.name, "--force", "--quiet", group=GCLOUD_QUEUED))
+    cmd = gcloud(
+        args,
+        "create",
+        args.name,
+        f"--node-id={args.name}",
+        f"--accelerator-type={args.accelerator_type}",
+        f"--runtime-version={args.version or default_runtime(args.accelerator_type)}",
+        group=GCLOUD_QUEUED,
+    )
+    cmd += ["--spot"] if args.spot else []
     sh.run(cmd)
 
 
@@ -240,7 +345,11 @@ def cmd_run(args: argparse.Namespace, sh: Shell) -> None:
         accel = accelerator_type(found.stdout.strip())
     run_args = with_distributed(args.run_args, "on") if is_pod_slice(accel) else args.run_args
     command = remote_run_command(
-        run_args, remote_dir=args.remote_dir, log_name=args.log_name, env=args.env
+        run_args,
+        remote_dir=args.remote_dir,
+        log_name=args.log_name,
+        env=args.env,
+        max_restarts=args.max_restarts,
     )
     sh.run(ssh(args, command))
 
@@ -258,8 +367,16 @@ def cmd_logs(args: argparse.Namespace, sh: Shell) -> None:
 
 
 def cmd_stop(args: argparse.Namespace, sh: Shell) -> None:
+    """SIGTERM to each worker's restart loop, which passes it on to launch/run.py: that
+    saves a checkpoint (the same step on every worker) and exits; nothing restarts."""
     pid = f"{shlex.quote(args.remote_dir)}/{LOG_DIR}/{args.log_name}-$(hostname).pid"
-    sh.run(ssh(args, f'kill "$(cat {pid})" && echo "$(hostname): stopped"'))
+    sh.run(
+        ssh(
+            args,
+            f'kill "$(cat {pid})" && echo "$(hostname): stopping (run.py saves a checkpoint '
+            'first; `logs` shows when it is done)"',
+        )
+    )
 
 
 def cmd_delete(args: argparse.Namespace, sh: Shell) -> None:
@@ -312,6 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--spot", action="store_true", help="a Spot TPU (cheaper, can stop)")
     kind.add_argument("--preemptible", action="store_true", help="a preemptible TPU")
+    p.add_argument(
+        "--queued",
+        action="store_true",
+        help="request it as a queued resource (waits for capacity; with --spot, a Spot one)",
+    )
 
     p = sub.add_parser("setup", parents=[common], help="copy the repository, build the venv")
     p.add_argument(
@@ -352,6 +474,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--env", type=env_binding, action="append", default=[], help="NAME=VALUE for run.py"
     )
+    p.add_argument(
+        "--max_restarts",
+        type=non_negative,
+        default=100,
+        help=f"rerun run.py on a worker at most this often when it exits "
+        f"{PREEMPTED_EXIT_CODE} (stopped at a checkpoint by a SIGTERM); 0: never",
+    )
 
     p = sub.add_parser("logs", parents=[common], help="show or fetch the workers' logs")
     p.add_argument("--worker", type=worker, default="all", help="'all' (default) or an index")
@@ -380,6 +509,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"{args.command} takes no launch/run.py arguments (after --)")
     if args.command == "stage_data" and args.in_place and not args.src.startswith("gs://"):
         parser.error("--in_place is for gs:// sources only")
+    if args.command == "create" and args.queued and args.preemptible:
+        parser.error("--queued takes --spot (a queued resource has no preemptible tier)")
     return args
 
 

@@ -39,6 +39,25 @@ def run_cmd(
     ]
 
 
+# 60 steps, evaluations and checkpoints every 20, logs every 10 (TINY).
+EVERY_20 = ["--gin.EVAL_EVERY=20", "--gin.CHECKPOINT_EVERY=20"]
+
+
+def build_trainer(model_dir: Path, *extra: str, steps: int = 60):
+    """The Trainer launch/run.py would build for the tiny quickstart with `extra` (one
+    compile, then `Trainer.replace(model_dir=...)` runs copies in other directories)."""
+    from launch import run as run_cli  # Not at the top: the subprocess helpers need no jax.
+    from launch import train as train_lib
+
+    args, bindings = run_cli.parse_args(run_cmd(model_dir, *extra, steps=steps)[2:])
+    run_cli.load_gin(args.gin_file, bindings, [])
+    return train_lib.train(build_only=True)
+
+
+def checkpoint_steps(model_dir: Path) -> list[int]:
+    return sorted(int(p.name) for p in (model_dir / "checkpoints").iterdir() if p.name.isdigit())
+
+
 def env_with(**kw) -> dict:
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)

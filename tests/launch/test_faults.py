@@ -29,17 +29,17 @@ from launch import run as run_cli
 from launch import run_lock
 from launch import train as train_lib
 from launch.summary_writer import read_metrics
-from tests.launch.harness_helpers import PYTHON, REPO, TIMING, env_with, numbers, run_cmd
-
-# 60 steps, evaluations and checkpoints every 20, logs every 10 (harness_helpers.TINY).
-EVERY_20 = ["--gin.EVAL_EVERY=20", "--gin.CHECKPOINT_EVERY=20"]
-
-
-def build_trainer(model_dir: Path, *extra: str, steps: int = 60) -> train_lib.Trainer:
-    """The Trainer launch/run.py would build for the tiny quickstart with `extra`."""
-    args, bindings = run_cli.parse_args(run_cmd(model_dir, *extra, steps=steps)[2:])
-    run_cli.load_gin(args.gin_file, bindings, [])
-    return train_lib.train(build_only=True)
+from tests.launch.harness_helpers import (
+    EVERY_20,
+    PYTHON,
+    REPO,
+    TIMING,
+    build_trainer,
+    checkpoint_steps,
+    env_with,
+    numbers,
+    run_cmd,
+)
 
 
 def run_in(trainer: train_lib.Trainer, model_dir: Path, **changes) -> dict:
@@ -47,24 +47,6 @@ def run_in(trainer: train_lib.Trainer, model_dir: Path, **changes) -> dict:
     settings in `settings` changed."""
     t = trainer.replace(model_dir=str(model_dir), **changes.pop("settings", {}))
     return t.run(**changes)
-
-
-def checkpoint_steps(model_dir: Path) -> list[int]:
-    return sorted(int(p.name) for p in (model_dir / "checkpoints").iterdir() if p.name.isdigit())
-
-
-@pytest.fixture(scope="module")
-def trainer(tmp_path_factory) -> train_lib.Trainer:
-    return build_trainer(tmp_path_factory.mktemp("unused") / "run", *EVERY_20)
-
-
-@pytest.fixture(scope="module")
-def reference(trainer, tmp_path_factory) -> Path:
-    """An uninterrupted run: checkpoints 20, 40, 60 (keep 3; the early one at 10 is gone)."""
-    d = tmp_path_factory.mktemp("reference") / "run"
-    assert run_in(trainer, d)["finished"]
-    assert checkpoint_steps(d) == [20, 40, 60]
-    return d
 
 
 def copy_unfinished(reference: Path, tmp_path: Path) -> Path:

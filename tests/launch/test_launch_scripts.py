@@ -174,6 +174,21 @@ def test_create_describes_first_and_creates_with_the_generation_runtime(monkeypa
     assert "v4-8" in usage_error(capsys, tpu_vm, ["create", *TPU, "--accelerator_type", "4x8"])
 
 
+def test_create_queued_asks_for_a_queued_resource(monkeypatch, capsys):
+    argv = ["create", *TPU, "--accelerator_type", "v5litepod-16", "--spot", "--queued"]
+    describe, create = commands(dry(monkeypatch, capsys, tpu_vm, [*argv, "--dry_run"]))
+    queued = ["gcloud", "compute", "tpus", "queued-resources"]
+    assert describe == [*queued, "describe", "amos-tpu", "--format=value(state.state)",
+                        "--zone=us-central2-b"]  # fmt: skip
+    assert create == [
+        *[*queued, "create", "amos-tpu", "--node-id=amos-tpu"],
+        *["--accelerator-type=v5litepod-16", "--runtime-version=v2-alpha-tpuv5-lite"],
+        *["--zone=us-central2-b", "--spot"],
+    ]
+    both = ["create", *TPU, "--accelerator_type", "v4-8", "--queued", "--preemptible"]
+    assert "--queued takes --spot" in usage_error(capsys, tpu_vm, both)
+
+
 def test_setup_ships_head_and_installs_the_pinned_tpu_jax_on_every_worker(monkeypatch, capsys):
     lines = dry(monkeypatch, capsys, tpu_vm, ["setup", *TPU, "--dry_run"])
     status, archive, copy, install = commands(lines)
@@ -220,10 +235,19 @@ def run_on_workers(monkeypatch, capsys, accel: str, run_args: list[str]) -> list
     return cmd
 
 
-def train_words(text: str) -> list[str]:
-    """run.py's arguments in a worker command: the words between launch/run.py and `>`."""
+def loop_text(text: str) -> str:
+    """The restart loop in a worker command: the script of its `bash -c`."""
     words = shlex.split(text)
-    return words[words.index("launch/run.py") + 1 : words.index(">")]
+    i = words.index("nohup")
+    assert words[i + 1 : i + 3] == ["bash", "-c"], words
+    return words[i + 3]
+
+
+def train_words(text: str) -> list[str]:
+    """run.py's arguments in a worker command: the words of its restart loop between
+    launch/run.py and the `&` that starts it."""
+    words = shlex.split(loop_text(text))
+    return words[words.index("launch/run.py") + 1 : words.index("&")]
 
 
 def test_single_host_and_pod_slice_runs(monkeypatch, capsys):
@@ -235,7 +259,9 @@ def test_single_host_and_pod_slice_runs(monkeypatch, capsys):
     assert train_words(chosen) == ["--distributed=off"]  # the user's choice stays, alone
     for text in (single, pod):
         subprocess.run(["bash", "-n", "-c", text], check=True)
-        assert "setsid nohup" in text and "runs/logs/run-$(hostname).log 2>&1" in text
+        subprocess.run(["bash", "-n", "-c", loop_text(text)], check=True)
+        assert "setsid nohup bash -c" in text and "runs/logs/run-$(hostname).log 2>&1" in text
+        assert '[ "$rc" = 75 ] && [ "$stop" = 0 ] && [ "$n" -lt 100 ]' in loop_text(text)
 
 
 def test_gin_quoting_survives_every_shell_layer(monkeypatch, capsys, tmp_path):
@@ -267,7 +293,7 @@ def test_gin_quoting_survives_every_shell_layer(monkeypatch, capsys, tmp_path):
         # A second start on the same worker refuses while the first one runs...
         again = subprocess.run(["bash", "-c", text], cwd=home, env=env, capture_output=True)
         assert again.returncode == 1 and b"still going" in again.stderr
-        # ...and `stop` ends it.
+        # ...and `stop` ends it (a SIGTERM to the restart loop, which passes it on).
         (stop,) = commands(dry(monkeypatch, capsys, tpu_vm, ["stop", *TPU, "--dry_run"]))
         subprocess.run(["bash", "-c", remote(stop)], cwd=home, env=env, check=True)
         deadline = time.time() + 20
@@ -348,6 +374,107 @@ def test_create_for_real_creates_only_when_missing(tmp_path, monkeypatch, capsys
         tpu_vm.main(argv)
 
 
+def test_create_for_real_recreates_a_preempted_tpu(tmp_path, monkeypatch, capsys):
+    log = fake_gcloud(tmp_path, monkeypatch, 0, r"v4-8\tPREEMPTED\n")
+    assert tpu_vm.main(["create", *TPU, "--accelerator_type", "v4-8", "--spot"]) == 0
+    calls = [line.split() for line in log.read_text().splitlines()]
+    assert [c[3] for c in calls] == ["describe", "delete", "create"]
+    assert "--quiet" in calls[1] and "--spot" in calls[2]
+    assert "PREEMPTED (taken back): deleting it" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "state, verbs", [("SUSPENDED", ["describe", "delete", "create"]),
+                     ("WAITING_FOR_RESOURCES", ["describe"]), ("ACTIVE", ["describe"])],
+)  # fmt: skip
+def test_create_queued_for_real_reuses_a_live_one_and_replaces_a_suspended_one(
+    tmp_path, monkeypatch, capsys, state, verbs
+):
+    log = fake_gcloud(tmp_path, monkeypatch, 0, rf"{state}\n")
+    argv = ["create", *TPU, "--accelerator_type", "v4-8", "--spot", "--queued"]
+    assert tpu_vm.main(argv) == 0
+    calls = [line.split() for line in log.read_text().splitlines()]
+    assert all(c[2] == "queued-resources" for c in calls)
+    assert [c[3] for c in calls] == verbs
+    if "delete" in verbs:
+        assert {"--force", "--quiet"} <= set(calls[1])
+    else:
+        assert f"queued resource ({state}): reusing it" in capsys.readouterr().out
+
+
+def preempting_python(path: Path, calls: Path, preempted_runs: int) -> Path:
+    """A stand-in for the venv's python: each call appends a line to `calls`; the first
+    `preempted_runs` calls exit 75 at once (a run stopped at a checkpoint), later ones run
+    until a SIGTERM, on which they exit 75 as run.py does."""
+    return executable(
+        path,
+        f"#!{sys.executable}\n"
+        "import json, signal, sys, time\n"
+        f"with open({str(calls)!r}, 'a+') as f:\n"
+        "    f.write(json.dumps(sys.argv[1:]) + '\\n')\n"
+        "    f.seek(0)\n"
+        "    n = len(f.read().splitlines())\n"
+        f"if n <= {preempted_runs}:\n"
+        "    sys.exit(75)\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(75))\n"
+        "time.sleep(60)\n",
+    )
+
+
+def start_worker(monkeypatch, capsys, home: Path, extra: list[str]) -> tuple[int, dict]:
+    """Runs a `run` worker command with bash in `home`; returns the loop's pid and env."""
+    monkeypatch.setattr(tpu_vm, "RESTART_DELAY_S", 0)
+    argv = ["run", *TPU, "--accelerator_type", "v4-8", *extra, "--dry_run", "--", *RUN_ARGS]
+    (cmd,) = commands(dry(monkeypatch, capsys, tpu_vm, argv))
+    env = {**os.environ, "HOME": str(home)}
+    started = subprocess.run(["bash", "-c", remote(cmd)], cwd=home, env=env, capture_output=True)
+    assert started.returncode == 0, started.stderr
+    pid_file = next((home / "amos" / "runs" / "logs").glob("run-*.pid"))
+    return int(pid_file.read_text()), env
+
+
+def wait_until(predicate, timeout: float = 20.0) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_restart_loop_reruns_a_preempted_run_until_stop(monkeypatch, capsys, tmp_path):
+    home = tmp_path / "home"
+    calls = home / "calls.txt"
+    preempting_python(home / "amos" / ".venv" / "bin" / "python", calls, preempted_runs=2)
+    pid, env = start_worker(monkeypatch, capsys, home, [])
+    try:
+        # Two runs exit 75 and are rerun; the third runs until `stop`.
+        wait_until(lambda: calls.exists() and len(calls.read_text().splitlines()) == 3)
+        for call in calls.read_text().splitlines():
+            assert json.loads(call) == ["launch/run.py", *RUN_ARGS]
+        assert alive(pid)
+        (stop,) = commands(dry(monkeypatch, capsys, tpu_vm, ["stop", *TPU, "--dry_run"]))
+        subprocess.run(["bash", "-c", remote(stop)], cwd=home, env=env, check=True)
+        wait_until(lambda: not alive(pid))  # It exited 75 on the SIGTERM: no restart.
+        assert len(calls.read_text().splitlines()) == 3
+        log = next((home / "amos" / "runs" / "logs").glob("run-*.log")).read_text()
+        assert "restart 2 of at most 100" in log and "restart 3" not in log
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_restart_loop_gives_up_after_max_restarts(monkeypatch, capsys, tmp_path):
+    home = tmp_path / "home"
+    calls = home / "calls.txt"
+    preempting_python(home / "amos" / ".venv" / "bin" / "python", calls, preempted_runs=99)
+    pid, _ = start_worker(monkeypatch, capsys, home, ["--max_restarts", "1"])
+    try:
+        wait_until(lambda: not alive(pid))
+        assert len(calls.read_text().splitlines()) == 2  # The run and one restart.
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_run_for_real_asks_gcloud_for_the_accelerator_type(tmp_path, monkeypatch):
     log = fake_gcloud(tmp_path, monkeypatch, 0, r"v4-32\n")
     assert tpu_vm.main(["run", *TPU, "--", "--optimizer=amos"]) == 0
@@ -422,6 +549,9 @@ def test_sbatch_script_lines_and_srun(monkeypatch, capsys, tmp_path):
         "#SBATCH --partition=gpu",
         "#SBATCH --account=proj",
         "#SBATCH --cpus-per-task=32",
+        "#SBATCH --signal=TERM@300",
+        "#SBATCH --open-mode=append",
+        "#SBATCH --requeue",
         "#SBATCH --qos=high",
     ]
     assert "export JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7" in lines
@@ -456,6 +586,45 @@ def test_sbatch_script_passes_bash_n_and_hands_srun_the_same_argv(tmp_path):
     assert got["argv"][i + 1 :] == [*RUN_ARGS, "--distributed=on"]
     assert got["env"]["JAX_LOCAL_DEVICE_IDS"] == "0,1,2,3,4,5,6,7"
     assert got["env"]["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.9"
+
+
+def test_the_preempted_exit_code_is_run_pys():
+    from launch import preemption, run
+
+    assert common.PREEMPTED_EXIT_CODE == preemption.EXIT_CODE == 75
+    assert "75 preempted" in run.__doc__.replace("\n", " ")
+
+
+@pytest.mark.parametrize("srun_exit, requeued", [(75, True), (0, False), (3, False)])
+def test_sbatch_script_requeues_the_job_when_run_py_was_preempted(tmp_path, srun_exit, requeued):
+    args = slurm.parse_args([*SLURM, "--signal_seconds", "600", "--", *RUN_ARGS])
+    text = slurm.render_script(args)
+    assert "#SBATCH --signal=TERM@600" in text.splitlines()
+    script = tmp_path / "job.sbatch"
+    script.write_text(text)
+    log = tmp_path / "scontrol.log"
+    executable(tmp_path / "bin" / "srun", f"#!/bin/sh\nexit {srun_exit}\n")
+    executable(tmp_path / "bin" / "scontrol", f'#!/bin/sh\necho "$@" >> {shlex.quote(str(log))}\n')
+    env = {
+        **os.environ,
+        "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        **{"SLURM_JOB_ID": "7", "SLURM_JOB_NUM_NODES": "4", "SLURM_JOB_NODELIST": "n[1-4]"},
+    }
+    p = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert p.returncode == srun_exit, p.stderr
+    if requeued:
+        assert log.read_text().split() == ["requeue", "7"]
+        assert "requeueing it" in p.stdout
+    else:
+        assert not log.exists()
+
+
+def test_sbatch_script_without_requeue_and_a_bad_signal_time(capsys):
+    text = slurm.render_script(slurm.parse_args([*SLURM, "--no_requeue", "--", *RUN_ARGS]))
+    assert "#SBATCH --requeue" not in text and "scontrol" not in text
+    assert "#SBATCH --signal=TERM@300" in text and text.endswith('exit "$status"\n')
+    bad = [*SLURM, "--signal_seconds", "0", "--", "x"]
+    assert "--signal_seconds" in usage_error(capsys, slurm, bad)
 
 
 def test_sbatch_values_cannot_inject_script_lines(capsys):
