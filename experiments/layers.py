@@ -14,6 +14,10 @@
     which the caller projects into per-offset key and value terms and hands to
     :func:`dot_product_attention` (``relative_keys`` / ``relative_values``); used by RPE.
 * :func:`apply_rotary`: rotary position embedding (Su et al., 2021), used by RoPE.
+* :func:`with_logical_axes`: the logical axis names of a parameter (t5x / MaxText style),
+  which launch/sharding.py maps to mesh axes for tensor parallelism.
+* :func:`remat_block`: a Transformer block rematerialized in the backward pass under a
+  named policy (``REMAT``: 'none', 'full', 'dots'), to trade compute for activation memory.
 
 Shapes: ``b`` batch, ``q``/``k`` query/key length, ``h`` heads, ``d`` head size.
 """
@@ -32,6 +36,33 @@ import jax.numpy as jnp
 # (a padding query) gets uniform weights instead of NaN; exp(-1e9 - max) is exactly 0 in
 # float32, so a masked key gets weight 0 whenever one key is unmasked.
 MASKED_LOGIT = -1e9
+
+
+# ---------------------------------------------------------------------------------------
+# Logical axis names.
+
+
+def with_logical_axes(
+    init: nn.initializers.Initializer, names: tuple[str | None, ...]
+) -> nn.initializers.Initializer:
+    """``init``, naming the logical axes of the parameter it makes, one name per dimension.
+
+    The names are t5x's: ``vocab``, ``embed`` (the model width), ``mlp`` (the MLP's
+    hidden width), ``joined_kv`` (heads x head size, fused), ``heads``,
+    ``relpos_buckets``. Inside ``nn.logical_axis_rules`` (launch/train.py initializes a
+    run there) the value comes boxed in ``nn.LogicallyPartitioned`` (Flax's
+    ``nn.with_logical_partitioning``), for ``nn.get_partition_spec`` to read and the
+    rules to map to mesh axes; elsewhere it is ``init``'s plain array, so ``Module.init``
+    returns the parameter trees it always has. The values are ``init``'s either way.
+    """
+    boxed = nn.with_logical_partitioning(init, names)
+
+    def initializer(*args: Any, **kwargs: Any) -> Any:
+        if nn.get_logical_axis_rules():
+            return boxed(*args, **kwargs)
+        return init(*args, **kwargs)
+
+    return initializer
 
 
 # ---------------------------------------------------------------------------------------
@@ -221,7 +252,7 @@ class RelativePositionBias(nn.Module):
         """Positions ``(..., q)`` and ``(..., k)`` give a bias ``(..., heads, q, k)``."""
         table = self.param(
             "relpos_embedding",
-            nn.initializers.normal(0.02),
+            with_logical_axes(nn.initializers.normal(0.02), ("relpos_buckets", "heads")),
             (self.num_buckets, self.num_heads),
             jnp.float32,
         )
@@ -252,3 +283,35 @@ def apply_rotary(x: jax.Array, positions: jax.Array, base: float = 10_000.0) -> 
     x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
     rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return rotated.astype(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# Rematerialization (gradient checkpointing) of a Transformer block.
+
+# What a rematerialized block keeps for the backward pass, by name (the gin macro REMAT):
+# 'none' keeps every activation (no remat: the block as it is); 'full' keeps only each
+# block's inputs and recomputes the rest in the backward pass; 'dots' also keeps the
+# outputs of the matmuls without batch dimensions (the dense projections), so only the
+# elementwise work and the attention's batched einsums are recomputed (MaxText's
+# `remat_policy` 'minimal' and 'full').
+REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def check_remat(remat: str) -> None:
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat (REMAT) {remat!r} is none of {tuple(REMAT_POLICIES)}")
+
+
+def remat_block(block: type[nn.Module], remat: str, static_argnums: tuple[int, ...]) -> Any:
+    """``block`` (a Module class) as it is for ``remat='none'``, else wrapped in
+    ``nn.remat`` under the named policy of :data:`REMAT_POLICIES`. ``static_argnums``: the
+    positions of its call's Python arguments (``deterministic``), counting ``self`` as 0.
+    Parameter names and values do not change; only what the backward pass recomputes."""
+    check_remat(remat)
+    if remat == "none":
+        return block
+    return nn.remat(block, policy=REMAT_POLICIES[remat], static_argnums=static_argnums)

@@ -20,6 +20,7 @@ from experiments.data.sources import TfdsSource
 from experiments.data.text_tasks import MaskedLMTask, SpanCorruptionTask
 from experiments.data.word_lm import WordLMTask
 from experiments.gpt.models import GPT
+from experiments.layers import check_remat
 from experiments.lstm.models import lstm_model
 from experiments.resnet.models import resnet_model
 from experiments.t5.models import T5, T5Config
@@ -37,8 +38,10 @@ def gpt_model(
     width: int = 128,
     dropout: float = 0.0,
     use_bias: bool = False,
+    remat: str = "none",
 ) -> nn.Module:
     """The nanoGPT-shaped decoder; `vocab_size` comes from the data task."""
+    check_remat(remat)
     return GPT(
         vocab_size=vocab_size,
         block_size=block_size,
@@ -47,6 +50,7 @@ def gpt_model(
         width=width,
         dropout=dropout,
         use_bias=use_bias,
+        remat=remat,
     )
 
 

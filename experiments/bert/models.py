@@ -51,9 +51,12 @@ import jax.numpy as jnp
 
 from experiments.layers import (
     apply_rotary,
+    check_remat,
     clipped_offset_rows,
     dot_product_attention,
     mask_to_bias,
+    remat_block,
+    with_logical_axes,
 )
 
 POSITION_TYPES = ("absolute", "rotary", "relative")
@@ -79,8 +82,12 @@ class BertConfig:
     layer_norm_epsilon: float = 1e-12
     initializer_range: float = 0.02
     dtype: Any = jnp.float32
+    # Each encoder layer rematerialized in the backward pass: 'none', 'full' or 'dots'
+    # (experiments.layers.REMAT_POLICIES); less activation memory for more compute.
+    remat: str = "none"
 
     def __post_init__(self):
+        check_remat(self.remat)
         if self.position_type not in POSITION_TYPES:
             raise ValueError(f"position_type {self.position_type!r} is none of {POSITION_TYPES}")
         if self.hidden_size % self.num_heads:
@@ -132,8 +139,16 @@ def _normal_init(config: BertConfig) -> nn.initializers.Initializer:
     return nn.initializers.truncated_normal(config.initializer_range)
 
 
-def _dense(config: BertConfig, features: int, name: str, zero_init: bool = False) -> nn.Dense:
+def _dense(
+    config: BertConfig,
+    features: int,
+    name: str,
+    zero_init: bool = False,
+    axes: tuple[str, str] | None = None,
+) -> nn.Dense:
     init = nn.initializers.zeros if zero_init else _normal_init(config)
+    if axes is not None:  # The kernel's logical axis names (tensor parallelism).
+        init = with_logical_axes(init, axes)
     return nn.Dense(features, dtype=config.dtype, kernel_init=init, name=name)
 
 
@@ -166,9 +181,10 @@ class SelfAttention(nn.Module):
     ) -> jax.Array:
         cfg = self.config
         split = lambda a: a.reshape(a.shape[:-1] + (cfg.num_heads, cfg.head_dim))  # noqa: E731
-        query_proj = _dense(cfg, cfg.hidden_size, "query", zero_init=True)
-        key_proj = _dense(cfg, cfg.hidden_size, "key")
-        value_proj = _dense(cfg, cfg.hidden_size, "value", zero_init=True)
+        in_axes = ("embed", "joined_kv")
+        query_proj = _dense(cfg, cfg.hidden_size, "query", zero_init=True, axes=in_axes)
+        key_proj = _dense(cfg, cfg.hidden_size, "key", axes=in_axes)
+        value_proj = _dense(cfg, cfg.hidden_size, "value", zero_init=True, axes=in_axes)
         q, k, v = split(query_proj(x)), split(key_proj(x)), split(value_proj(x))
         relative_keys = relative_values = None
         if cfg.position_type == "rotary":
@@ -195,7 +211,8 @@ class SelfAttention(nn.Module):
             relative_values=relative_values,
             dropout=nn.Dropout(cfg.attention_dropout_rate, deterministic=deterministic),
         )
-        return _dense(cfg, cfg.hidden_size, "out")(y.reshape(y.shape[:2] + (cfg.hidden_size,)))
+        out = _dense(cfg, cfg.hidden_size, "out", axes=("joined_kv", "embed"))
+        return out(y.reshape(y.shape[:2] + (cfg.hidden_size,)))
 
 
 class Mlp(nn.Module):
@@ -207,8 +224,8 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
-        h = _gelu(_dense(cfg, cfg.mlp_dim, "wi")(x))
-        return _dense(cfg, cfg.hidden_size, "wo", zero_init=True)(h)
+        h = _gelu(_dense(cfg, cfg.mlp_dim, "wi", axes=("embed", "mlp"))(x))
+        return _dense(cfg, cfg.hidden_size, "wo", zero_init=True, axes=("mlp", "embed"))(h)
 
 
 class EncoderLayer(nn.Module):
@@ -269,12 +286,12 @@ def encode(
     if attention_mask is None:
         attention_mask = jnp.ones_like(input_ids)
 
-    def embed(n: int, name: str) -> nn.Embed:
-        return nn.Embed(
-            n, cfg.hidden_size, embedding_init=_normal_init(cfg), dtype=cfg.dtype, name=name
-        )
+    def embed(n: int, name: str, axes: tuple[str, str] | None = None) -> nn.Embed:
+        init = _normal_init(cfg) if axes is None else with_logical_axes(_normal_init(cfg), axes)
+        return nn.Embed(n, cfg.hidden_size, embedding_init=init, dtype=cfg.dtype, name=name)
 
-    token_embedder = embed(cfg.vocab_size, "token_embedder")
+    # Its vocabulary axis is split for tensor parallelism; the small tables are not.
+    token_embedder = embed(cfg.vocab_size, "token_embedder", ("vocab", "embed"))
     x = token_embedder(input_ids) + embed(cfg.type_vocab_size, "segment_embedder")(segment_ids)
     if cfg.position_type == "absolute":
         if t > cfg.max_length:
@@ -285,8 +302,9 @@ def encode(
 
     # Padding keys are masked for every query: a (batch, 1, 1, length) bias.
     mask_bias = mask_to_bias((attention_mask > 0)[:, None, None, :])
+    layer = remat_block(EncoderLayer, cfg.remat, static_argnums=(4,))  # (deterministic)
     for i in range(cfg.num_layers):
-        x = EncoderLayer(cfg, name=f"layers_{i}")(x, mask_bias, positions, deterministic)
+        x = layer(cfg, name=f"layers_{i}")(x, mask_bias, positions, deterministic)
     return x, token_embedder
 
 

@@ -15,7 +15,13 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-from experiments.layers import causal_mask, dot_product_attention, mask_to_bias
+from experiments.layers import (
+    causal_mask,
+    dot_product_attention,
+    mask_to_bias,
+    remat_block,
+    with_logical_axes,
+)
 
 
 class CausalSelfAttention(nn.Module):
@@ -29,7 +35,9 @@ class CausalSelfAttention(nn.Module):
         b, t, c = x.shape
         if c % self.num_heads:
             raise ValueError(f"width {c} is not divisible by num_heads={self.num_heads}")
-        init = nn.initializers.normal(0.02)
+        # The fused q|k|v columns split over the model axis as one (XLA reshards them at
+        # the split below); Megatron-style layouts split q, k and v each.
+        init = with_logical_axes(nn.initializers.normal(0.02), ("embed", "joined_kv"))
         qkv = nn.Dense(3 * c, use_bias=self.use_bias, kernel_init=init, name="c_attn")(x)
         q, k, v = jnp.split(qkv, 3, axis=-1)
         heads = lambda a: a.reshape(b, t, self.num_heads, c // self.num_heads)  # noqa: E731
@@ -44,7 +52,9 @@ class CausalSelfAttention(nn.Module):
         y = nn.Dense(
             c,
             use_bias=self.use_bias,
-            kernel_init=nn.initializers.normal(self.residual_init_std),
+            kernel_init=with_logical_axes(
+                nn.initializers.normal(self.residual_init_std), ("joined_kv", "embed")
+            ),
             name="c_proj",
         )(y)
         return nn.Dropout(self.dropout)(y, deterministic=deterministic)
@@ -59,13 +69,18 @@ class MLP(nn.Module):
     def __call__(self, x: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
         c = x.shape[-1]
         h = nn.Dense(
-            4 * c, use_bias=self.use_bias, kernel_init=nn.initializers.normal(0.02), name="c_fc"
+            4 * c,
+            use_bias=self.use_bias,
+            kernel_init=with_logical_axes(nn.initializers.normal(0.02), ("embed", "mlp")),
+            name="c_fc",
         )(x)
         h = nn.gelu(h, approximate=False)  # PyTorch nn.GELU() default, as in nanoGPT.
         h = nn.Dense(
             c,
             use_bias=self.use_bias,
-            kernel_init=nn.initializers.normal(self.residual_init_std),
+            kernel_init=with_logical_axes(
+                nn.initializers.normal(self.residual_init_std), ("mlp", "embed")
+            ),
             name="c_proj",
         )(h)
         return nn.Dropout(self.dropout)(h, deterministic=deterministic)
@@ -99,6 +114,9 @@ class GPT(nn.Module):
     width: int = 128
     dropout: float = 0.0
     use_bias: bool = False  # nanoGPT's default: no biases in Linear and LayerNorm.
+    # Each block rematerialized in the backward pass: 'none', 'full' or 'dots'
+    # (experiments.layers.REMAT_POLICIES).
+    remat: str = "none"
 
     @nn.compact
     def __call__(self, tokens: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
@@ -106,13 +124,15 @@ class GPT(nn.Module):
         if t > self.block_size:
             raise ValueError(f"sequence length {t} > block_size {self.block_size}")
         init = nn.initializers.normal(0.02)
-        wte = nn.Embed(self.vocab_size, self.width, embedding_init=init, name="wte")
+        wte_init = with_logical_axes(init, ("vocab", "embed"))
+        wte = nn.Embed(self.vocab_size, self.width, embedding_init=wte_init, name="wte")
         wpe = nn.Embed(self.block_size, self.width, embedding_init=init, name="wpe")
         x = wte(tokens) + wpe(jnp.arange(t))[None]
         x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
         residual_std = 0.02 / math.sqrt(2 * self.num_layers)
+        block = remat_block(Block, self.remat, static_argnums=(2,))  # (deterministic)
         for i in range(self.num_layers):
-            x = Block(self.num_heads, residual_std, self.use_bias, self.dropout, name=f"h_{i}")(
+            x = block(self.num_heads, residual_std, self.use_bias, self.dropout, name=f"h_{i}")(
                 x, deterministic
             )
         x = nn.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, name="ln_f")(x)

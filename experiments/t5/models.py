@@ -28,9 +28,12 @@ import jax.numpy as jnp
 from experiments.layers import (
     RelativePositionBias,
     causal_mask,
+    check_remat,
     dot_product_attention,
     mask_to_bias,
     padding_mask,
+    remat_block,
+    with_logical_axes,
 )
 
 PAD_ID = 0
@@ -52,6 +55,12 @@ class T5Config:
     relpos_max_distance: int = 128
     layer_norm_epsilon: float = 1e-6
     dtype: Any = jnp.float32
+    # Each encoder and decoder layer rematerialized in the backward pass: 'none', 'full'
+    # or 'dots' (experiments.layers.REMAT_POLICIES); less activation memory, more compute.
+    remat: str = "none"
+
+    def __post_init__(self):
+        check_remat(self.remat)
 
     @classmethod
     def from_size(cls, size: str, **overrides: Any) -> T5Config:
@@ -106,10 +115,12 @@ def _fan_in_init(scale: float = 1.0) -> nn.initializers.Initializer:
     return nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal")
 
 
-def _dense(cfg: T5Config, features: int, name: str, scale: float = 1.0) -> nn.Dense:
-    return nn.Dense(
-        features, use_bias=False, dtype=cfg.dtype, kernel_init=_fan_in_init(scale), name=name
-    )
+def _dense(
+    cfg: T5Config, features: int, name: str, axes: tuple[str, str], scale: float = 1.0
+) -> nn.Dense:
+    # `axes`: the kernel's logical axis names (experiments.layers.with_logical_axes).
+    kernel_init = with_logical_axes(_fan_in_init(scale), axes)
+    return nn.Dense(features, use_bias=False, dtype=cfg.dtype, kernel_init=kernel_init, name=name)
 
 
 def _norm(cfg: T5Config, name: str) -> nn.RMSNorm:
@@ -129,12 +140,14 @@ class Attention(nn.Module):
         inner = cfg.num_heads * cfg.d_kv
         split = lambda a: a.reshape(a.shape[:-1] + (cfg.num_heads, cfg.d_kv))  # noqa: E731
         # The query kernel starts 1/sqrt(d_kv) smaller: the logit scaling lives in its init.
-        q = split(_dense(cfg, inner, "query", scale=1.0 / cfg.d_kv)(inputs_q))
-        k = split(_dense(cfg, inner, "key")(inputs_kv))
-        v = split(_dense(cfg, inner, "value")(inputs_kv))
+        in_axes = ("embed", "joined_kv")
+        q = split(_dense(cfg, inner, "query", in_axes, scale=1.0 / cfg.d_kv)(inputs_q))
+        k = split(_dense(cfg, inner, "key", in_axes)(inputs_kv))
+        v = split(_dense(cfg, inner, "value", in_axes)(inputs_kv))
         attention_dropout = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)
         y = dot_product_attention(q, k, v, bias=bias, scale=1.0, dropout=attention_dropout)
-        return _dense(cfg, cfg.d_model, "out")(y.reshape(y.shape[:2] + (inner,)))
+        out = _dense(cfg, cfg.d_model, "out", ("joined_kv", "embed"))
+        return out(y.reshape(y.shape[:2] + (inner,)))
 
 
 class GatedGeluMlp(nn.Module):
@@ -145,11 +158,11 @@ class GatedGeluMlp(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, deterministic: bool) -> jnp.ndarray:
         cfg = self.config
-        h = nn.gelu(_dense(cfg, cfg.d_ff, "wi_0")(x), approximate=True) * _dense(
-            cfg, cfg.d_ff, "wi_1"
-        )(x)
+        wi_0 = _dense(cfg, cfg.d_ff, "wi_0", ("embed", "mlp"))
+        wi_1 = _dense(cfg, cfg.d_ff, "wi_1", ("embed", "mlp"))
+        h = nn.gelu(wi_0(x), approximate=True) * wi_1(x)
         h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
-        return _dense(cfg, cfg.d_model, "wo")(h)
+        return _dense(cfg, cfg.d_model, "wo", ("mlp", "embed"))(h)
 
 
 class EncoderLayer(nn.Module):
@@ -214,8 +227,9 @@ class Encoder(nn.Module):
         bias = mask_to_bias(padding_mask(tokens > PAD_ID))
         bias = bias + _relpos_bias(cfg, t, t, True, "relpos_bias")
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        layer = remat_block(EncoderLayer, cfg.remat, static_argnums=(3,))  # (deterministic)
         for i in range(cfg.num_encoder_layers):
-            x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, deterministic)
+            x = layer(cfg, name=f"layers_{i}")(x, bias, deterministic)
         x = _norm(cfg, "encoder_norm")(x)
         return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -238,14 +252,13 @@ class Decoder(nn.Module):
         self_bias = self_bias + _relpos_bias(cfg, t, t, False, "relpos_bias")
         cross_bias = mask_to_bias(padding_mask(decoder_valid, encoder_tokens > PAD_ID))
         y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+        layer = remat_block(DecoderLayer, cfg.remat, static_argnums=(5,))  # (deterministic)
         for i in range(cfg.num_decoder_layers):
-            y = DecoderLayer(cfg, name=f"layers_{i}")(
-                y, encoded, self_bias, cross_bias, deterministic
-            )
+            y = layer(cfg, name=f"layers_{i}")(y, encoded, self_bias, cross_bias, deterministic)
         y = _norm(cfg, "decoder_norm")(y)
         y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
         # T5 1.1: untied output logits, and hence no 1/sqrt(d_model) rescaling before them.
-        return _dense(cfg, cfg.vocab_size, "logits_dense")(y)
+        return _dense(cfg, cfg.vocab_size, "logits_dense", ("embed", "vocab"))(y)
 
 
 class T5(nn.Module):
@@ -278,7 +291,7 @@ class T5(nn.Module):
             cfg.vocab_size,
             cfg.d_model,
             dtype=cfg.dtype,
-            embedding_init=nn.initializers.normal(1.0),
+            embedding_init=with_logical_axes(nn.initializers.normal(1.0), ("vocab", "embed")),
             name="token_embedder",
         )
         encoded = Encoder(cfg, name="encoder")(

@@ -39,6 +39,38 @@ def test_specs_follow_the_parameters_with_reduced_axes_unsharded():
     assert adam[0].mu["dense"]["kernel"] == P("x", "y")
 
 
+def test_specs_on_several_mesh_axes_keep_each_full_axis_and_free_each_reduced_one():
+    """Tensor parallelism and FSDP together (launch/sharding.py): specs that name several
+    mesh axes, one per dimension or several on one, on 2-D and 4-D parameters."""
+    params = {
+        "wi": {"kernel": jnp.zeros((16, 64))},
+        "wo": {"kernel": jnp.zeros((64, 16))},
+        "emb": {"embedding": jnp.zeros((128, 16))},
+        "conv": {"kernel": jnp.zeros((3, 3, 8, 16))},
+    }
+    specs = {
+        "wi": {"kernel": P("fsdp", "model")},
+        "wo": {"kernel": P("model", "fsdp")},
+        "emb": {"embedding": P(("fsdp", "model"), None)},
+        "conv": {"kernel": P(None, None, "fsdp", "model")},
+    }
+    tx = amos.amos(0.01, amos.default_eta_fn(), amos.default_shape_fn(), momentum=0.9)
+    state = jax.eval_shape(tx.init, params)
+    got = amos.slot_partition_specs(state, params, specs)
+    # Kernels reduce their fan-in axes (v, b of shape (1, out) or (1, 1, 1, out)), the
+    # embedding its width ((vocab, 1)); the momentum is full-size.
+    assert state.v["conv"]["kernel"].shape == (1, 1, 1, 16)
+    for slot in (got.v, got.b):
+        assert slot["wi"]["kernel"] == P(None, "model")
+        assert slot["wo"]["kernel"] == P(None, "fsdp")
+        assert slot["emb"]["embedding"] == P(("fsdp", "model"), None)
+        assert slot["conv"]["kernel"] == P(None, None, None, "model")
+    for name, spec in (("wi", P("fsdp", "model")), ("wo", P("model", "fsdp"))):
+        assert got.m[name]["kernel"] == spec
+    assert got.m["conv"]["kernel"] == P(None, None, "fsdp", "model")
+    assert got.count == P()
+
+
 SCRIPT = textwrap.dedent("""
     import json
     import jax, jax.numpy as jnp, numpy as np, optax

@@ -101,19 +101,23 @@ def test_train_step_skips_a_nonfinite_step_but_counts_it(tiny):
 
 # ---------------------------------------------------------------- mesh and specs
 def test_mesh_shapes_resolve_and_mistakes_name_the_binding():
-    assert sharding.resolve_mesh_shape({"data": -1, "fsdp": 1}, 8) == {"data": 8, "fsdp": 1}
-    assert sharding.resolve_mesh_shape({"data": 2, "fsdp": -1}, 8) == {"data": 2, "fsdp": 4}
-    assert sharding.resolve_mesh_shape({"fsdp": 8}, 8) == {"data": 1, "fsdp": 8}
+    resolve = sharding.resolve_mesh_shape
+    assert resolve({"data": -1, "fsdp": 1}, 8) == {"data": 8, "fsdp": 1, "model": 1}
+    assert resolve({"data": 2, "fsdp": -1}, 8) == {"data": 2, "fsdp": 4, "model": 1}
+    assert resolve({"fsdp": 8}, 8) == {"data": 1, "fsdp": 8, "model": 1}
+    assert resolve({"data": 2, "fsdp": 2, "model": -1}, 8) == {"data": 2, "fsdp": 2, "model": 2}
     for shape, message in [
         ({"data": -1, "fsdp": 3}, "does not fit the 8 devices"),
+        ({"data": -1, "model": 3}, "does not fit the 8 devices"),
         ({"data": 2, "fsdp": 2}, "makes 4 devices, but there are 8"),
         ({"data": -1, "fsdp": -1}, "only one axis can be -1"),
         ({"data": 0}, "must be a positive integer or -1"),
-        ({"model": 2}, "unknown mesh axes ['model']"),
+        ({"model": 0}, "the 'model' axis (MESH_MODEL) must be a positive integer"),
+        ({"tensor": 2}, "unknown mesh axes ['tensor']"),
     ]:
         with pytest.raises(ConfigError, match=re.escape(message)) as e:
-            sharding.resolve_mesh_shape(shape, 8)
-        assert "train.mesh_shape (MESH_DATA, MESH_FSDP)" in str(e.value)
+            resolve(shape, 8)
+        assert "train.mesh_shape (MESH_DATA, MESH_FSDP, MESH_MODEL)" in str(e.value)
 
 
 def test_fsdp_spec_takes_the_largest_divisible_axis():
@@ -132,7 +136,8 @@ def test_a_mesh_that_does_not_fit_is_a_configuration_error(tmp_path: Path, capsy
     argv = run_cmd(tmp_path / "run", "--gin.MESH_FSDP=8", steps=20)[2:]
     assert run_cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert "train.mesh_shape (MESH_DATA, MESH_FSDP)" in err and "the 1 devices" in err, err
+    assert "train.mesh_shape (MESH_DATA, MESH_FSDP, MESH_MODEL)" in err, err
+    assert "the 1 devices" in err, err
     assert not (tmp_path / "run").exists()
 
 
@@ -218,7 +223,7 @@ def _check_bytes(one: dict, eight: dict) -> None:
     """Per device, the fsdp=8 state holds 1/8 of the replicated one's bytes, plus what
     stays replicated."""
     assert one["devices"] == 1 and eight["devices"] == 8
-    assert eight["layout"]["mesh"] == {"data": 1, "fsdp": 8}
+    assert eight["layout"]["mesh"] == {"data": 1, "fsdp": 8, "model": 1}
     # Measured from the arrays' addressable shards = computed from the shard shapes.
     assert eight["params_per_device"] == eight["layout"]["param_bytes_per_device"]
     assert eight["slots_per_device"] == eight["layout"]["slot_bytes_per_device"]
@@ -305,6 +310,7 @@ def _dry_run(experiment: str, optimizer: str, *extra: str, env=None) -> tuple[st
         f"--gin_file=experiments/{experiment}.gin",
         f"--optimizer={optimizer}",
         "--dry_run",
+        "--dry_run_compile=off",  # Shapes only: tests/launch/test_dry_run_memory.py compiles.
         *extra,
     ]
     start = time.monotonic()
@@ -352,7 +358,7 @@ def test_dry_run_of_a_paper_scale_config_needs_no_data(
 @pytest.mark.slow  # runs on 8 virtual devices
 def test_dry_run_on_eight_devices_with_fsdp8_holds_an_eighth_per_device():
     out, _ = _dry_run("bert_large", "amos", "--gin.MESH_FSDP=8", env=EIGHT)
-    assert "mesh: data=1 x fsdp=8 (8 cpu devices)" in out
+    assert "mesh: data=1 x fsdp=8 x model=1 (8 cpu devices)" in out
     params = _number(r"^parameter bytes: [\d,]+ in all, ([\d,]+) per device", out)
     total = _number(r"^parameter bytes: ([\d,]+) in all", out)
     # Only the 1024-element biases and norm scales (under FSDP_MIN_SIZE) stay replicated:
@@ -375,6 +381,7 @@ def test_dry_run_on_eight_devices_with_fsdp8_holds_an_eighth_per_device():
 def test_dry_run_of_the_quickstart_in_process(tmp_path: Path, capsys):
     model_dir = tmp_path / "run"
     argv = [*run_cmd(model_dir, optimizer="amos", steps=20)[2:], "--dry_run"]
+    argv.append("--dry_run_compile=off")  # test_dry_run_memory.py compiles
     assert run_cli.main(argv) == 0
     out = capsys.readouterr().out
     # The quickstart's task is built as a run builds it (its text is generated).
