@@ -11,7 +11,10 @@ where `--gin_file` and `include` look (gin_configs/ is always searched). An expe
 
 `--dry_run` builds the configuration, model and optimizers with `jax.eval_shape` (nothing
 allocated, no data read, MODEL_DIR untouched), prints the parameter count, both arms' slot
-bytes, the bytes per device under the mesh and the largest variables' shardings, and exits.
+bytes, the bytes per device under the mesh and the largest variables' shardings, then
+compiles the train step from those shapes and prints XLA's memory analysis per device
+(arguments, outputs, temporaries, total) and its FLOPs, and exits. `--dry_run_fit=32GiB`
+adds, for each arm, the largest batch per device whose compiled step fits that memory.
 
 `--eval_only` evaluates the newest checkpoint of MODEL_DIR that restores on the configured
 evaluation splits (the same gin files and bindings as its training), read-only: it takes
@@ -19,7 +22,11 @@ no lock (a trainer may be running there), writes no checkpoint, metrics.jsonl, r
 config.gin, prints the metrics and writes them to MODEL_DIR/eval_<step>.json.
 
 Exit codes: 0 done, 2 configuration error (one line naming the culprit, no traceback;
-`--verbose` adds it), 3 training diverged.
+`--verbose` adds it), 3 training diverged, 75 preempted: a SIGTERM or SIGINT (to any
+process of a multi-process run) stopped training at a step every process agreed on, after
+a checkpoint of that step was complete; run.json says "preempted" with the step, the lock
+is released, and the same command, on this host or another, resumes there
+(launch/preemption.py; 75 is sysexits.h's EX_TEMPFAIL, "try again later").
 """
 
 from __future__ import annotations
@@ -41,8 +48,15 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # Scripts run as files; make `launch`/`experiments` importable.
     sys.path.insert(0, str(REPO))
 
+# etils.epath reaches gs:// through TensorFlow's gfile whenever TensorFlow is installed (it
+# is, for tfds and seqio): every MODEL_DIR file would import all of TensorFlow, and gfile's
+# endpoint cannot be moved to a test server. Its other backend, gcsfs (pinned), is the one
+# epath uses without TensorFlow. EPATH_USE_TF=true in the environment brings gfile back.
+os.environ.setdefault("EPATH_USE_TF", "false")
+
 import gin  # noqa: E402
 
+from experiments.data import files  # noqa: E402
 from experiments.errors import ConfigError  # noqa: E402
 from launch.summary_writer import join, write_json, write_text_atomic  # noqa: E402
 
@@ -137,6 +151,22 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "exit without training or writing anything",
     )
     parser.add_argument(
+        "--dry_run_compile",
+        choices=["on", "off"],
+        default="on",
+        help="--dry_run compiles the train step from shapes for XLA's memory analysis per "
+        "device and FLOPs (on: seconds to minutes); off: sizes and shardings only",
+    )
+    parser.add_argument(
+        "--dry_run_fit",
+        type=_budgets,
+        default=None,
+        metavar="SIZE[,SIZE...]",
+        help="implies --dry_run: for each optimizer arm, the largest batch per device whose "
+        "compiled train step fits SIZE of device memory (16GiB, 40GB, 512MiB, ...; a list "
+        "fits each), searched by compiling from shapes (a few compiles per arm and size)",
+    )
+    parser.add_argument(
         "--eval_only",
         action="store_true",
         help="evaluate the newest restorable checkpoint of MODEL_DIR read-only (no lock, "
@@ -156,9 +186,44 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
             unknown.append(item)
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.dry_run_fit:
+        args.dry_run = True
+        if args.dry_run_compile == "off":
+            parser.error("--dry_run_fit compiles the train step: not with --dry_run_compile=off")
     if args.optimizer:
         args.gin_file.append(optimizer_file(args.optimizer))
     return args, args.gin_bindings
+
+
+# Units of a memory size: SI (kB, MB, GB, TB) and binary (KiB, MiB, GiB, TiB).
+_SIZE_UNITS = {
+    "b": 1,
+    **{f"{p}b": 1000**i for i, p in enumerate("kmgt", 1)},
+    **{f"{p}ib": 1024**i for i, p in enumerate("kmgt", 1)},
+}
+
+
+def parse_bytes(text: str) -> int:
+    """Bytes of a size with its unit: '16GiB' = 16 * 2**30, '40GB' = 40 * 10**9, '1.5TiB',
+    '512 MiB' (units case-insensitive). A ValueError names what is wrong."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([A-Za-z]+)\s*", text)
+    unit = match and _SIZE_UNITS.get(match.group(2).lower())
+    if not unit:
+        raise ValueError(
+            f"{text!r} is not a memory size: a number and a unit, e.g. 16GiB, 40GB or 512MiB"
+        )
+    size = int(float(match.group(1)) * unit)
+    if size < 1:
+        raise ValueError(f"{text!r} is not a positive memory size")
+    return size
+
+
+def _budgets(text: str) -> list[int]:
+    """`--dry_run_fit`'s comma-separated sizes (argparse exits 2 naming the flag)."""
+    try:
+        return [parse_bytes(part) for part in text.split(",")]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _check_macros(bindings: list[str]) -> None:
@@ -258,9 +323,13 @@ def _first_line(error: BaseException) -> str:
 
 def check_model_dir(path: str) -> None:
     """MODEL_DIR must be a directory this process can create and write (a file, a path under
-    a file or a read-only place would otherwise fail mid-run with an OSError traceback).
-    Cloud paths (gs://...) are left to the filesystem library that writes them."""
+    a file or a read-only place would otherwise fail mid-run with an OSError traceback):
+    a local one, or on Cloud Storage (gs://BUCKET/PATH: a missing bucket or credentials
+    that may not write there fail the same probe). Any other scheme (memory://, s3://, ...)
+    is an error naming the path (`files.check_scheme`)."""
+    files.check_scheme(path, what="MODEL_DIR")
     if "://" in path:
+        _check_cloud_model_dir(path)
         return
     target = Path(path)
     if target.exists() and not target.is_dir():
@@ -275,6 +344,18 @@ def check_model_dir(path: str) -> None:
         probe.unlink()
     except OSError as e:
         raise ConfigError(f"MODEL_DIR {path!r} is not writable: {e.strerror or e}") from None
+
+
+def _check_cloud_model_dir(path: str) -> None:
+    from etils import epath
+
+    probe = epath.Path(path) / f".write_probe.{os.getpid()}"
+    try:
+        probe.write_text("")
+        probe.unlink()
+    except Exception as e:  # gcsfs and google-auth raise types of their own.
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ConfigError(f"MODEL_DIR {path!r} is not writable: {reason}") from None
 
 
 def git_revision() -> dict:
@@ -346,7 +427,7 @@ def _build_trainer(build=None):
 def _train(args: argparse.Namespace, bindings: list[str], command: list[str], argv) -> int:
     import jax
 
-    from launch import run_lock
+    from launch import preemption, run_lock
     from launch import train as train_lib
 
     if args.distributed == "on" or (args.distributed == "auto" and multihost_detected()):
@@ -388,13 +469,16 @@ def _train(args: argparse.Namespace, bindings: list[str], command: list[str], ar
             _write_json(join(model_dir, "run.json"), info)
 
     # One process per MODEL_DIR: a second run (any seed) would interleave its metrics and
-    # overwrite run.json, so it stops here naming the holder.
-    with run_lock.acquire(model_dir):
+    # overwrite run.json, so it stops here naming the holder. SIGTERM and SIGINT from here
+    # on stop training at a step all processes agree on, with a checkpoint there
+    # (launch/preemption.py); the lock is released on the way out, so that a restart, on
+    # this host or another, resumes.
+    with preemption.Watch() as watch, run_lock.acquire(model_dir):
         if is_chief:
             _write_config(model_dir)
         record()
         try:
-            result = trainer.run()
+            result = trainer.run(preemption=watch)
         except train_lib.TrainingDiverged as e:
             print(f"ERROR: training diverged: {e}", file=sys.stderr)
             record(status="diverged", error=str(e))
@@ -402,6 +486,20 @@ def _train(args: argparse.Namespace, bindings: list[str], command: list[str], ar
         except ConfigError as e:  # Found while training, e.g. no checkpoint restores.
             record(status="configuration error", error=_first_line(e))
             raise
+        except preemption.Preempted as p:
+            record(
+                status="preempted",
+                preempted=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                step=p.step,
+                **({"signal": watch.signal} if watch.signal else {}),
+            )
+            if is_chief:
+                print(
+                    f"preempted at step {p.step} ({p.where}): run the same command again "
+                    f"to resume there (exit {preemption.EXIT_CODE})",
+                    flush=True,
+                )
+            return preemption.EXIT_CODE
         if is_chief:
             _write_config(model_dir)
         record(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), result=result)
@@ -412,6 +510,7 @@ def _train(args: argparse.Namespace, bindings: list[str], command: list[str], ar
 
 def _eval_only(trainer) -> int:
     """`--eval_only`: the newest good checkpoint's evaluation, read-only (no lock taken)."""
+    files.check_scheme(trainer.model_dir or "", what="MODEL_DIR")
     result = trainer.evaluate_checkpoint()
     if trainer.is_chief:
         metrics = ", ".join(f"{k} {v:.6g}" for k, v in result["eval"].items())
@@ -421,7 +520,9 @@ def _eval_only(trainer) -> int:
 
 
 def _dry_run(args: argparse.Namespace, bindings: list[str], search_paths: list[str]) -> int:
-    """`--dry_run`: the configuration's sizes and shardings, from shapes alone."""
+    """`--dry_run`: the configuration's sizes and shardings, from shapes alone; then XLA's
+    memory analysis of the train step compiled from those shapes (`--dry_run_compile`),
+    and with `--dry_run_fit` each arm's largest batch per device that fits."""
     import jax
 
     from launch import sharding
@@ -430,8 +531,10 @@ def _dry_run(args: argparse.Namespace, bindings: list[str], search_paths: list[s
     trainer, data_note = _build_trainer(train_lib.dry_run_trainer)
     config, state = trainer.config, trainer.abstract_state
     chosen = trainer.opt.name
-    # The other arms' slots, from the same files with their optimizer file instead.
+    # The other arms' slots, from the same files with their optimizer file instead; for a
+    # fit, each arm's whole Trainer too (its own step to compile).
     arms = {chosen: (state.opt_state, trainer.state_sharding.opt_state)}
+    trainers = {chosen: trainer}
     for name in OPTIMIZERS:
         if name == chosen:
             continue
@@ -440,6 +543,8 @@ def _dry_run(args: argparse.Namespace, bindings: list[str], search_paths: list[s
             load_gin(files, bindings, search_paths)
             factory = gin.query_parameter("train.optimizer").scoped_configurable_fn
             tx = _build_trainer(lambda f=factory: f(config.train_steps)).tx
+            if args.dry_run_fit:
+                trainers[name] = _build_trainer(train_lib.dry_run_trainer)[0]
         except ConfigError as e:
             arms[name] = f"not built: {_first_line(e)}"
             continue
@@ -455,7 +560,59 @@ def _dry_run(args: argparse.Namespace, bindings: list[str], search_paths: list[s
         trainer, arms, chosen=chosen, data_note=data_note, gin_files=args.gin_file
     ):
         print(line)
+    if args.dry_run_compile == "off":
+        return 0
+    print(f"(compiling the train step from shapes for {jax.default_backend()})", flush=True)
+    memory = train_lib.step_memory(trainer)
+    remat = train_lib.model_remat(trainer.model)
+    for line in sharding.memory_report(memory, compute_dtype=config.compute_dtype, remat=remat):
+        print(line)
+    if args.dry_run_fit:
+        _dry_run_fit(args.dry_run_fit, trainers, arms, chosen, memory)
     return 0
+
+
+def _dry_run_fit(budgets: list[int], trainers: dict, arms: dict, chosen: str, memory) -> None:
+    """`--dry_run_fit`: per memory size and arm, the largest batch per device whose step,
+    compiled from shapes, fits (launch.train.fit_batch); the compiles of one arm serve all
+    sizes. Each compile is reported on stderr as it finishes."""
+    from launch import sharding
+    from launch import train as train_lib
+
+    trainer = trainers[chosen]
+    print(
+        "largest batch per device that fits (each arm's train step compiled from shapes at "
+        f"the batches tried: global batches in multiples of {train_lib.batch_unit(trainer)}, "
+        f"{train_lib.batch_shards(trainer)} batch shards x GRAD_ACCUM_STEPS "
+        f"{trainer.config.grad_accum_steps}; the total as above, assumed to grow with the "
+        "batch):",
+        flush=True,
+    )
+    probes = {name: {} for name in trainers}
+    probes[chosen][memory.batch_size] = memory
+    for budget in budgets:
+        print(f" {sharding.format_bytes(budget)} ({budget:,} bytes) per device:", flush=True)
+        for name, arm in arms.items():
+            tag = f"{name} (--optimizer)" if name == chosen else name
+            if isinstance(arm, str):
+                print(f"  {tag:<20} {arm}")
+                continue
+
+            def say(m, name=name) -> None:
+                print(
+                    f"  ({name}: batch {m.batch_size}, {m.per_device_batch} per device, needs "
+                    f"{sharding.format_bytes(m.total_bytes)}; compiled in "
+                    f"{m.compile_seconds:.1f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+            try:
+                fit = train_lib.fit_batch(trainers[name], budget, probes=probes[name], say=say)
+            except ValueError as e:  # A task whose batch cannot change (a recurrent state).
+                print(f"  {tag:<20} not searched: {_first_line(e)}")
+                continue
+            print(sharding.fit_report(tag, fit), flush=True)
 
 
 def _write_config(model_dir: str) -> None:

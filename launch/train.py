@@ -46,9 +46,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from experiments.errors import ConfigError
-from launch import pretrained, sharding
+from launch import prefetch, pretrained, sharding
 from launch.checkpoints import checkpoint_manager, checkpoint_steps
 from launch.optimizers import OptimizerSpec, slot_bytes
+from launch.preemption import NoWatch, Preempted
 from launch.summary_writer import ScalarWriter, join, read_metrics, write_json
 
 
@@ -71,7 +72,7 @@ class TrainConfig:
 
     model_dir: str | None
     train_steps: int
-    batch_size: int  # Global; split over every device of the mesh.
+    batch_size: int  # Global; split over the mesh's data and fsdp axes.
     model: Callable[..., nn.Module]
     task: Any
     optimizer: Callable[[int], OptimizerSpec]
@@ -93,13 +94,16 @@ class TrainConfig:
     # state known good. 0 turns it off. It counts among `keep_checkpoints` like any other
     # and, being the oldest, is the first to go.
     first_checkpoint_at: int | None = None
-    # The ('data', 'fsdp') mesh (launch/sharding.py); one axis may be -1, the devices left
-    # over. Resolved to sizes in __post_init__.
+    # The ('data', 'fsdp', 'model') mesh (launch/sharding.py); one axis may be -1, the
+    # devices left over. Resolved to sizes in __post_init__.
     mesh_shape: Mapping[str, int] = dataclasses.field(
-        default_factory=lambda: {"data": -1, "fsdp": 1}
+        default_factory=lambda: {"data": -1, "fsdp": 1, "model": 1}
     )
     # Parameters with fewer elements stay replicated on the fsdp axis.
     fsdp_min_size: int = 4096
+    # Logical axis name -> mesh axes (t5x / MaxText rules): how the models' named
+    # parameter axes split over the mesh (tensor parallelism on 'model').
+    logical_axis_rules: Sequence[tuple[str, Any]] = sharding.LOGICAL_AXIS_RULES
     # Testing hooks: poison the given 1-based steps with a NaN loss, or with an update
     # that makes the parameters Inf while the loss is finite.
     inject_nonfinite_at_steps: Sequence[int] = ()
@@ -204,20 +208,27 @@ class TrainConfig:
                 f"{self.fsdp_min_size!r}"
             )
         try:
+            rules = sharding.check_logical_axis_rules(self.logical_axis_rules)
+            object.__setattr__(self, "logical_axis_rules", rules)
+        except ConfigError as e:
+            problems.append(str(e))
+        try:
             mesh = sharding.resolve_mesh_shape(self.mesh_shape, jax.device_count())
         except ConfigError as e:
             problems.append(str(e))
         else:
             object.__setattr__(self, "mesh_shape", mesh)
-            n_dev = math.prod(mesh.values())
+            # The batch is split over data x fsdp (every device when model = 1).
+            n_dev = math.prod(mesh[axis] for axis in sharding.BATCH_AXES)
+            split = f"{n_dev} devices" if mesh["model"] == 1 else f"{n_dev} data x fsdp shards"
             for name, value in [
                 ("BATCH_SIZE", self.batch_size),
                 ("train.eval_batch_size", self.global_eval_batch_size),
             ]:
                 if _positive_int(value) and value % n_dev:
                     problems.append(
-                        f"{name}={value} is not divisible by the {n_dev} devices of the mesh "
-                        f"({_mesh_text(mesh)}; the batch is split over all of them)"
+                        f"{name}={value} is not divisible by the {split} of the mesh "
+                        f"({_mesh_text(mesh)}; the batch is split over data x fsdp)"
                     )
             if (
                 _positive_int(self.batch_size)
@@ -227,8 +238,8 @@ class TrainConfig:
             ):
                 problems.append(
                     f"BATCH_SIZE={self.batch_size} is not divisible by GRAD_ACCUM_STEPS="
-                    f"{accum} x the {n_dev} devices of the mesh (train.grad_accum_steps: "
-                    "each micro-batch is split over every device)"
+                    f"{accum} x the {split} of the mesh (train.grad_accum_steps: "
+                    "each micro-batch is split over data x fsdp)"
                 )
         if problems:
             raise ConfigError("; ".join(problems))
@@ -380,16 +391,26 @@ def init_train_state(
     tx: optax.GradientTransformation,
     task: Any,
     example_batch: Mapping[str, jax.ShapeDtypeStruct],
+    logical_axis_rules: Sequence[tuple[str, Any]] = (),
+    keep_axis_names: bool = False,
 ) -> TrainState:
     """The state before the first step: the model initialized on zeros shaped like
-    `example_batch` (only shapes matter to an init), the optimizer's slots for it."""
+    `example_batch` (only shapes matter to an init), the optimizer's slots for it.
+
+    Under `logical_axis_rules` the models name their parameters' logical axes
+    (experiments.layers.with_logical_axes); the state holds the plain values all the
+    same (the names change no value), unless `keep_axis_names`: then its parameters stay
+    boxed in `nn.LogicallyPartitioned`, for `launch.sharding.state_shardings` to read the
+    names from a `jax.eval_shape` of this."""
     sample = {k: jnp.zeros(v.shape, v.dtype) for k, v in example_batch.items()}
-    variables = dict(task.init_variables(model, jax.random.key(seed), sample))
-    params = variables.pop("params")
+    with nn.logical_axis_rules(logical_axis_rules):
+        variables = dict(task.init_variables(model, jax.random.key(seed), sample))
+    named_params = variables.pop("params")
+    params = nn.meta.unbox(named_params)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
-        params=params,
-        model_state=variables,
+        params=named_params if keep_axis_names else params,
+        model_state=nn.meta.unbox(variables),
         opt_state=tx.init(params),
     )
 
@@ -756,15 +777,23 @@ class Checkpointer:
         self.read_only = read_only
         # The newest step saved or restored by this run: what a restart would resume from.
         self.last_good: int | None = None
+        # The JSON saved beside the state of the checkpoint restored last.
+        self.restored_meta: dict[str, Any] = {}
         self.manager = checkpoint_manager(directory, keep=keep, read_only=read_only)
         self._closed = False
 
-    def save(self, step: int, state: TrainState, train_time: float) -> None:
+    def save(
+        self, step: int, state: TrainState, train_time: float, carried: dict | None = None
+    ) -> None:
+        """Saves `state` as step `step` (asynchronously: `close` waits). `carried`: the
+        metrics of the log interval a preemption cut short, for the restart to finish."""
+        meta = {"train_time_s": train_time}
+        if carried:
+            meta["carried_interval"] = carried
         self.manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                meta=ocp.args.JsonSave({"train_time_s": train_time}),
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
             ),
         )
         self.last_good = step
@@ -832,6 +861,7 @@ class Checkpointer:
         train_time = float(restored["meta"]["train_time_s"])
         if not bool(self.state_finite(restored["state"])):
             raise ValueError("the state holds NaN or Inf values")
+        self.restored_meta = dict(restored["meta"])
         return restored["state"], train_time
 
     def _move_aside(self, steps: list[int]) -> None:
@@ -970,6 +1000,27 @@ def _warn(is_chief: bool, msg: str) -> None:
         print(f"WARNING: {msg}", file=sys.stderr, flush=True)
 
 
+def _cut_interval(logger: MetricsLogger) -> dict[str, Any]:
+    """The metrics of the steps since the last log, fetched and checked (raising _Stop),
+    as JSON that keeps every value exactly (a float32 is exact as a Python float), with the
+    interval's seconds so far."""
+    steps, fetched, elapsed = logger.fetch()
+    logger.check(steps, fetched)
+    exact = [
+        {k: [str(np.asarray(v).dtype), np.asarray(v).item()] for k, v in m.items()} for m in fetched
+    ]
+    return {"steps": steps, "metrics": exact, "elapsed_s": elapsed}
+
+
+def _resume_interval(logger: MetricsLogger, carried: Mapping[str, Any]) -> None:
+    """Puts the steps `_cut_interval` saved back into the logger's open interval, with
+    their dtypes and their seconds, so that the next log record is the one an
+    uninterrupted run writes."""
+    for step, m in zip(carried["steps"], carried["metrics"], strict=True):
+        logger.add(step, {k: np.asarray(v, dtype) for k, (dtype, v) in m.items()})
+    logger.interval_start -= carried["elapsed_s"]
+
+
 # ---------------------------------------------------------------------- the trainer
 class Trainer:
     """Builds model, optimizer, mesh and jitted steps from a TrainConfig; `run` trains."""
@@ -1054,10 +1105,19 @@ class Trainer:
             task, seed=c.seed, batch_size=c.batch_size, rows=rows
         )
         init = functools.partial(
-            init_train_state, model=model, tx=tx, task=task, example_batch=self.example_batch
+            init_train_state,
+            model=model,
+            tx=tx,
+            task=task,
+            example_batch=self.example_batch,
+            logical_axis_rules=c.logical_axis_rules,
         )
-        abstract = jax.eval_shape(init, c.seed)
-        self.state_sharding = sharding.state_shardings(abstract, self.mesh, c.fsdp_min_size)
+        # The parameters' logical axis names come with the shapes (boxed), for the rules.
+        named = jax.eval_shape(functools.partial(init, keep_axis_names=True), c.seed)
+        abstract = nn.meta.unbox(named)
+        self.state_sharding = sharding.state_shardings(
+            named, self.mesh, c.fsdp_min_size, c.logical_axis_rules
+        )
         self.abstract_state = jax.tree_util.tree_map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
             abstract,
@@ -1269,9 +1329,17 @@ class Trainer:
             or step == c.first_checkpoint_step
         )
 
-    def run(self, stop_after: int | None = None) -> dict[str, Any]:
-        """Trains to `train_steps` (or `stop_after` steps in this call); returns final.json."""
+    def run(self, stop_after: int | None = None, preemption=None) -> dict[str, Any]:
+        """Trains to `train_steps` (or `stop_after` steps in this call); returns final.json.
+
+        `preemption` (launch/preemption.py's Watch; default: never) is asked after every
+        step whether all processes agreed to stop there: then the step's metrics are
+        checked, its state saved (unless it was just saved) and `Preempted` is raised once
+        the checkpoint is complete. The metrics of a log interval cut short go into that
+        checkpoint, and a restart from it logs the interval as an uninterrupted run would.
+        """
         c = self.config
+        watch = preemption or NoWatch()
         epath.Path(c.model_dir).mkdir(parents=True, exist_ok=True)
         logger = MetricsLogger(
             c.model_dir,
@@ -1293,6 +1361,12 @@ class Trainer:
         else:
             state, train_time, start = self.initial_state(), 0.0, 0
         logger.resume(start if restored is not None else None)
+        carried = checkpointer.restored_meta.get("carried_interval") if restored else None
+        end = c.train_steps if stop_after is None else min(c.train_steps, start + stop_after)
+        if watch.before(start) and start < end:  # A notice while restoring: nothing to add.
+            checkpointer.close()
+            logger.close()
+            raise Preempted(start, saved=False, where=checkpointer.describe_last_good())
 
         eval_batches = self._eval_batches()
         # Compile outside the timed region: steps/s and time-to-target measure training.
@@ -1300,32 +1374,43 @@ class Trainer:
         if start == 0:  # Static facts of the run, once (a resumed run already has them).
             logger.write("train", 0, self._static_record(state))
 
-        end = c.train_steps if stop_after is None else min(c.train_steps, start + stop_after)
         final_eval: dict[str, float] = {}
         step = start
+        stopped = False
         profiler = _ProfileWindow(c.profile_steps, join(c.model_dir, "profile"), self._say)
         logger.start_interval()
+        if carried:  # The steps of the interval the preemption cut short, as they were.
+            _resume_interval(logger, carried)
+        # The next batches are built and put on the devices while a step runs.
+        batches = prefetch.Prefetcher(self.train_batch, start + 1, end + 1)
         try:
-            while step < end:
+            while step < end and not stopped:
                 profiler.before(step + 1)
                 with profiler.annotate(step + 1):
-                    state, metrics = self.train_step(state, self.train_batch(step + 1))
+                    state, metrics = self.train_step(state, batches.get(step + 1))
                 step += 1
                 profiler.after(step, state)
                 logger.add(step, metrics)
+                # Asked at every step: in a multi-process run the processes count on it.
+                stopped = watch.reached(step) and step < end
                 is_eval = step % c.eval_every == 0 or step == c.train_steps
                 is_ckpt = self._is_checkpoint_step(step)
-                if not (step % c.log_every == 0 or is_eval or is_ckpt or step == end):
+                is_log = step % c.log_every == 0 or is_eval or is_ckpt or step == end
+                if not (is_log or stopped):
                     continue
-                train_time += self._log_train(state, step, train_time, logger)
+                if is_log:
+                    train_time += self._log_train(state, step, train_time, logger)
+                    carried = None
+                else:  # Stopped within a log interval: checked, and kept for the restart.
+                    carried = _cut_interval(logger)
                 if is_eval:
                     final_eval = self._evaluate_and_log(
                         state, eval_batches, step, train_time, logger
                     )
-                if is_ckpt:
+                if is_ckpt or stopped:
                     # Every step up to here was finite, its update included (or skipped):
                     # the state saved is one a restart can use.
-                    checkpointer.save(step, state, train_time)
+                    checkpointer.save(step, state, train_time, carried)
                 logger.flush()
                 logger.start_interval()
         except _Stop as stop:
@@ -1336,9 +1421,12 @@ class Trainer:
                 f"{stop.what}; stopping ({checkpointer.describe_last_good()}). {stop.hint}".rstrip()
             ) from None
         finally:
+            batches.close()
             profiler.stop()
-        checkpointer.close()
+        checkpointer.close()  # Waits until the last checkpoint is complete.
         logger.close()
+        if stopped:
+            raise Preempted(step, saved=True, where=checkpointer.describe_last_good())
         if not final_eval and self.is_chief and epath.Path(logger.jsonl_path).exists():
             final_eval = self._recorded_eval(step)
         bad = nonfinite_values(final_eval)
@@ -1762,3 +1850,276 @@ def dry_run_trainer() -> tuple[Trainer, str]:
     finally:
         with gin.unlock_config():
             gin.bind_parameter("train.task", previous)
+
+
+# ---------------------------------------------------------------------- step memory
+# XLA's analysis of the compiled train step, from shapes alone: what `run.py --dry_run`
+# prints per device, what `--dry_run_fit` searches over (benchmarks/memory_fit.py,
+# benchmarks/gpu_check.py use the same functions).
+@dataclasses.dataclass(frozen=True)
+class StepMemory:
+    """What one device needs to run the compiled train step, from XLA's memory analysis
+    (`jax.stages.Compiled.memory_analysis()`), in bytes, and the step's FLOPs on one
+    device (its cost analysis: the SPMD-partitioned program), on the backend it was
+    compiled for. The numbers are that compiler's: another backend's fuses, schedules and
+    lays out buffers differently."""
+
+    batch_size: int  # Global.
+    per_device_batch: int  # Rows of one batch shard.
+    argument_bytes: int  # The inputs: the train state and the batch.
+    output_bytes: int  # The new train state and the metrics.
+    alias_bytes: int  # Outputs written over donated inputs (the state): counted once.
+    temp_bytes: int  # Everything else live during the step: activations, gradients, ...
+    code_bytes: int  # Generated code held in device memory (0 on CPU).
+    flops: float | None
+    backend: str
+    compile_seconds: float
+
+    @property
+    def total_bytes(self) -> int:
+        """The least one device needs to run the step, by XLA's own account of
+        `CompiledMemoryStats` (xla/pjrt/pjrt_executable.h): code + arguments + outputs -
+        aliased + temporaries. The step donates the state (`donate_argnums=0`), so the new
+        state is written over the old one, and the aliased bytes are not counted twice."""
+        return (
+            self.code_bytes
+            + self.argument_bytes
+            + self.output_bytes
+            - self.alias_bytes
+            + self.temp_bytes
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "total_bytes": self.total_bytes}
+
+
+def model_remat(model: nn.Module) -> str | None:
+    """The model's REMAT setting (`remat` of the model or of its `config`), None if it has
+    none (a model without Transformer blocks)."""
+    return getattr(model, "remat", getattr(getattr(model, "config", None), "remat", None))
+
+
+def batch_shards(trainer: Trainer) -> int:
+    """Into how many shards the rows of a batch are split: the product of the mesh axes
+    its leading axis is sharded over (`launch.sharding.BATCH_AXES`)."""
+    spec = trainer.batch_sharding.spec
+    axes = spec[0] if len(spec) else None
+    if axes is None:
+        return 1
+    return math.prod(trainer.mesh.shape[a] for a in (axes if isinstance(axes, tuple) else (axes,)))
+
+
+def batch_unit(trainer: Trainer) -> int:
+    """The global batch sizes the step compiles for are the multiples of this: every
+    batch shard holds the same rows, in `grad_accum_steps` equal micro-batches."""
+    return batch_shards(trainer) * trainer.config.grad_accum_steps
+
+
+def abstract_train_batch(trainer: Trainer, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The shapes, dtypes and sharding of a global training batch of `batch_size` rows."""
+    return {
+        k: jax.ShapeDtypeStruct(
+            (batch_size, *v.shape[1:]), v.dtype, sharding=trainer.batch_sharding
+        )
+        for k, v in trainer.example_batch.items()
+    }
+
+
+def compile_train_step(trainer: Trainer, batch_size: int | None = None) -> tuple[Any, float]:
+    """`trainer.train_step` compiled ahead of time for a global batch of `batch_size` rows
+    (the configured one by default), from the abstract state and batch: nothing is
+    allocated and no data is read. Returns the `jax.stages.Compiled` (callable on a real
+    state and batch of those shapes) and the seconds lowering and compiling took."""
+    c = trainer.config
+    batch_size = c.batch_size if batch_size is None else batch_size
+    if trainer.state_collections and batch_size != c.batch_size:
+        raise ValueError(
+            f"the task carries a recurrent state sized by the batch "
+            f"({trainer.state_collections}): only BATCH_SIZE={c.batch_size} compiles"
+        )
+    unit = batch_unit(trainer)
+    if batch_size < 1 or batch_size % unit:
+        raise ValueError(
+            f"batch {batch_size} is not a positive multiple of {unit} (the batch shards "
+            f"{batch_shards(trainer)} x GRAD_ACCUM_STEPS {c.grad_accum_steps})"
+        )
+    start = time.perf_counter()
+    lowered = trainer.train_step.lower(
+        trainer.abstract_state, abstract_train_batch(trainer, batch_size)
+    )
+    compiled = lowered.compile()
+    return compiled, time.perf_counter() - start
+
+
+def compiled_step_memory(
+    trainer: Trainer, compiled: Any, batch_size: int, compile_seconds: float = 0.0
+) -> StepMemory:
+    """The StepMemory of `compiled` (`compile_train_step`'s) at a global `batch_size`."""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        raise RuntimeError(f"the {jax.default_backend()} backend gives no memory analysis")
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):  # Older jax: one dict per partitioned program.
+        cost = cost[0] if cost else None
+    flops = cost.get("flops") if cost else None
+    return StepMemory(
+        batch_size=batch_size,
+        per_device_batch=batch_size // batch_shards(trainer),
+        argument_bytes=int(stats.argument_size_in_bytes),
+        output_bytes=int(stats.output_size_in_bytes),
+        alias_bytes=int(stats.alias_size_in_bytes),
+        temp_bytes=int(stats.temp_size_in_bytes),
+        code_bytes=int(stats.generated_code_size_in_bytes),
+        flops=None if flops is None else float(flops),
+        backend=trainer.mesh.devices.flat[0].platform,
+        compile_seconds=compile_seconds,
+    )
+
+
+def step_memory(trainer: Trainer, batch_size: int | None = None) -> StepMemory:
+    """XLA's memory and cost analysis of the train step compiled from shapes for a global
+    batch of `batch_size` rows (the configured one by default)."""
+    batch_size = trainer.config.batch_size if batch_size is None else batch_size
+    compiled, seconds = compile_train_step(trainer, batch_size)
+    return compiled_step_memory(trainer, compiled, batch_size, seconds)
+
+
+def largest_fitting(
+    need: Callable[[int], int],
+    budget: int,
+    *,
+    start: int,
+    limit: int,
+    known: Mapping[int, int] | None = None,
+) -> int:
+    """The largest k in 1 .. `limit` with `need(k) <= budget`, 0 if not even k = 1 fits,
+    for a `need` that grows with k (the bytes of the step compiled for k batch units),
+    calling it as few times as it can: each call is a compile.
+
+    From `start`, doubling while k fits (halving while it does not) until a fitting and a
+    failing k bracket the answer, then bisection. Each step's k is first guessed from the
+    straight line through the two nearest values known (memory is close to affine in the
+    batch: fixed state plus activations per row), which usually lands on the answer in
+    one or two calls; after three guesses in a row that did worse than the plain step
+    (doubling, halving, the midpoint), the next step is the plain one, so the calls stay
+    of order log2. `known`: values of `need` already measured (another budget's search).
+    """
+    seen = {k: v for k, v in (known or {}).items() if 1 <= k <= limit}
+
+    def fits(k: int) -> bool:
+        if k not in seen:
+            seen[k] = need(k)
+        return seen[k] <= budget
+
+    lo = max((k for k, v in seen.items() if v <= budget), default=0)  # 0: none known to fit
+    hi = min((k for k, v in seen.items() if v > budget and k > lo), default=limit + 1)
+    if not seen:
+        k = min(max(start, 1), limit)
+        lo, hi = (k, hi) if fits(k) else (lo, k)
+    stalls = 0  # Guesses in a row that did worse than a plain step would have.
+    while hi - lo > 1:
+        old_lo, old_hi, width = lo, hi, hi - lo
+        guess = _affine_guess(seen, lo, hi, budget, limit) if stalls < 3 else None
+        guessed = guess is not None
+        if not guessed:
+            if hi > limit:  # Nothing known to fail yet: double.
+                guess = min(2 * lo, limit)
+            elif not lo:  # Nothing known to fit yet: halve.
+                guess = max(hi // 2, 1)
+            else:
+                guess = (lo + hi) // 2
+        if fits(guess):
+            lo = guess
+        else:
+            hi = guess
+        if old_hi > limit:  # As good as doubling: twice as far, or a failure found.
+            good = guess >= 2 * old_lo or hi <= limit
+        elif not old_lo:  # As good as halving.
+            good = 2 * guess <= old_hi or lo > 0
+        else:  # As good as bisection.
+            good = 2 * (hi - lo) <= width
+        stalls = stalls + 1 if guessed and not good else 0
+    return lo
+
+
+def _affine_guess(seen: Mapping[int, int], lo: int, hi: int, budget: int, limit: int) -> int | None:
+    """The k where the line through the two measured points nearest the budget reaches it,
+    strictly inside the bracket (lo, hi); None without two such points or a rising line."""
+    if lo >= 1 and hi <= limit:
+        (k1, n1), (k2, n2) = (lo, seen[lo]), (hi, seen[hi])
+    else:
+        side = sorted(k for k in seen if (k <= lo if hi > limit else k >= hi))
+        if len(side) < 2:
+            return None
+        pair = side[-2:] if hi > limit else side[:2]
+        (k1, n1), (k2, n2) = [(k, seen[k]) for k in pair]
+    slope = (n2 - n1) / (k2 - k1)
+    if slope <= 0:
+        return None
+    guess = k1 + math.floor((budget - n1) / slope)
+    # Within the bracket, and beyond a known side by at most 16x (a guess from a noisy line).
+    low = lo + 1 if lo else max(1, hi // 16)
+    high = hi - 1 if hi <= limit else min(limit, 16 * lo)
+    return min(max(guess, low), high) if low <= high else None
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchFit:
+    """The largest global batch whose compiled train step fits `budget_bytes` per device."""
+
+    budget_bytes: int
+    unit: int  # The batch sizes tried are multiples of this (`batch_unit`).
+    batch_size: int | None  # None: not even `unit` rows fit.
+    fits: StepMemory | None  # The step at `batch_size`.
+    next_fails: StepMemory | None  # The smallest batch tried above it (None: at the cap).
+    capped: bool  # Stopped at the largest batch tried (`max_per_device`), which fit.
+    compiles: int  # Compiles this search added.
+
+
+def fit_batch(
+    trainer: Trainer,
+    budget_bytes: int,
+    *,
+    probes: dict[int, StepMemory] | None = None,
+    max_per_device: int = 65536,
+    say: Callable[[StepMemory], None] | None = None,
+) -> BatchFit:
+    """The largest global batch (a multiple of `batch_unit`) whose train step, compiled
+    from shapes, needs at most `budget_bytes` per device (`StepMemory.total_bytes`), by
+    `largest_fitting` from the configured batch. `probes` (global batch -> StepMemory)
+    holds the compiles done so far and gains this search's, so that a second budget reuses
+    them; `say` hears of each new compile."""
+    if trainer.state_collections:
+        raise ValueError(
+            f"the task carries a recurrent state sized by the batch "
+            f"({trainer.state_collections}): its batch is not searched"
+        )
+    probes = {} if probes is None else probes
+    unit, before = batch_unit(trainer), len(probes)
+
+    def need(k: int) -> int:
+        if k * unit not in probes:
+            probes[k * unit] = step_memory(trainer, k * unit)
+            if say:
+                say(probes[k * unit])
+        return probes[k * unit].total_bytes
+
+    limit = max(1, max_per_device // trainer.config.grad_accum_steps)
+    known = {b // unit: m.total_bytes for b, m in probes.items() if b % unit == 0}
+    k = largest_fitting(
+        need,
+        budget_bytes,
+        start=max(1, trainer.config.batch_size // unit),
+        limit=limit,
+        known=known,
+    )
+    above = [b for b in probes if b > k * unit]
+    return BatchFit(
+        budget_bytes=budget_bytes,
+        unit=unit,
+        batch_size=k * unit or None,
+        fits=probes[k * unit] if k else None,
+        next_fails=probes[min(above)] if above else None,
+        capped=k == limit,
+        compiles=len(probes) - before,
+    )

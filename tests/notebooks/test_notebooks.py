@@ -61,6 +61,7 @@ def test_there_is_a_notebook_per_analysis():
         "horizon_ladder",
         "plug_and_play",
         "ema_timescale",
+        "memory_fit",
     }
 
 
@@ -279,10 +280,10 @@ def test_horizon_ladder_puts_each_rung_beside_its_sweep(fake_study, tmp_path):
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.slow  # four notebooks over every committed result: the fast suite's margin
+@pytest.mark.slow  # five notebooks over every committed result: the fast suite's margin
 def test_committed_study_tables_are_current(tmp_path):
     """The committed tuning-curve and ladder tables are what their notebooks write now."""
-    for name in ("tuning_curves", "horizon_ladder", "plug_and_play", "ema_timescale"):
+    for name in ("tuning_curves", "horizon_ladder", "plug_and_play", "ema_timescale", "memory_fit"):
         run(name, tmp_path)
         committed = (REPO / "notebooks" / f"{name}.md").read_text()
         assert committed == (tmp_path / f"{name}.md").read_text(), f"{name}.md is stale"
