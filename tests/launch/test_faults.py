@@ -221,7 +221,8 @@ def test_lock_file_nesting_release_and_non_chief(tmp_path: Path):
 def test_locks_of_live_foreign_and_dead_holders(tmp_path: Path, capsys):
     d = tmp_path / "run"
     host = socket.gethostname()
-    _write_lock(d, pid=1, host=host)  # pid 1 is always alive.
+    # pid 1 is always alive; named as itself (its boot and start), it is the holder.
+    _write_lock(d, pid=1, host=host, boot_id=run_lock.boot_id(), pid_start=run_lock.pid_start(1))
     with pytest.raises(ConfigError, match=rf"in use by another run, pid 1@{host}"):
         run_lock.acquire(str(d), chief=True)
     path = _write_lock(d, pid=os.getpid(), host="elsewhere.invalid")
