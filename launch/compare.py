@@ -63,6 +63,51 @@ def train_command(
     ]
 
 
+def _request(argv: list[str]) -> dict[str, str]:
+    """What a launch/run.py command asks for: its gin files, optimizer and bindings
+    (`--gin.NAME=VALUE`), by name; not MODEL_DIR, which says where, not what."""
+    asked: dict[str, str] = {}
+    files = []
+    for arg in argv:
+        if arg.startswith("--gin_file="):
+            files.append(arg.split("=", 1)[1])
+        elif arg.startswith("--optimizer="):
+            asked["--optimizer"] = arg.split("=", 1)[1]
+        elif arg.startswith("--gin.") and "=" in arg:
+            name, value = arg[len("--gin.") :].split("=", 1)
+            if name != "MODEL_DIR":
+                asked[name] = value
+    asked["--gin_file"] = " ".join(files)
+    return asked
+
+
+def check_reuse(directory: Path, cmd: list[str], tool: str) -> None:
+    """Exits 2 (naming the run and the differences) if the run recorded in `directory`
+    was made with another request than `cmd`: reusing it would report its numbers under
+    the new bindings."""
+    info = directory / "run.json"
+    if not info.exists():
+        return
+    argv = json.loads(info.read_text()).get("argv")
+    if not argv:  # Recorded before run.json kept its arguments: nothing to compare.
+        return
+    recorded, asked = _request(argv), _request(cmd)
+    differ = [
+        f"{name}: {recorded.get(name, '(unset)')} -> {asked.get(name, '(unset)')}"
+        for name in sorted(recorded.keys() | asked.keys())
+        if recorded.get(name) != asked.get(name)
+    ]
+    if differ:
+        print(
+            f"[{tool}] ERROR: {directory} was run with another configuration than the one "
+            f"asked for ({'; '.join(differ)}): its results would be reported under the new "
+            "bindings; use another --parent, or move that run away",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(2)
+
+
 def train_one(
     experiment: str,
     optimizer: str,
@@ -71,10 +116,11 @@ def train_one(
     extra: list[str],
     env: dict | None = None,
 ) -> None:
+    cmd = train_command(experiment, optimizer, seed, directory, extra)
     if (directory / "final.json").exists():
+        check_reuse(directory, cmd, "compare")
         print(f"[compare] {directory} already finished; skipping", flush=True)
         return
-    cmd = train_command(experiment, optimizer, seed, directory, extra)
     print("[compare] " + " ".join(cmd), flush=True)
     proc = subprocess.run(cmd, cwd=REPO, env=env)
     if proc.returncode:

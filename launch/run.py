@@ -22,7 +22,10 @@ no lock (a trainer may be running there), writes no checkpoint, metrics.jsonl, r
 config.gin, prints the metrics and writes them to MODEL_DIR/eval_<step>.json.
 
 Exit codes: 0 done, 2 configuration error (one line naming the culprit, no traceback;
-`--verbose` adds it), 3 training diverged, 75 preempted: a SIGTERM or SIGINT (to any
+`--verbose` adds it), 3 training diverged, 74 a write failed (a checkpoint or a record
+could not be written: a full disk, no permission; one line naming the directory and the
+cause, run.json "write failed" where it still fits; 74 is sysexits.h's EX_IOERR), 75
+preempted: a SIGTERM or SIGINT (to any
 process of a multi-process run) stopped training at a step every process agreed on, after
 a checkpoint of that step was complete; run.json says "preempted" with the step, the lock
 is released, and the same command, on this host or another, resumes there
@@ -36,6 +39,7 @@ import logging
 import os
 import platform
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -58,7 +62,14 @@ import gin  # noqa: E402
 
 from experiments.data import files  # noqa: E402
 from experiments.errors import ConfigError  # noqa: E402
-from launch.summary_writer import join, write_json, write_text_atomic  # noqa: E402
+from launch.summary_writer import (  # noqa: E402
+    join,
+    remove_leftover_temporaries,
+    write_json,
+    write_text_atomic,
+)
+
+EXIT_IO_ERROR = 74  # sysexits.h EX_IOERR: a checkpoint or a record could not be written.
 
 DEFAULT_SEARCH_PATH = str(REPO / "gin_configs")
 # The arms an experiment file can be run with: gin_configs/optimizers/<name>.gin. The
@@ -142,7 +153,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument(
         "--verbose",
         action="store_true",
-        help="print the traceback of a configuration error too",
+        help="print the traceback of a configuration error or a failed write too, and "
+        "the libraries' error log (orbax's)",
     )
     parser.add_argument(
         "--dry_run",
@@ -173,6 +185,20 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "no training, no checkpoint or metrics written), print the metrics and write "
         "MODEL_DIR/eval_<step>.json",
     )
+    parser.add_argument(
+        "--allow_config_change",
+        action="store_true",
+        help="resume although bindings other than the horizon, logging and layout differ "
+        "from the recorded config.gin (by default an error naming them); the records keep "
+        "both (launch/resume_check.py)",
+    )
+    parser.add_argument(
+        "--break_lock",
+        action="store_true",
+        help="take over MODEL_DIR/run.lock whoever holds it (with a warning naming the "
+        "holder): for a lock that its rules cannot see is stale, when you know its run is "
+        "gone (launch/run_lock.py)",
+    )
     parser.add_argument("--coordinator_address", default=None)
     parser.add_argument("--num_processes", type=int, default=None)
     parser.add_argument("--process_id", type=int, default=None)
@@ -191,6 +217,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         if args.dry_run_compile == "off":
             parser.error("--dry_run_fit compiles the train step: not with --dry_run_compile=off")
     if args.optimizer:
+        if not args.gin_file:  # The optimizer file alone configures no experiment.
+            parser.error(
+                f"--optimizer={args.optimizer} needs an experiment: --gin_file="
+                "experiments/NAME.gin (gin_configs/experiments/ lists them)"
+            )
         args.gin_file.append(optimizer_file(args.optimizer))
     return args, args.gin_bindings
 
@@ -401,9 +432,15 @@ def describe_machine() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from_command_line = argv is None
     command = [sys.executable, *sys.argv] if argv is None else ["launch/run.py", *argv]
     argv = sys.argv[1:] if argv is None else argv
     args, bindings = parse_args(argv)
+    if from_command_line and not args.verbose:
+        # A failed restore or save is reported in one line, not as orbax's log and the
+        # exceptions its threads leave behind (a caller in-process keeps its own hooks).
+        logging.getLogger("absl").addFilter(_without_orbax_errors)
+        sys.unraisablehook = _without_unraisable_noise
     try:
         return _train(args, bindings, command, argv)
     except ConfigError as e:  # The one place a configuration mistake is reported.
@@ -411,6 +448,22 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"ERROR: configuration: {_first_line(e)}", file=sys.stderr)
         return 2
+
+
+def _without_orbax_errors(record: logging.LogRecord) -> bool:
+    """A logging filter: False for orbax's ERROR records (a traceback of each background
+    thread a failed save ran in; orbax starts its messages with '[process=N]'), which the
+    harness reports in one line of its own."""
+    if record.levelno < logging.ERROR:
+        return True
+    return not (record.getMessage().startswith("[process=") or "orbax" in record.pathname)
+
+
+def _without_unraisable_noise(unraisable) -> None:
+    """sys.unraisablehook without --verbose: drops the exceptions Python could only
+    ignore (tensorstore's reads and writes left behind by a failed restore or save, in
+    coroutines collected later or callbacks into a closed event loop); the harness
+    reports the failure itself, in one line."""
 
 
 def _build_trainer(build=None):
@@ -473,8 +526,12 @@ def _train(args: argparse.Namespace, bindings: list[str], command: list[str], ar
     # on stop training at a step all processes agree on, with a checkpoint there
     # (launch/preemption.py); the lock is released on the way out, so that a restart, on
     # this host or another, resumes.
-    with preemption.Watch() as watch, run_lock.acquire(model_dir):
+    with preemption.Watch() as watch, run_lock.acquire(model_dir, break_lock=args.break_lock):
+        change = _check_resume(trainer, allow=args.allow_config_change)
         if is_chief:
+            remove_leftover_temporaries(model_dir)  # Of a run killed mid-write.
+            if change is not None:
+                _record_config_change(model_dir, change, info)
             _write_config(model_dir)
         record()
         try:
@@ -486,6 +543,18 @@ def _train(args: argparse.Namespace, bindings: list[str], command: list[str], ar
         except ConfigError as e:  # Found while training, e.g. no checkpoint restores.
             record(status="configuration error", error=_first_line(e))
             raise
+        except (train_lib.CheckpointSaveFailed, OSError) as e:  # A full disk, say.
+            what = _first_line(e)
+            if isinstance(e, OSError):
+                what = f"cannot write {e.filename or model_dir!r}: {e.strerror or what}"
+            if args.verbose:
+                traceback.print_exc()
+            try:  # On a full disk even run.json may not fit.
+                record(status="write failed", error=what)
+            except OSError as again:
+                print(f"WARNING: run.json not updated: {again}", file=sys.stderr)
+            print(f"ERROR: {what} (exit {EXIT_IO_ERROR})", file=sys.stderr, flush=True)
+            return EXIT_IO_ERROR
         except preemption.Preempted as p:
             record(
                 status="preempted",
@@ -504,7 +573,7 @@ def _train(args: argparse.Namespace, bindings: list[str], command: list[str], ar
             _write_config(model_dir)
         record(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), result=result)
     if is_chief:
-        print(f"done: {model_dir} (tensorboard --logdir {model_dir})", flush=True)
+        print(f"done: {model_dir} (tensorboard --logdir {shlex.quote(model_dir)})", flush=True)
     return 0
 
 
@@ -615,6 +684,57 @@ def _dry_run_fit(budgets: list[int], trainers: dict, arms: dict, chosen: str, me
             print(sharding.fit_report(tag, fit), flush=True)
 
 
+def _check_resume(trainer, allow: bool):
+    """launch/resume_check.py: before a resume writes anything, the configuration it
+    resumes with against the recorded one (every process, so that all stop alike)."""
+    from etils import epath
+
+    from launch import resume_check
+    from launch.checkpoints import checkpoint_steps
+
+    steps = checkpoint_steps(trainer.checkpoint_dir)
+    if not steps:
+        return None  # Nothing to resume: the run starts over.
+    config = epath.Path(join(trainer.model_dir, "config.gin"))
+    return resume_check.check_resume(
+        config.read_text() if config.exists() else None,
+        gin.operative_config_str(),
+        steps[-1],
+        trainer.config.train_steps,
+        trainer.model_dir,
+        allow,
+    )
+
+
+def _record_config_change(model_dir: str, change, info: dict) -> None:
+    """--allow_config_change: keeps the config that trained up to the resumed step as
+    config.before_step_<step>.gin and lists the change in run.json's config_changes
+    (carried over from the run.json before)."""
+    from etils import epath
+
+    from launch.summary_writer import read_json
+
+    old = epath.Path(join(model_dir, "config.gin")).read_text()
+    write_text_atomic(join(model_dir, f"config.before_step_{change.step}.gin"), old)
+    previous = epath.Path(join(model_dir, "run.json"))
+    changes = read_json(previous).get("config_changes", []) if previous.exists() else []
+    changes.append(
+        {
+            "step": change.step,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "changed": {name: list(values) for name, values in change.changed.items()},
+        }
+    )
+    info["config_changes"] = changes
+    print(
+        f"WARNING: resuming at step {change.step} with a changed configuration "
+        f"({change.describe()}); the config before is kept as "
+        f"config.before_step_{change.step}.gin",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def _write_config(model_dir: str) -> None:
     write_text_atomic(join(model_dir, "config.gin"), gin.operative_config_str())
 
@@ -623,5 +743,18 @@ def _write_json(path: str, obj) -> None:
     write_json(path, obj)
 
 
+def exit_now(code: int) -> None:
+    """Ends the process with `code` without waiting for other threads: after a failed
+    save, orbax's background threads wait for signals that never come and would keep a
+    normal exit waiting forever (the lock is released by then; streams are flushed)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == EXIT_IO_ERROR:
+        exit_now(code)
+    sys.exit(code)

@@ -60,6 +60,9 @@ def append_text(path: PathLike, text: str) -> None:
     target.write_text(old + text)
 
 
+TMP_SUFFIX = ".tmp"  # write_text_atomic's temporary file: `<name>.tmp` beside `<name>`.
+
+
 def write_text_atomic(path: PathLike, text: str) -> None:
     """Writes `text` to `path` so that a reader (or a kill) never sees half a file: locally
     through a temporary file renamed over it; on an object store directly, since an object
@@ -68,9 +71,24 @@ def write_text_atomic(path: PathLike, text: str) -> None:
     if not is_local(path):
         target.write_text(text)
         return
-    tmp = target.parent / (target.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(target)
+    tmp = target.parent / (target.name + TMP_SUFFIX)
+    try:
+        tmp.write_text(text)
+        tmp.replace(target)
+    finally:  # A failed write (a full disk) leaves no temporary file behind.
+        tmp.unlink(missing_ok=True)
+
+
+def remove_leftover_temporaries(directory: PathLike) -> list[str]:
+    """Deletes the temporary files of `write_text_atomic` in `directory` that a process
+    killed between writing and renaming left behind (call it holding the run's lock);
+    returns their names."""
+    if not is_local(directory) or not epath.Path(directory).is_dir():
+        return []
+    left = sorted(epath.Path(directory).glob(f"*{TMP_SUFFIX}"))
+    for path in left:
+        path.unlink(missing_ok=True)
+    return [path.name for path in left]
 
 
 def write_json(path: PathLike, obj: Any) -> None:

@@ -306,10 +306,11 @@ def train(experiment: str, optimizer: str, seed: int, directory: Path, bindings:
     """Runs (or resumes) one run unless it finished or diverged; returns its status. A
     diverged run is an outcome of the sweep (e.g. a learning rate too high), not an error."""
     status, _ = run_status(directory)
+    cmd = compare.train_command(experiment, optimizer, seed, directory, bindings)
     if status != "missing":
+        compare.check_reuse(directory, cmd, "sweep")
         print(f"[sweep] {directory} already {status}; skipping", flush=True)
         return status
-    cmd = compare.train_command(experiment, optimizer, seed, directory, bindings)
     print("[sweep] " + " ".join(cmd), flush=True)
     code = subprocess.run(cmd, cwd=REPO).returncode
     status, _ = run_status(directory)

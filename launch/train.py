@@ -28,10 +28,11 @@ import functools
 import inspect
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import flax.linen as nn
 import flax.struct
@@ -51,6 +52,12 @@ from launch.checkpoints import checkpoint_manager, checkpoint_steps
 from launch.optimizers import OptimizerSpec, slot_bytes
 from launch.preemption import NoWatch, Preempted
 from launch.summary_writer import ScalarWriter, join, read_metrics, write_json
+
+
+class CheckpointSaveFailed(Exception):
+    """A checkpoint could not be written (a full disk, no permission to write, a storage
+    error): training stops rather than go on without a restart point. launch/run.py exits
+    74 (sysexits.h EX_IOERR) naming the directory and the cause."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -356,6 +363,44 @@ def all_finite(tree) -> jax.Array:
         if jnp.issubdtype(x.dtype, jnp.inexact)
     ]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def state_checksums(tree) -> list[jax.Array]:
+    """Two uint32 checksums per leaf of `tree`, in leaf order: the sum of its values'
+    bits and the sum weighted by their position (1, 2, ... in C order), both modulo
+    2**32, so a changed value, a flipped bit or two values swapped changes them. Integer
+    sums wrap the same whatever the order of addition, so the numbers do not depend on
+    how the leaf is sharded or on the device count. Saved beside each checkpoint and
+    checked on restore (`Checkpointer`)."""
+
+    def leaf(x: jax.Array) -> jax.Array:
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        if x.dtype == jnp.bool_:
+            bits = x.astype(jnp.uint32)
+        else:
+            unsigned = jnp.dtype(f"uint{8 * x.dtype.itemsize}")
+            bits = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+        # The C-order position of every element, built per axis (no reshape, which could
+        # gather a sharded leaf onto one device).
+        position = jnp.ones(x.shape, jnp.uint32)
+        stride = 1
+        for axis in reversed(range(x.ndim)):
+            position += jax.lax.broadcasted_iota(jnp.uint32, x.shape, axis) * jnp.uint32(stride)
+            stride *= x.shape[axis]
+        return jnp.stack(
+            [jnp.sum(bits, dtype=jnp.uint32), jnp.sum(bits * position, dtype=jnp.uint32)]
+        )
+
+    return [leaf(x) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def checksum_record(tree, sums: list) -> dict[str, list[int]]:
+    """`state_checksums(tree)` fetched, by leaf path (jax.tree_util.keystr)."""
+    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
+    return {
+        path: [int(v) for v in np.asarray(pair)] for path, pair in zip(paths, sums, strict=True)
+    }
 
 
 def poison_first_leaf(tree, when: jax.Array):
@@ -769,10 +814,14 @@ class Checkpointer:
         state_finite: Callable[[TrainState], jax.Array],
         is_chief: bool,
         read_only: bool = False,
+        state_checksums: Callable[[TrainState], list] | None = None,
     ):
         self.directory = directory
         self.abstract_state = abstract_state
         self.state_finite = state_finite
+        # Checksums of the arrays, saved with each checkpoint and compared on restore: a
+        # checkpoint whose data changed since (a flipped bit) is treated as damaged.
+        self.state_checksums = state_checksums
         self.is_chief = is_chief
         self.read_only = read_only
         # The newest step saved or restored by this run: what a restart would resume from.
@@ -781,6 +830,9 @@ class Checkpointer:
         self.restored_meta: dict[str, Any] = {}
         self.manager = checkpoint_manager(directory, keep=keep, read_only=read_only)
         self._closed = False
+        # The step being saved in the background, and the newest known complete.
+        self._pending: int | None = None
+        self._confirmed: int | None = None
 
     def save(
         self, step: int, state: TrainState, train_time: float, carried: dict | None = None
@@ -790,19 +842,52 @@ class Checkpointer:
         meta = {"train_time_s": train_time}
         if carried:
             meta["carried_interval"] = carried
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-        )
-        self.last_good = step
+        if self.state_checksums is not None:
+            meta["checksums"] = checksum_record(state, self.state_checksums(state))
+        self._wait()  # The previous save, finished in the background, may have failed.
+        try:
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                ),
+            )
+        except Exception as e:  # orbax and tensorstore raise many types on a failed write.
+            self._failed(step, e)
+        self._pending, self.last_good = step, step
+
+    def _wait(self) -> None:
+        """Waits for the save under way; CheckpointSaveFailed if it failed."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            self._failed(self._pending, e)
+        self._confirmed = self._pending if self._pending is not None else self._confirmed
+        self._pending = None
+
+    def _failed(self, step: int | None, error: BaseException) -> NoReturn:
+        """A save failed: the manager is shut down (its background threads would keep the
+        process alive) and CheckpointSaveFailed names the directory, the step and the
+        cause; the last good checkpoint is the last one known complete."""
+        self.last_good, self._pending, self._closed = self._confirmed, None, True
+        try:
+            self.manager.close()
+        except Exception:  # The same failure, raised again: already being reported.
+            pass
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        # tensorstore names the OS error by number: lead with its text (a full disk).
+        code = re.search(r"os_error_code='(\d+)'", reason)
+        cause = f"{os.strerror(int(code.group(1)))}: " if code else ""
+        raise CheckpointSaveFailed(
+            f"the checkpoint of step {step} could not be written to {self.directory} "
+            f"({cause}{type(error).__name__}: {reason[:300]}); {self.describe_last_good()}"
+        ) from error
 
     def close(self) -> None:
         if self._closed:
             return
+        self._wait()
         self._closed = True
-        self.manager.wait_until_finished()
         self.manager.close()
 
     def describe_last_good(self) -> str:
@@ -822,30 +907,33 @@ class Checkpointer:
         (the manager is closed first).
         """
         failed: list[int] = []
+        reasons: list[str] = []  # Reported only if an older checkpoint restores.
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 state, train_time = self.restore_step(step)
             except Exception as e:  # orbax and tensorstore raise many types on bad files.
-                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-                _warn(
-                    self.is_chief,
-                    f"checkpoint {join(self.directory, str(step))} cannot be "
-                    f"restored ({type(e).__name__}: {reason})",
-                )
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                # The first sentence: orbax goes on with advice for its own API.
+                reason = re.split(r"\.\s+(?=[A-Z])", reason, maxsplit=1)[0][:300]
+                reasons.append(f"{type(e).__name__}: {reason}")
                 failed.append(step)
                 continue
             if failed:
+                for bad, reason in zip(failed, reasons, strict=True):
+                    where = join(self.directory, str(bad))
+                    _warn(self.is_chief, f"checkpoint {where} cannot be restored ({reason})")
                 if not self.read_only:
                     self._move_aside(failed)
                 _warn(self.is_chief, f"falling back to the checkpoint of step {step}")
-            self.last_good = step
+            self.last_good = self._confirmed = step
             return state, train_time, step
         if failed:
             self.close()
             raise ConfigError(
                 f"no checkpoint in {self.directory} can be restored (steps "
-                f"{sorted(failed)}): damaged, or written by another configuration (model, "
-                "optimizer); fix the configuration, or move that directory away to start over"
+                f"{sorted(failed)}; step {failed[0]}: {reasons[0]}): damaged, or written by "
+                "another configuration (model, optimizer); fix the configuration, or move "
+                "that directory away to start over"
             )
         return None
 
@@ -859,6 +947,16 @@ class Checkpointer:
             ),
         )
         train_time = float(restored["meta"]["train_time_s"])
+        saved = restored["meta"].get("checksums")
+        if saved is not None and self.state_checksums is not None:
+            state = restored["state"]
+            now = checksum_record(state, self.state_checksums(state))
+            changed = [path for path, sums in now.items() if saved.get(path) != sums]
+            if changed:
+                raise ValueError(
+                    f"checksum mismatch: {len(changed)} array(s) differ from what was saved "
+                    f"(the first: state{changed[0]})"
+                )
         if not bool(self.state_finite(restored["state"])):
             raise ValueError("the state holds NaN or Inf values")
         self.restored_meta = dict(restored["meta"])
@@ -1053,6 +1151,7 @@ class Trainer:
         self.task = c.task
         self.model = c.model(**self.task.model_kwargs())
         self.opt = c.optimizer(c.train_steps)
+        self._check_amos_xi()
         self.unit_name = self.task.unit_name
         self.units_per_batch = c.batch_size * self.task.units_per_example
         self.reports_perplexity = self.task.reports_perplexity
@@ -1166,6 +1265,7 @@ class Trainer:
             out_shardings=self.state_sharding,
         )
         self.state_finite = jax.jit(all_finite)
+        self.state_checksums = jax.jit(state_checksums, out_shardings=self.replicated)
         diagnostics = self.opt.diagnostics or (lambda opt_state, params: {})
         self.diagnostics = jax.jit(
             lambda state: diagnostics(state.opt_state, state.params),
@@ -1329,6 +1429,27 @@ class Trainer:
             or step == c.first_checkpoint_step
         )
 
+    # How far from the paper's 1/sqrt(N) guidance xi may be before a warning: the paper's
+    # own settings sit within about 10x of it (BERT's 0.005 for millions of sequences).
+    XI_GUIDANCE_FACTOR = 100.0
+
+    def _check_amos_xi(self) -> None:
+        """Warns when Amos' xi is far from the paper's guidance 1/sqrt(N), N the task's
+        training examples (where the task knows it): xi = 100 on a small task trains to a
+        large finite loss, which is no divergence, and would otherwise pass unremarked."""
+        n = getattr(self.task, "num_train_examples", None)
+        if self.opt.name != "amos" or not isinstance(n, int) or n < 1:
+            return
+        xi, guidance = float(self.opt.learning_rate(self.config.train_steps)), n**-0.5
+        if guidance / self.XI_GUIDANCE_FACTOR <= xi <= guidance * self.XI_GUIDANCE_FACTOR:
+            return
+        _warn(
+            self.is_chief,
+            f"AMOS_XI={xi:g} is {max(xi / guidance, guidance / xi):.0f}x "
+            f"{'above' if xi > guidance else 'below'} the paper's guidance 1/sqrt(N) = "
+            f"{guidance:.3g} for this task's N = {n} training examples",
+        )
+
     def run(self, stop_after: int | None = None, preemption=None) -> dict[str, Any]:
         """Trains to `train_steps` (or `stop_after` steps in this call); returns final.json.
 
@@ -1352,6 +1473,7 @@ class Trainer:
             keep=c.keep_checkpoints,
             abstract_state=self.abstract_state,
             state_finite=self.state_finite,
+            state_checksums=self.state_checksums,
             is_chief=self.is_chief,
         )
         restored = checkpointer.restore()
@@ -1413,6 +1535,9 @@ class Trainer:
                     checkpointer.save(step, state, train_time, carried)
                 logger.flush()
                 logger.start_interval()
+        except CheckpointSaveFailed:
+            logger.close()
+            raise
         except _Stop as stop:
             profiler.stop()
             logger.close()
@@ -1542,6 +1667,7 @@ class Trainer:
             keep=c.keep_checkpoints,
             abstract_state=self.abstract_state,
             state_finite=self.state_finite,
+            state_checksums=self.state_checksums,
             is_chief=self.is_chief,
             read_only=True,
         )

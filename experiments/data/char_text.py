@@ -148,6 +148,10 @@ class WindowedLMTask(ObjectiveTask):
 
     def check_fits(self, name: str = "block_size") -> None:
         c = self.corpus
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int):
+            raise ConfigError(f"{name}={self.block_size!r} must be an integer")
+        if self.block_size < 1:  # 0 trains on empty windows: a NaN loss, not divergence.
+            raise ConfigError(f"{name}={self.block_size} must be at least 1")
         if self.block_size >= min(len(c.train), len(c.val), len(c.test)):
             raise ConfigError(
                 f"{name}={self.block_size} does not fit the splits ({len(c.train)} train / "
