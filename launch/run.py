@@ -541,6 +541,8 @@ def _train(args: argparse.Namespace, bindings: list[str], command: list[str], ar
             record(status="diverged", error=str(e))
             return 3
         except ConfigError as e:  # Found while training, e.g. no checkpoint restores.
+            if change is not None and is_chief:  # Nothing resumed: the change did not happen.
+                _undo_config_change(model_dir, change, info)
             record(status="configuration error", error=_first_line(e))
             raise
         except (train_lib.CheckpointSaveFailed, OSError) as e:  # A full disk, say.
@@ -733,6 +735,19 @@ def _record_config_change(model_dir: str, change, info: dict) -> None:
         file=sys.stderr,
         flush=True,
     )
+
+
+def _undo_config_change(model_dir: str, change, info: dict) -> None:
+    """`_record_config_change` taken back, for a resume that failed to restore: config.gin
+    is the recorded one again, and run.json lists no change."""
+    from etils import epath
+
+    before = epath.Path(join(model_dir, f"config.before_step_{change.step}.gin"))
+    write_text_atomic(join(model_dir, "config.gin"), before.read_text())
+    before.unlink()
+    info["config_changes"] = info["config_changes"][:-1]
+    if not info["config_changes"]:
+        del info["config_changes"]
 
 
 def _write_config(model_dir: str) -> None:
