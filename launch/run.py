@@ -35,6 +35,7 @@ is released, and the same command, on this host or another, resumes there
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import platform
@@ -272,6 +273,36 @@ def _check_macros(bindings: list[str]) -> None:
             ) from None
 
 
+def _check_macros_read(bindings: list[str]) -> None:
+    """A `--gin.NAME=...` for a macro that nothing in the configuration reads would be
+    ignored: every binding that used it was overridden by a later file (CORPUS_PATH with
+    a generated-text data file included after the corpus one), so it is an error here.
+    Another arm's knob (a macro an optimizer file reads, e.g. AMOS_XI on the AdamW arm) is
+    let through: compare.py and sweep.py give every arm the same bindings."""
+    config = gin.config_str()
+    for b in bindings:
+        name = b.split("=", 1)[0].strip()
+        if "." in name or "/" in name:
+            continue
+        reads = re.compile(rf"%{re.escape(name)}\b")
+        if reads.search(config) or name in _optimizer_file_macros():
+            continue
+        raise ConfigError(
+            f"gin binding '{b}': nothing in this configuration reads {name} (the bindings "
+            "that used it were overridden by a later gin file); remove it, or change the "
+            "files"
+        )
+
+
+@functools.cache
+def _optimizer_file_macros() -> frozenset[str]:
+    """The macros the optimizer files (gin_configs/optimizers/) read: the arms' knobs."""
+    names: set[str] = set()
+    for path in (Path(DEFAULT_SEARCH_PATH) / "optimizers").glob("*.gin"):
+        names.update(re.findall(r"%([A-Za-z_]\w*)", path.read_text()))
+    return frozenset(names)
+
+
 def _safe_gin_file_readers() -> None:
     """gin also looks for files inside Python packages, and crashes (TypeError) when a
     path's directory happens to be a namespace package, e.g. a `runs/` output folder in the
@@ -318,6 +349,7 @@ def load_gin(files: list[str], bindings: list[str], search_paths: list[str]) -> 
             gin.parse_config(binding)
         except Exception as e:  # SyntaxError, tokenize.TokenError, ValueError, ...
             raise ConfigError(f"gin binding '{binding}': {_first_line(e)}") from e
+    _check_macros_read(bindings)
     try:
         gin.finalize()
     except ValueError as e:  # A macro no file defines, e.g. an arm's knob (--optimizer).

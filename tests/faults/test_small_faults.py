@@ -45,3 +45,15 @@ def test_an_amos_xi_far_from_the_guidance_is_warned_about(capsys):
     assert "WARNING: AMOS_XI=100 is 7500x above the paper's guidance 1/sqrt(N) = 0.0133" in err
     assert run_cli.main(base) == 0
     assert "AMOS_XI" not in capsys.readouterr().err  # The experiment's own xi: no warning.
+
+
+def test_a_binding_that_nothing_reads_is_an_error(capsys):
+    # The corpus file's binding of CharTextTask.corpus_path is overridden by the
+    # generated-text file included after it: CORPUS_PATH would be ignored.
+    files = ["--gin_file=experiments/nanogpt_cpu.gin", "--gin_file=data/generated_char.gin"]
+    dry = ["--optimizer=adamw", "--dry_run", "--dry_run_compile=off"]
+    assert run_cli.main([*files, *dry, "--gin.CORPUS_PATH='/missing.txt'"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "nothing in this configuration reads CORPUS_PATH" in err
+    # Another arm's knob is let through: compare.py gives every arm the same bindings.
+    assert run_cli.main([*files, *dry, "--gin.AMOS_XI=0.01"]) == 0
