@@ -285,13 +285,17 @@ def _check_macros_read(bindings: list[str]) -> None:
         if "." in name or "/" in name:
             continue
         reads = re.compile(rf"%{re.escape(name)}\b")
-        if reads.search(config) or name in _optimizer_file_macros():
+        if reads.search(config) or name in _optimizer_file_macros() or name in READ_BY_CODE:
             continue
         raise ConfigError(
             f"gin binding '{b}': nothing in this configuration reads {name} (the bindings "
             "that used it were overridden by a later gin file); remove it, or change the "
             "files"
         )
+
+
+# Macros the code reads itself (gin.query_parameter), which no binding references.
+READ_BY_CODE = ("DRY_RUN_VOCAB_SIZE",)  # launch/train.py, dry_run_trainer
 
 
 @functools.cache
@@ -472,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         # A failed restore or save is reported in one line, not as orbax's log and the
         # exceptions its threads leave behind (a caller in-process keeps its own hooks).
         logging.getLogger("absl").addFilter(_without_orbax_errors)
+        logging.getLogger("asyncio").addFilter(_without_orbax_errors)
         sys.unraisablehook = _without_unraisable_noise
     try:
         return _train(args, bindings, command, argv)
@@ -484,11 +489,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _without_orbax_errors(record: logging.LogRecord) -> bool:
     """A logging filter: False for orbax's ERROR records (a traceback of each background
-    thread a failed save ran in; orbax starts its messages with '[process=N]'), which the
+    thread a failed save ran in; orbax starts its messages with '[process=N]') and for
+    asyncio's "exception was never retrieved" of a failed restore's reads, which the
     harness reports in one line of its own."""
     if record.levelno < logging.ERROR:
         return True
-    return not (record.getMessage().startswith("[process=") or "orbax" in record.pathname)
+    message = record.getMessage()
+    if record.name == "asyncio":  # A failed restore's reads, collected after the error.
+        return "exception was never retrieved" not in message
+    return not (message.startswith("[process=") or "orbax" in record.pathname)
 
 
 def _without_unraisable_noise(unraisable) -> None:
@@ -724,9 +733,12 @@ def _check_resume(trainer, allow: bool):
     from etils import epath
 
     from launch import resume_check
-    from launch.checkpoints import checkpoint_steps
 
-    steps = checkpoint_steps(trainer.checkpoint_dir)
+    # The checkpoints' folders, listed without orbax: a manager would sync the processes,
+    # and they reach this point at different times.
+    directory = epath.Path(trainer.checkpoint_dir)
+    names = [p.name for p in directory.iterdir()] if directory.is_dir() else []
+    steps = sorted(int(name) for name in names if name.isdigit())
     if not steps:
         return None  # Nothing to resume: the run starts over.
     config = epath.Path(join(trainer.model_dir, "config.gin"))
