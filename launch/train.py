@@ -1678,9 +1678,16 @@ class Trainer:
         if restored is None:  # Deleted between the listing and the restore.
             raise ConfigError(f"--eval_only: MODEL_DIR {c.model_dir!r} has no checkpoint")
         state, train_time, step = restored
+        batches = self._eval_batches()
         result = {
             "step": step,
-            "eval": self.evaluate(state, self._eval_batches()),
+            "eval": self.evaluate(state, batches),
+            # How far the validation loss could move with other batches: what sizes
+            # EVAL_BATCHES so that it tells trials apart (README, the second edition).
+            "loss_standard_error": {
+                split: self._loss_standard_error(state, split_batches)
+                for split, split_batches in batches.items()
+            },
             "train_time_s": train_time,
             "checkpoint": join(directory, str(step)),
             "eval_splits": list(c.eval_splits),
@@ -1691,6 +1698,15 @@ class Trainer:
         if self.is_chief:
             write_json(path, result)
         return {**result, "path": path}
+
+    def _loss_standard_error(self, state, split_batches) -> float | None:
+        """`weighted_standard_error` of a split's batches; None for a split evaluated
+        whole with the state carried (consecutive batches are no independent draws)."""
+        if self.state_collections:
+            return None
+        return weighted_standard_error(
+            jax.device_get([self.eval_step(state, b) for b in split_batches])
+        )
 
     def _recorded_eval(self, step: int) -> dict[str, float]:
         """The evaluation at `step` from metrics.jsonl: a run restarted on its finished
@@ -1722,6 +1738,19 @@ def weighted_means(results: Sequence[tuple[Any, Any, Any]]) -> tuple[float, floa
     if total <= 0:  # No targets at all: the plain means (0 from the objective).
         return float(loss.mean()), float(acc.mean())
     return float((loss * count).sum() / total), float((acc * count).sum() / total)
+
+
+def weighted_standard_error(results: Sequence[tuple[Any, Any, Any]]) -> float | None:
+    """The standard error of `weighted_means`' loss, with the batches as the independent
+    draws they are (each a random sample of the split): the ratio estimator's
+    sqrt(n / (n - 1) * sum(w_i^2 (L_i - L)^2)) / sum(w_i), for batch losses L_i of w_i
+    targets and their weighted mean L. None with fewer than 2 batches or no targets."""
+    loss, _, count = (np.asarray(x, np.float64) for x in zip(*results, strict=True))
+    total, n = float(count.sum()), len(loss)
+    if n < 2 or total <= 0:
+        return None
+    mean = float((loss * count).sum() / total)
+    return float(np.sqrt(n / (n - 1) * ((count * (loss - mean)) ** 2).sum()) / total)
 
 
 _SHOWN = 5  # Variables a fine-tuning mismatch names.

@@ -289,6 +289,8 @@ def test_eval_only_reproduces_the_final_evaluation_read_only(
     written = json.loads((d / "eval_120.json").read_text())
     assert written["step"] == 120 and written["checkpoint"] == str(d / "checkpoints" / "120")
     assert written["eval"] == {k: v for k, v in final.items() if k not in TIMING}
+    # The validation loss's standard error over its batches: small, but not nothing.
+    assert 0 < written["loss_standard_error"]["val"] < 0.1 * written["eval"]["loss"]
     after = _files(d)
     assert after.pop("eval_120.json") and after == before
 
@@ -542,3 +544,12 @@ def test_evaluation_is_the_exact_per_target_mean_over_a_padded_split(tmp_path: P
     naive = float(np.mean([m[0] for m in means]))
     assert abs(naive / float(exact_loss) - 1) > 1e-2, (naive, exact_loss)
     assert train_lib.weighted_means(means) == (result["loss"], result["accuracy"])
+
+
+def test_the_standard_error_of_a_weighted_mean_over_batches():
+    # Two batches of 4 and 2 targets, losses 1.0 and 2.5: mean (4 + 5) / 6 = 1.5;
+    # sqrt(2 / 1 * (4**2 * 0.5**2 + 2**2 * 1.0**2)) / 6 = sqrt(16) / 6.
+    got = train_lib.weighted_standard_error([(1.0, 0.0, 4.0), (2.5, 0.0, 2.0)])
+    assert math.isclose(got, 4 / 6)
+    assert train_lib.weighted_standard_error([(1.0, 0.0, 4.0)]) is None  # One batch.
+    assert train_lib.weighted_standard_error([(1.0, 0.0, 4.0), (1.0, 0.0, 2.0)]) == 0.0
