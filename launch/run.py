@@ -46,6 +46,7 @@ import subprocess
 import sys
 import time
 import traceback
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -478,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("absl").addFilter(_without_orbax_errors)
         logging.getLogger("asyncio").addFilter(_without_orbax_errors)
         sys.unraisablehook = _without_unraisable_noise
+        # The same reads, collected at exit before they ran.
+        warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
     try:
         return _train(args, bindings, command, argv)
     except ConfigError as e:  # The one place a configuration mistake is reported.
