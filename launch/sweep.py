@@ -802,6 +802,22 @@ def summarize_continuation(
     return summary
 
 
+def check_tool_args(
+    p: argparse.ArgumentParser, experiment: str, rest: list[str], sets: tuple, tool: str
+) -> None:
+    """The checks every study tool makes of its command line (argparse's exit 2 on each):
+    what is left over are --gin bindings, none of them one that the tool sets per run
+    (`sets`), and the experiment has a gin file."""
+    bad = [a for a in rest if not a.startswith("--gin.")]
+    if bad:
+        p.error(f"unrecognized arguments: {' '.join(bad)}")
+    fixed = [a for a in rest if a.split("=", 1)[0] in {f"--gin.{n}" for n in sets}]
+    if fixed:
+        p.error(f"{' '.join(fixed)}: the {tool} sets {', '.join(sets)} itself")
+    if not (REPO / "gin_configs" / compare.experiment_file(experiment)).exists():
+        p.error(f"no experiment file for --experiment {experiment!r}")
+
+
 # ---------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     command = [sys.executable, *sys.argv] if argv is None else ["launch/sweep.py", *argv]
@@ -840,14 +856,7 @@ def main(argv: list[str] | None = None) -> int:
         "--resummarize", action="store_true", help="only summarize existing run directories"
     )
     args, rest = p.parse_known_args(argv)
-    bad = [a for a in rest if not a.startswith("--gin")]
-    if bad:
-        p.error(f"unrecognized arguments: {' '.join(bad)}")
-    fixed = [a for a in rest if a.split("=", 1)[0] in {f"--gin.{n}" for n in SWEEP_SETS}]
-    if fixed:
-        p.error(f"{' '.join(fixed)}: the sweep sets {', '.join(SWEEP_SETS)} itself")
-    if not (REPO / "gin_configs" / compare.experiment_file(args.experiment)).exists():
-        p.error(f"no experiment file for --experiment {args.experiment!r}")
+    check_tool_args(p, args.experiment, rest, SWEEP_SETS, "sweep")
     if args.seeds < 1:
         p.error(f"--seeds={args.seeds} must be at least 1")
     if args.extensions < 0:

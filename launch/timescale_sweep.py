@@ -499,17 +499,9 @@ def main(argv: list[str] | None = None) -> int:
         "--resummarize", action="store_true", help="only summarize existing run directories"
     )
     args, rest = p.parse_known_args(argv)
-    bad = [a for a in rest if not a.startswith("--gin")]
-    if bad:
-        p.error(f"unrecognized arguments: {' '.join(bad)}")
-    mine = (*sweep.SWEEP_SETS, *OWN)
-    fixed = [a for a in rest if a.split("=", 1)[0] in {f"--gin.{n}" for n in mine}]
-    if fixed:
-        p.error(f"{' '.join(fixed)}: the sweep sets {', '.join(mine)} itself")
+    sweep.check_tool_args(p, args.experiment, rest, (*sweep.SWEEP_SETS, *OWN), "sweep")
     if args.extensions < 0:
         p.error(f"--extensions={args.extensions} must be 0 or more")
-    if not (REPO / "gin_configs" / compare.experiment_file(args.experiment)).exists():
-        p.error(f"no experiment file for --experiment {args.experiment!r}")
     parent = Path(args.parent or REPO / "runs" / "timescale" / args.experiment).resolve()
     out = Path(args.results or REPO / "results" / "timescale" / args.experiment).resolve()
     try:
