@@ -120,6 +120,13 @@ def flagged(v: dict) -> str:
 def settings(v: dict) -> str:
     """tuned or untuned, with the knob's value where a sweep recorded it."""
     name = "tuned" if v.get("tuned") is True else "untuned"
+    if v.get("setting"):  # The second edition's: every tuned knob.
+        short = {"AMOS_XI": "xi", "AMOS_BETA": "beta", "ADAMW_LR": "lr"}
+        shown = ", ".join(
+            f"warmup {x:.0%}" if k == "WARMUP_FRACTION" else f"{short.get(k, k)} {x:.3g}"
+            for k, x in v["setting"].items()
+        )
+        return f"{name} ({shown})"
     if "knob" in v and is_number(v.get("knob_value")):
         label = {"AMOS_XI": "xi", "ADAMW_LR": "lr"}.get(v["knob"], v["knob"])
         return f"{name} ({label} {v['knob_value']:.3g} = {v.get('knob_factor', 1):g}x)"
@@ -139,11 +146,80 @@ def revisions(s: dict) -> str:
 # ## Read every summary
 
 # %%
-studies, earlier = {}, {}
+second, studies, earlier = {}, {}, {}
 for name, (_, summary) in read_summaries().items():
-    (studies if name.startswith("study/") else earlier)[name] = summary
+    if name.startswith("study2/"):
+        second[name] = summary
+    else:
+        (studies if name.startswith("study/") else earlier)[name] = summary
+print(f"{len(second)} second-edition summaries:", ", ".join(second) or "none yet")
 print(f"{len(studies)} study summaries:", ", ".join(studies) or "none yet")
 print(f"{len(earlier)} earlier summaries:", ", ".join(earlier))
+
+
+# %% [markdown]
+# ## The second edition: verdicts from intervals
+#
+# `results/study2/*/` (`launch/study2.py`): picks from two tuning seeds, every row over
+# five fresh seeds, and each claim's verdict read from a 95% bootstrap interval over those
+# seeds (`summary.json`'s `claims`): *met* when the whole interval is on the claim's side,
+# *not met* when none of it is, *inconclusive* otherwise. Time ratios are shown, not judged.
+
+# %%
+SECOND_COLUMNS = [
+    "experiment",
+    "Amos row",
+    "seeds",
+    "test loss − AdamW [95% CI]",
+    "loss verdict",
+    "step ratio [95% CI]",
+    "per seed",
+    f"steps verdict (≤ {CLAIMS['steps']:.2f})",
+    "at 0.7: − AdamW planned for 0.7 [95% CI]",
+    "time-to-result verdict",
+    "slot-bytes ratio",
+    "memory claim",
+    "time ratio (not judged)",
+    "flagged runs",
+]
+
+
+def interval(c: dict | None, spec: str) -> str:
+    if not c or "point" not in c:
+        return (c or {}).get("note", NOT_RUN)
+    return f"{fmt(c['point'], spec)} [{fmt(c['low'], spec)}, {fmt(c['high'], spec)}]"
+
+
+def second_rows(summaries: dict[str, dict]) -> list[dict[str, str]]:
+    rows = []
+    for name, s in summaries.items():
+        opts = s.get("optimizers") or {}
+        for row, c in (s.get("claims") or {}).items():
+            v = opts.get(row, {})
+            at = c.get("at_0.7")
+            per_seed = ", ".join(fmt(x, ".2f") for x in c.get("step_ratio_per_seed", []))
+            values = [
+                name.removeprefix("study2/"),
+                f"{row} ({settings(v)})" if v else row,
+                str(len(c.get("seeds", []))),
+                interval(c.get("final_loss_difference"), ".4f"),
+                (c.get("final_loss_difference") or {}).get("verdict", NOT_RUN),
+                interval(c.get("step_ratio"), ".3f"),
+                per_seed or NOT_RUN,
+                (c.get("step_ratio") or {}).get("verdict", NOT_RUN),
+                interval(at, ".4f"),
+                (at or {}).get("verdict", NOT_RUN),
+                fmt(v.get("slot_bytes_ratio_to_baseline"), ".3f"),
+                verdict(v.get("slot_bytes_ratio_to_baseline"), CLAIMS["memory"]),
+                fmt(v.get("test_time_ratio_to_baseline"), ".3f"),
+                flagged(v),
+            ]
+            rows.append(dict(zip(SECOND_COLUMNS, values, strict=True)))
+    return rows
+
+
+second_table = second_rows(second)
+print(f"{len(second_table)} second-edition rows")
 
 # %%
 COLUMNS = [
@@ -254,7 +330,24 @@ text = "\n".join(
         "(`make notebooks`); do not edit by hand. The paper's claims (reference section 3) "
         "head the verdict columns.",
         "",
-        '## The study (README, "The reproduction study: protocol")',
+        '## The study, second edition (README, "The study\'s second edition: protocol")',
+        "",
+        *(
+            [
+                "Amos' rows against AdamW at its pick, on **test**, over the fresh seeds; "
+                'intervals are 95% bootstrap intervals over seeds; "at 0.7" is Amos\' test '
+                "loss at 0.7 of the horizon minus AdamW's with its schedule planned for "
+                "0.7 of it.",
+                "",
+                *markdown_table(SECOND_COLUMNS, second_table),
+                "",
+                *notes(second, "test"),
+            ]
+            if second_table
+            else ["No family of the second edition has finished yet."]
+        ),
+        "",
+        '## The study, first edition (README, "The reproduction study: protocol")',
         "",
         *study_part,
         "",
