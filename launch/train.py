@@ -1331,7 +1331,9 @@ class Trainer:
         }
 
     def _num_eval_batches(self, split: str) -> int:
-        if self.state_collections:  # Consecutive batches covering the whole split.
+        # Consecutive batches covering the whole split: the carried state needs them in
+        # order; a task that evaluates whole splits (images.py `eval_whole_split`) asks.
+        if self.state_collections or getattr(self.task, "eval_whole_split", False):
             return self.task.eval_num_batches(split, self.config.global_eval_batch_size)
         return self.config.eval_batches
 

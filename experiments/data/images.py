@@ -200,6 +200,11 @@ class ImageClassificationTask(ObjectiveTask):
         (in their fixed order; 0.25: the first quarter), in memory; validation and test
         are unchanged, and the normalization statistics are the subset's (all the model
         is trained on).
+      eval_whole_split: evaluation reads each held-out split once, in order, in
+        ``eval_num_batches`` batches (the last one's padding rows weigh 0), whatever
+        EVAL_BATCHES says, instead of drawing EVAL_BATCHES batches with replacement: the
+        loss of the split itself, for splits small enough that draws would add noise
+        (the digits' 180 images). In memory only.
     """
 
     unit_name = "examples"
@@ -218,8 +223,17 @@ class ImageClassificationTask(ObjectiveTask):
         image_size: int = 224,
         loss_normalization: str = "mean",
         train_subset: float = 1.0,
+        eval_whole_split: bool = False,
     ):
-        self.objective = Classification(normalization=loss_normalization)
+        if eval_whole_split and not in_memory:
+            raise ConfigError(
+                "ImageClassificationTask.eval_whole_split needs the dataset in memory "
+                "(in_memory=True)"
+            )
+        self.eval_whole_split = eval_whole_split
+        # Whole splits pad their last batch with rows that must weigh nothing.
+        weights = "weights" if eval_whole_split else None
+        self.objective = Classification(normalization=loss_normalization, weights=weights)
         if augmentation not in AUGMENTATIONS:
             raise ConfigError(f"augmentation must be one of {AUGMENTATIONS}, got {augmentation!r}")
         self.augmentation, self.in_memory, self.image_size = augmentation, in_memory, image_size
@@ -277,7 +291,33 @@ class ImageClassificationTask(ObjectiveTask):
             batch = augment(batch, self.augmentation, rng)
         if rows is not None:
             batch, picks = batch[rows], picks[rows]
-        return {"images": (batch - self.mean) / self.std, "labels": labels[picks]}
+        out = {"images": (batch - self.mean) / self.std, "labels": labels[picks]}
+        if self.eval_whole_split:  # Every batch has the same keys, so one objective reads both.
+            out["weights"] = np.ones(len(picks), np.float32)
+        return out
+
+    def eval_num_batches(self, split: str, batch_size: int) -> int:
+        """Batches of ``batch_size`` that cover ``split`` (``eval_whole_split``)."""
+        return -(-len(self.splits.split(split)[1]) // batch_size)
+
+    def _whole_split_batch(self, split, index, batch_size, rows):
+        images, labels = self.splits.split(split)
+        if index >= self.eval_num_batches(split, batch_size):
+            raise ConfigError(
+                f"{split} has {len(labels)} images, {self.eval_num_batches(split, batch_size)} "
+                f"batches of {batch_size}; evaluation batch {index} is past its end"
+            )
+        positions = index * batch_size + np.arange(batch_size)
+        if rows is not None:
+            positions = positions[rows]
+        valid = positions < len(labels)
+        picks = np.where(valid, positions, 0)
+        batch = images[picks].astype(np.float32)
+        return {
+            "images": (batch - self.mean) / self.std,
+            "labels": labels[picks],
+            "weights": valid.astype(np.float32),
+        }
 
     def train_batch(
         self, *, seed: int, step: int, batch_size: int, rows: slice | None = None
@@ -293,6 +333,8 @@ class ImageClassificationTask(ObjectiveTask):
     ) -> dict[str, np.ndarray]:
         if not self.in_memory:
             return self._stream.eval_batch(split, seed, index, batch_size, rows)
+        if self.eval_whole_split:
+            return self._whole_split_batch(split, index, batch_size, rows)
         rng = batch_rng(seed=seed, split=split, purpose="eval", index=index)
         images, labels = self.splits.split(split)
         return self._batch(images, labels, rng, batch_size, rows, train=False)

@@ -254,3 +254,38 @@ def test_tfds_images_streaming_test_batches_are_pure(tiny_image_tfds):
     np.testing.assert_array_equal(again["labels"], first[1]["labels"])
     val = task.eval_batch("val", seed=0, index=0, batch_size=3)
     assert not np.allclose(val["images"], first[0]["images"])
+
+
+def test_a_whole_split_evaluation_reads_every_held_out_image_once():
+    task = ImageClassificationTask("digits", augmentation="digits", eval_whole_split=True)
+    images, labels = task.splits.split("val")
+    n = len(labels)
+    assert task.eval_num_batches("val", 32) == -(-n // 32) and n % 32  # a padded last batch
+    batches = [
+        task.eval_batch("val", seed=s, index=i, batch_size=32)
+        for s, i in [(0, k) for k in range(task.eval_num_batches("val", 32))]
+    ]
+    weights = np.concatenate([b["weights"] for b in batches])
+    assert weights.sum() == n and weights[:n].all() and not weights[n:].any()
+    # In order, each image once, normalized as the drawn batches are.
+    got = np.concatenate([b["images"] for b in batches])[:n]
+    np.testing.assert_allclose(got, (images.astype(np.float32) - task.mean) / task.std)
+    np.testing.assert_array_equal(np.concatenate([b["labels"] for b in batches])[:n], labels)
+    # The seed does not matter (no draws), a host's rows are its slice, and past the end
+    # is an error naming the split's size.
+    again = task.eval_batch("val", seed=7, index=1, batch_size=32, rows=slice(16, 32))
+    np.testing.assert_array_equal(again["images"], batches[1]["images"][16:])
+    with pytest.raises(ConfigError, match=f"val has {n} images"):
+        task.eval_batch("val", seed=0, index=len(batches), batch_size=32)
+    # The padding weighs nothing in the loss: the last batch's loss is that of its images.
+    model = resnet_model(10, "tiny")
+    train = task.train_batch(seed=0, step=0, batch_size=8)
+    assert train["weights"].tolist() == [1.0] * 8  # one objective reads both kinds of batch
+    variables = task.init_variables(model, jax.random.PRNGKey(0), train)
+    last = batches[-1]
+    loss, _, _ = task.loss(model, variables, last, train=False, rng=jax.random.PRNGKey(1))
+    real = {k: v[last["weights"] > 0] for k, v in last.items()}
+    expected, _, _ = task.loss(model, variables, real, train=False, rng=jax.random.PRNGKey(1))
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    with pytest.raises(ConfigError, match="in memory"):
+        ImageClassificationTask("digits", in_memory=False, eval_whole_split=True)

@@ -202,3 +202,33 @@ def test_skip_nonfinite_steps_option(tmp_path: Path, capsys):
     last = [r for r in metrics(d) if r["split"] == "train" and "loss" in r][-1]
     assert last["skipped_steps"] == 2 and math.isfinite(last["loss"])
     assert math.isfinite(json.loads((d / "final.json").read_text())["eval"]["loss"])
+
+
+def test_a_whole_split_evaluation_ignores_eval_batches(tmp_path: Path, capsys):
+    """ImageClassificationTask.eval_whole_split: every evaluation reads each held-out split
+    once (6 batches of 32 for the digits' 180 validation images), not EVAL_BATCHES draws."""
+    from launch import run as run_cli
+
+    argv = [
+        "--gin_file=experiments/resnet_cpu.gin",
+        "--optimizer=adamw",
+        f"--gin.MODEL_DIR='{tmp_path}'",
+        "--gin.TRAIN_STEPS=4",
+        "--gin.WARMUP_STEPS=1",
+        "--gin.ImageClassificationTask.eval_whole_split=True",
+        "--gin.EVAL_BATCHES=2",
+        "--gin.EVAL_SPLITS=['val', 'test']",
+    ]
+    assert run_cli.main(argv) == 0
+    assert run_cli.main([*argv, "--eval_only"]) == 0
+    record = json.loads((tmp_path / "eval_4.json").read_text())
+    assert record["eval_batches"] == {"val": 6, "test": 6}
+    # Accuracy over whole images: a multiple of 1/180 on validation, 1/179 on test.
+    assert record["eval"]["accuracy"] * 180 == pytest.approx(
+        round(record["eval"]["accuracy"] * 180)
+    )
+    assert record["eval"]["test_accuracy"] * 179 == pytest.approx(
+        round(record["eval"]["test_accuracy"] * 179)
+    )
+    final = json.loads((tmp_path / "final.json").read_text())["eval"]
+    assert final["loss"] == pytest.approx(record["eval"]["loss"], rel=1e-6)
