@@ -133,17 +133,20 @@ def per_seed_step_ratios(
     return out
 
 
-def verdict(interval: Interval, threshold: float, claim: str = "below") -> str:
+def verdict(
+    interval: Interval, threshold: float, claim: str = "below", strict: bool = False
+) -> str:
     """'met', 'not met' or 'inconclusive': the claim is that the statistic is at most (or
-    at least) `threshold` (the paper's "within 70% of the steps"); met when the whole
+    at least) `threshold` (the paper's "within 70% of the steps"), or with `strict` below
+    (above) it (a lower loss: a difference of exactly 0 is no win); met when the whole
     interval is, not met when none of it is."""
     if claim not in ("below", "above"):
         raise ValueError(f"claim={claim!r}: 'below' or 'above'")
     low, high = (interval.low, interval.high)
     if claim == "above":
         low, high, threshold = -high, -low, -threshold
-    if high <= threshold:
+    if high < threshold or (high == threshold and not strict):
         return "met"
-    if low > threshold:
+    if low > threshold or (low == threshold and strict):
         return "not met"
     return "inconclusive"

@@ -77,3 +77,10 @@ def test_bad_input_is_named():
     above = intervals.Interval(point=1.2, low=1.1, high=1.3, level=0.95, seeds=5)
     assert intervals.verdict(above, 1.0, claim="above") == "met"
     assert np.isclose(above.point, 1.2) and above.contains(1.25)
+    # A tie is at most the threshold, but not below it: a loss difference of exactly 0
+    # is no win for Amos (strict), a step ratio of exactly 0.70 meets "within 70%".
+    tie = intervals.Interval(point=0.0, low=0.0, high=0.0, level=0.95, seeds=5)
+    assert intervals.verdict(tie, 0.0) == "met"
+    assert intervals.verdict(tie, 0.0, strict=True) == "not met"
+    touching = intervals.Interval(point=-0.1, low=-0.2, high=0.0, level=0.95, seeds=5)
+    assert intervals.verdict(touching, 0.0, strict=True) == "inconclusive"

@@ -79,7 +79,8 @@ def sections(markdown: str) -> dict[str, str]:
     return {title: body for title, body in zip(parts[1::2], parts[2::2], strict=True)}
 
 
-STUDY = 'The study (README, "The reproduction study: protocol")'
+STUDY = 'The study, first edition (README, "The reproduction study: protocol")'
+SECOND = 'The study, second edition (README, "The study\'s second edition: protocol")'
 EARLIER = "The earlier comparisons (untuned, before the protocol)"
 # The summary fields each table shows: the study reports test, the earlier ones eval.
 FIELDS = {
@@ -150,13 +151,53 @@ def test_headline_table_equals_the_summaries(headline):
     summaries = read_summaries(RESULTS)
     parts = sections(headline)
     study = {k: v for k, v in summaries.items() if k.startswith("study/")}
-    earlier = {k: v for k, v in summaries.items() if not k.startswith("study/")}
+    second = {k: v for k, v in summaries.items() if k.startswith("study2/")}
+    earlier = {k: v for k, v in summaries.items() if not k.startswith(("study/", "study2/"))}
     assert earlier, "the earlier comparisons are committed"
     check_rows(table_rows(parts[EARLIER]), earlier, EARLIER)
     if study:
         check_rows(table_rows(parts[STUDY]), study, STUDY)
     else:
         assert "No sweep has finished yet." in parts[STUDY]
+    if second:
+        check_second_rows(table_rows(parts[SECOND]), second)
+    else:
+        assert "No family of the second edition has finished yet." in parts[SECOND]
+
+
+def _interval_cell(c: dict) -> str:
+    return f"{c['point']} [{c['low']}, {c['high']}]"
+
+
+def check_second_rows(rows: list[dict], summaries: dict[str, dict]) -> None:
+    """Every cell of the second edition's table against the summary's claims."""
+    assert [(r["experiment"], r["Amos row"].split(" ")[0]) for r in rows] == [
+        (name.removeprefix("study2/"), row) for name, s in summaries.items() for row in s["claims"]
+    ]
+    for row in rows:
+        s = summaries["study2/" + row["experiment"]]
+        name = row["Amos row"].split(" ")[0]
+        c, v = s["claims"][name], s["optimizers"][name]
+        where = (row["experiment"], name)
+        assert row["seeds"] == str(len(c["seeds"])), where
+        for column, verdict_column, key in [
+            ("test loss − AdamW [95% CI]", "loss verdict", "final_loss_difference"),
+            ("step ratio [95% CI]", f"steps verdict (≤ {CLAIMS['steps']:.2f})", "step_ratio"),
+            ("at 0.7: − AdamW planned for 0.7 [95% CI]", "time-to-result verdict", "at_0.7"),
+        ]:
+            point, low, high = re.match(r"(\S+) \[(\S+), (\S+)\]", row[column]).groups()
+            for cell, value in [
+                (point, c[key]["point"]),
+                (low, c[key]["low"]),
+                (high, c[key]["high"]),
+            ]:
+                assert close(cell, value), (where, column)
+            assert row[verdict_column] == c[key]["verdict"], (where, key)
+        assert row["per seed"] == ", ".join(
+            x if isinstance(x, str) else f"{x:.2f}" for x in c["step_ratio_per_seed"]
+        )
+        assert close(row["slot-bytes ratio"], v["slot_bytes_ratio_to_baseline"]), where
+        assert close(row["time ratio (not judged)"], v["test_time_ratio_to_baseline"]), where
 
 
 def test_committed_headline_table_is_current(headline):
@@ -213,7 +254,36 @@ def fake_study(tmp_path_factory) -> Path:
         ["sweep"],
         (source, record),
     )
+    _fake_second_edition(runs / "fake2", results / "study2" / "fake")
     return results
+
+
+def _fake_second_edition(parent: Path, out: Path) -> None:
+    """A second-edition summary (launch/study2.py's own code) over hand-chosen runs: Amos
+    0.1 better than AdamW on every seed, untuned Amos as good as AdamW."""
+    from launch import study2
+    from tests.launch.harness_helpers import fake_run
+
+    picks = {
+        "amos": study2.Setting("amos", {"AMOS_XI": 0.1}, "xi_0.1", chosen=True),
+        "adamw": study2.Setting("adamw", {"ADAMW_LR": 1e-3}, "lr_0.001", chosen=True),
+    }
+    rows = study2.rows_for(picks, 100)
+    finals = {
+        "amos": 1.8,
+        "amos_untuned": 1.9,
+        "adamw": 1.9,
+        "adamw_at_0.5": 2.1,
+        "adamw_at_0.7": 2.0,
+    }
+    for row in rows:
+        for seed, d in row.dirs(parent):
+            f = finals[row.name] + 0.01 * (seed - 10)
+            n = row.steps // 10
+            curve = [f + 0.05 * (n - 1 - i) for i in range(n)]
+            fake_run(d, curve, curve, every=10, slot_bytes=500 if "amos" in row.name else 1000)
+    record = {"experiment": "fake", "design": "grid", "settings": [], "picks_from": None}
+    study2.summarize("fake", parent, out, record, list(picks.values()), rows, 100, ["study2"])
 
 
 def test_headline_table_of_a_study_reports_test_and_marks_the_tuned_rows(fake_study, tmp_path):
@@ -224,6 +294,13 @@ def test_headline_table_of_a_study_reports_test_and_marks_the_tuned_rows(fake_st
     rows = table_rows(parts[STUDY])
     check_rows(rows, study, STUDY)
     check_rows(table_rows(parts[EARLIER]), {"t5_cpu": summaries["t5_cpu"]}, EARLIER)
+    second = {k: v for k, v in summaries.items() if k.startswith("study2/")}
+    second_rows = table_rows(parts[SECOND])
+    check_second_rows(second_rows, second)
+    amos = second_rows[0]
+    assert amos["Amos row"] == "amos (tuned (xi 0.1))"
+    assert amos["loss verdict"] == "met" and amos["memory claim"] == "met"
+    assert second_rows[1]["loss verdict"] == "not met"  # untuned: a difference of exactly 0
     cells = {(r["experiment"], r["optimizer"]): r for r in rows}
     assert cells["fake", "amos"]["settings"] == "tuned (xi 0.1 = 2x)"
     assert cells["fake", "amos_untuned"]["settings"] == "untuned (xi 0.05 = 1x)"
