@@ -39,7 +39,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from launch import run as run_cli  # noqa: E402
+from launch import trainer as train_lib  # noqa: E402  (its modules load at first use)
 from launch.sharding import format_bytes  # noqa: E402
+from launch.trainer import run_folder  # noqa: E402
 
 EXPERIMENT = "bert_base"
 # Part 1 compiles Amos' step in each (COMPUTE_DTYPE, REMAT) setting, on the CPU and the
@@ -96,10 +98,8 @@ MP_TOLERANCE = 1e-4
 
 
 def build(optimizer: str, bindings: list[str]):
-    """The BERT-base Trainer on generated text (`launch.train.dry_run_trainer`): its
+    """The BERT-base Trainer on generated text (`launch.trainer.dry_run_trainer`): its
     batches are real arrays, so it also trains, without any dataset."""
-    from launch import train as train_lib
-
     files = [f"experiments/{EXPERIMENT}.gin", run_cli.optimizer_file(optimizer)]
     run_cli.load_gin(files, bindings, [])
     return train_lib.dry_run_trainer()[0]
@@ -116,8 +116,6 @@ def _variant(dtype: str, remat: str) -> list[str]:
 def estimate(mode: str) -> list[dict]:
     """The dry run's numbers: Amos' step compiled from shapes on this process's backend,
     in each of VARIANTS."""
-    from launch import train as train_lib
-
     batch = MODES[mode]["batch"]
     return [
         train_lib.step_memory(build("amos", _bindings(mode, batch, *_variant(*v)))).as_dict()
@@ -148,8 +146,6 @@ def check_memory(mode: str) -> dict:
     """Part 1 on the device: the step compiled in each setting, and the peak of a few real
     steps of the first (before any other check has used the device's memory)."""
     import jax
-
-    from launch import train as train_lib
 
     batch, variants = MODES[mode]["batch"], MODES[mode]["variants"]
     trainer = build("amos", _bindings(mode, batch, *_variant(*variants[0])))
@@ -206,8 +202,6 @@ def check_step_times(mode: str) -> list[dict]:
     """Part 2: steps/s and tokens/s per optimizer and compute dtype."""
     import jax
 
-    from launch import train as train_lib
-
     batch, steps = MODES[mode]["batch"], MODES[mode]["timed_steps"]
     rows = []
     for optimizer, dtype in MODES[mode]["timed"]:
@@ -256,7 +250,7 @@ def _free_port() -> int:
 def _losses(model_dir: Path) -> dict[str, float]:
     """{'<split> <step>': loss} of a run's metrics.jsonl."""
     out = {}
-    for line in (model_dir / "metrics.jsonl").read_text().splitlines():
+    for line in (model_dir / run_folder.METRICS_JSONL).read_text().splitlines():
         record = json.loads(line)
         if "loss" in record:
             out[f"{record['split']} {record['step']}"] = record["loss"]
@@ -316,13 +310,13 @@ def check_two_processes(mode: str, work: Path) -> dict:
     if any(codes):
         logs = "".join((work / name).read_text()[-1500:] for _, _, name in runs)
         raise RuntimeError(f"two-process run failed: {record}\n{logs}")
-    run_info = json.loads((two / "run.json").read_text())
+    run_info = json.loads((two / run_folder.RUN_JSON).read_text())
     a, b = _losses(two), _losses(one)
     diff = max(abs(a[k] - b[k]) / max(abs(b[k]), 1e-12) for k in b)
     record.update(
         process_count=run_info["machine"]["process_count"],
         device_count=run_info["machine"]["device_count"],
-        mesh=json.loads((two / "final.json").read_text()).get("mesh"),
+        mesh=json.loads((two / run_folder.FINAL_JSON).read_text()).get("mesh"),
         losses_two_processes=a,
         losses_one_process=b,
         max_relative_difference=diff,

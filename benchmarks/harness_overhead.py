@@ -28,7 +28,7 @@ import jax  # noqa: E402
 import optax  # noqa: E402
 
 from launch import run as run_cli  # noqa: E402
-from launch import train as train_lib  # noqa: E402
+from launch import trainer as train_lib  # noqa: E402
 
 
 def bare_loop(trainer: train_lib.Trainer, steps: int) -> float:

@@ -2,7 +2,7 @@
 AdamW, at the paper's sizes: what Amos' smaller optimizer state buys in batch.
 
 For each experiment and arm, the train step is compiled from shapes (nothing allocated,
-no data read) exactly as `launch/run.py --dry_run_fit` does (`launch.train.fit_batch`:
+no data read) exactly as `launch/run.py --dry_run_fit` does (`launch.trainer.fit_batch`:
 doubling or halving from the configured batch, then bisection guided by the near-affine
 growth of memory with the batch), and its per-device need is XLA's memory analysis of
 that compile (`StepMemory.total_bytes`). One device, so the batch per device is that of
@@ -33,7 +33,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from launch import run as run_cli  # noqa: E402
-from launch import train as train_lib  # noqa: E402
+from launch import trainer as train_lib  # noqa: E402
 from launch.sharding import format_bytes  # noqa: E402
 
 EXPERIMENTS = ["bert_base", "bert_large", "t5_base", "t5_large"]

@@ -49,7 +49,7 @@ def with_logical_axes(
 
     The names are t5x's: ``vocab``, ``embed`` (the model width), ``mlp`` (the MLP's
     hidden width), ``joined_kv`` (heads x head size, fused), ``heads``,
-    ``relpos_buckets``. Inside ``nn.logical_axis_rules`` (launch/train.py initializes a
+    ``relpos_buckets``. Inside ``nn.logical_axis_rules`` (launch/trainer/ initializes a
     run there) the value comes boxed in ``nn.LogicallyPartitioned`` (Flax's
     ``nn.with_logical_partitioning``), for ``nn.get_partition_spec`` to read and the
     rules to map to mesh axes; elsewhere it is ``init``'s plain array, so ``Module.init``

@@ -1,7 +1,7 @@
 """What the training harness needs from an experiment: the `Task` protocol.
 
 A task is a data module's batches plus an objective (``experiments/objectives.py``). The
-harness (launch/train.py) builds the model from gin (`train.model`, called with
+harness (launch/trainer/) builds the model from gin (`train.model`, called with
 `**task.model_kwargs()`), and then only talks to the task through this interface, so every
 model family (GPT, BERT/RoPE/RPE, T5, LSTM, ResNet) runs through the same loop.
 

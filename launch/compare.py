@@ -35,6 +35,7 @@ if str(REPO) not in sys.path:
 
 from launch.run import OPTIMIZERS, git_revision, package_versions  # noqa: E402
 from launch.summary_writer import read_metrics  # noqa: E402
+from launch.trainer import run_folder  # noqa: E402
 
 BASELINE = "adamw"
 
@@ -85,7 +86,7 @@ def check_reuse(directory: Path, cmd: list[str], tool: str) -> None:
     """Exits 2 (naming the run and the differences) if the run recorded in `directory`
     was made with another request than `cmd`: reusing it would report its numbers under
     the new bindings."""
-    info = directory / "run.json"
+    info = directory / run_folder.RUN_JSON
     if not info.exists():
         return
     argv = json.loads(info.read_text()).get("argv")
@@ -117,7 +118,7 @@ def train_one(
     env: dict | None = None,
 ) -> None:
     cmd = train_command(experiment, optimizer, seed, directory, extra)
-    if (directory / "final.json").exists():
+    if (directory / run_folder.FINAL_JSON).exists():
         check_reuse(directory, cmd, "compare")
         print(f"[compare] {directory} already finished; skipping", flush=True)
         return
@@ -319,10 +320,10 @@ def collect_runs(rows: dict[str, list[tuple[int, Path]]]) -> dict[str, list[dict
     runs: dict[str, list[dict]] = {}
     for row, seed_dirs in rows.items():
         for seed, d in seed_dirs:
-            if not (d / "final.json").exists():
+            if not (d / run_folder.FINAL_JSON).exists():
                 print(f"[compare] missing finished run {d}; left out", flush=True)
                 continue
-            final = json.loads((d / "final.json").read_text())
+            final = json.loads((d / run_folder.FINAL_JSON).read_text())
             runs.setdefault(row, []).append(
                 {"seed": seed, "dir": str(d), "final": final, "curve": eval_curve(d)}
             )
@@ -389,9 +390,9 @@ def summarize_runs(
             per_opt[opt].update(extra)
 
     first_dir = Path(runs[base][0]["dir"])
-    run_info = json.loads((first_dir / "run.json").read_text())
+    run_info = json.loads((first_dir / run_folder.RUN_JSON).read_text())
     all_runs = [r for rs in runs.values() for r in rs]
-    infos = [json.loads((Path(r["dir"]) / "run.json").read_text()) for r in all_runs]
+    infos = [json.loads((Path(r["dir"]) / run_folder.RUN_JSON).read_text()) for r in all_runs]
     run_commands = {r["dir"]: i.get("argv") for r, i in zip(all_runs, infos)}
     # Every revision the runs were trained at (seeds added later may be at a later one).
     run_gits = [
@@ -417,7 +418,9 @@ def summarize_runs(
             "run_commands": run_commands,
             "run_git": run_info.get("git"),
             "run_gits": run_gits,
-            "configs": {opt: str(Path(runs[opt][0]["dir"]) / "config.gin") for opt in runs},
+            "configs": {
+                opt: str(Path(runs[opt][0]["dir"]) / run_folder.CONFIG_GIN) for opt in runs
+            },
             "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
     )
@@ -434,14 +437,21 @@ def summarize_runs(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     for opt in runs:  # The operative configs, beside the numbers they produced.
-        shutil.copy(Path(runs[opt][0]["dir"]) / "config.gin", out_dir / f"config_{opt}.gin")
+        shutil.copy(
+            Path(runs[opt][0]["dir"]) / run_folder.CONFIG_GIN, out_dir / f"config_{opt}.gin"
+        )
     copy_run_records(parent, [Path(r["dir"]) for r in all_runs], out_dir)
     (out_dir / "summary.md").write_text(markdown(summary))
     plot(runs, target, out_dir / "loss_curves.png", experiment)
     return summary
 
 
-RUN_RECORDS = ["metrics.jsonl", "final.json", "run.json", "config.gin"]
+RUN_RECORDS = [
+    run_folder.METRICS_JSONL,
+    run_folder.FINAL_JSON,
+    run_folder.RUN_JSON,
+    run_folder.CONFIG_GIN,
+]
 
 
 def copy_run_records(parent: Path, dirs: list[Path], out_dir: Path) -> None:

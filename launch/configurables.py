@@ -25,7 +25,7 @@ from experiments.lstm.models import lstm_model
 from experiments.resnet.models import resnet_model
 from experiments.t5.models import T5, T5Config
 from launch import optimizers
-from launch import train as _train  # noqa: F401  (registers `train`)
+from launch.trainer import config as _train_config  # noqa: F401  (registers `train`)
 
 
 @gin.configurable

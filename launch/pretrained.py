@@ -38,8 +38,9 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from experiments.errors import ConfigError
-from launch.checkpoints import checkpoint_steps, quiet_absl
 from launch.summary_writer import join
+from launch.trainer import run_folder
+from launch.trainer.checkpoints import checkpoint_steps, quiet_absl
 
 Path = tuple[str, ...]
 Shapes = dict[Path, tuple[tuple[int, ...], Any]]
@@ -65,7 +66,7 @@ def open_checkpoint(path: str, step: int | None) -> PretrainedCheckpoint:
     """The checkpoint `INIT_FROM = path` names (see the module docstring); a ConfigError
     naming the binding if there is none or the step is not there."""
     root = epath.Path(path)
-    if (root / "checkpoints").is_dir():
+    if (root / run_folder.CHECKPOINTS).is_dir():
         return _model_dir_checkpoint(path, step)
     if (root / T5X_MSGPACK).is_file():
         if step is not None:
@@ -98,7 +99,7 @@ def open_checkpoint(path: str, step: int | None) -> PretrainedCheckpoint:
 
 # ---------------------------------------------------------------------- this repository
 def _model_dir_checkpoint(path: str, step: int | None) -> PretrainedCheckpoint:
-    source = join(path, "checkpoints")
+    source = join(path, run_folder.CHECKPOINTS)
     steps = checkpoint_steps(source)
     if not steps:
         raise ConfigError(

@@ -64,12 +64,14 @@ import gin  # noqa: E402
 
 from experiments.data import files  # noqa: E402
 from experiments.errors import ConfigError  # noqa: E402
+from launch import trainer as train_lib  # noqa: E402  (its modules load at first use)
 from launch.summary_writer import (  # noqa: E402
     join,
     remove_leftover_temporaries,
     write_json,
     write_text_atomic,
 )
+from launch.trainer import run_folder  # noqa: E402
 
 EXIT_IO_ERROR = 74  # sysexits.h EX_IOERR: a checkpoint or a record could not be written.
 
@@ -296,7 +298,7 @@ def _check_macros_read(bindings: list[str]) -> None:
 
 
 # Macros the code reads itself (gin.query_parameter), which no binding references.
-READ_BY_CODE = ("DRY_RUN_VOCAB_SIZE",)  # launch/train.py, dry_run_trainer
+READ_BY_CODE = ("DRY_RUN_VOCAB_SIZE",)  # launch/trainer/dry_run.py, dry_run_trainer
 
 
 @functools.cache
@@ -407,7 +409,7 @@ def check_model_dir(path: str) -> None:
         raise ConfigError(f"MODEL_DIR {path!r} is under {str(parent)!r}, which is a file")
     try:
         os.makedirs(target, exist_ok=True)
-        probe = target / f".write_probe.{os.getpid()}"
+        probe = target / run_folder.write_probe(os.getpid())
         probe.write_text("")
         probe.unlink()
     except OSError as e:
@@ -417,7 +419,7 @@ def check_model_dir(path: str) -> None:
 def _check_cloud_model_dir(path: str) -> None:
     from etils import epath
 
-    probe = epath.Path(path) / f".write_probe.{os.getpid()}"
+    probe = epath.Path(path) / run_folder.write_probe(os.getpid())
     try:
         probe.write_text("")
         probe.unlink()
@@ -511,8 +513,6 @@ def _without_unraisable_noise(unraisable) -> None:
 
 
 def _build_trainer(build=None):
-    from launch import train as train_lib
-
     try:
         return (build or (lambda: train_lib.train(build_only=True)))()
     except ConfigError:
@@ -525,7 +525,6 @@ def _train(args: argparse.Namespace, bindings: list[str], command: list[str], ar
     import jax
 
     from launch import preemption, run_lock
-    from launch import train as train_lib
 
     if args.distributed == "on" or (args.distributed == "auto" and multihost_detected()):
         jax.distributed.initialize(
@@ -563,7 +562,7 @@ def _train(args: argparse.Namespace, bindings: list[str], command: list[str], ar
     def record(**fields) -> None:
         info.update(fields)
         if is_chief:
-            _write_json(join(model_dir, "run.json"), info)
+            _write_json(join(model_dir, run_folder.RUN_JSON), info)
 
     # One process per MODEL_DIR: a second run (any seed) would interleave its metrics and
     # overwrite run.json, so it stops here naming the holder. SIGTERM and SIGINT from here
@@ -641,7 +640,6 @@ def _dry_run(args: argparse.Namespace, bindings: list[str], search_paths: list[s
     import jax
 
     from launch import sharding
-    from launch import train as train_lib
 
     trainer, data_note = _build_trainer(train_lib.dry_run_trainer)
     config, state = trainer.config, trainer.abstract_state
@@ -689,10 +687,9 @@ def _dry_run(args: argparse.Namespace, bindings: list[str], search_paths: list[s
 
 def _dry_run_fit(budgets: list[int], trainers: dict, arms: dict, chosen: str, memory) -> None:
     """`--dry_run_fit`: per memory size and arm, the largest batch per device whose step,
-    compiled from shapes, fits (launch.train.fit_batch); the compiles of one arm serve all
+    compiled from shapes, fits (launch.trainer.fit_batch); the compiles of one arm serve all
     sizes. Each compile is reported on stderr as it finishes."""
     from launch import sharding
-    from launch import train as train_lib
 
     trainer = trainers[chosen]
     print(
@@ -744,7 +741,7 @@ def _check_resume(trainer, allow: bool):
     steps = sorted(int(name) for name in names if name.isdigit())
     if not steps:
         return None  # Nothing to resume: the run starts over.
-    config = epath.Path(join(trainer.model_dir, "config.gin"))
+    config = epath.Path(join(trainer.model_dir, run_folder.CONFIG_GIN))
     return resume_check.check_resume(
         config.read_text() if config.exists() else None,
         gin.operative_config_str(),
@@ -763,9 +760,9 @@ def _record_config_change(model_dir: str, change, info: dict) -> None:
 
     from launch.summary_writer import read_json
 
-    old = epath.Path(join(model_dir, "config.gin")).read_text()
-    write_text_atomic(join(model_dir, f"config.before_step_{change.step}.gin"), old)
-    previous = epath.Path(join(model_dir, "run.json"))
+    old = epath.Path(join(model_dir, run_folder.CONFIG_GIN)).read_text()
+    write_text_atomic(join(model_dir, run_folder.config_before_step(change.step)), old)
+    previous = epath.Path(join(model_dir, run_folder.RUN_JSON))
     changes = read_json(previous).get("config_changes", []) if previous.exists() else []
     changes.append(
         {
@@ -778,7 +775,7 @@ def _record_config_change(model_dir: str, change, info: dict) -> None:
     print(
         f"WARNING: resuming at step {change.step} with a changed configuration "
         f"({change.describe()}); the config before is kept as "
-        f"config.before_step_{change.step}.gin",
+        f"{run_folder.config_before_step(change.step)}",
         file=sys.stderr,
         flush=True,
     )
@@ -789,8 +786,8 @@ def _undo_config_change(model_dir: str, change, info: dict) -> None:
     is the recorded one again, and run.json lists no change."""
     from etils import epath
 
-    before = epath.Path(join(model_dir, f"config.before_step_{change.step}.gin"))
-    write_text_atomic(join(model_dir, "config.gin"), before.read_text())
+    before = epath.Path(join(model_dir, run_folder.config_before_step(change.step)))
+    write_text_atomic(join(model_dir, run_folder.CONFIG_GIN), before.read_text())
     before.unlink()
     info["config_changes"] = info["config_changes"][:-1]
     if not info["config_changes"]:
@@ -798,7 +795,7 @@ def _undo_config_change(model_dir: str, change, info: dict) -> None:
 
 
 def _write_config(model_dir: str) -> None:
-    write_text_atomic(join(model_dir, "config.gin"), gin.operative_config_str())
+    write_text_atomic(join(model_dir, run_folder.CONFIG_GIN), gin.operative_config_str())
 
 
 def _write_json(path: str, obj) -> None:

@@ -57,8 +57,8 @@ from typing import Any
 from etils import epath
 
 from experiments.errors import ConfigError
+from launch.trainer import run_folder
 
-LOCK_NAME = "run.lock"
 HEARTBEAT_S = 60.0  # How often a holder renews its lease.
 LEASE_S = 15 * 60.0  # A lock whose heartbeat is older than this is stale (any host).
 UNREADABLE_GRACE_S = 60.0  # An empty or garbled lock older than this is a crash's remains.
@@ -155,8 +155,8 @@ def _is_local(path: str | os.PathLike) -> bool:
 
 def lock_path(model_dir: str | os.PathLike) -> str:
     if not _is_local(model_dir):
-        return os.fspath(epath.Path(model_dir) / LOCK_NAME)
-    return os.path.join(os.path.abspath(os.fspath(model_dir)), LOCK_NAME)
+        return os.fspath(epath.Path(model_dir) / run_folder.LOCK_FILE)
+    return os.path.join(os.path.abspath(os.fspath(model_dir)), run_folder.LOCK_FILE)
 
 
 def boot_id() -> str | None:

@@ -1,4 +1,4 @@
-"""The device mesh and the shardings of the train state and the batch (launch/train.py).
+"""The device mesh and the shardings of the train state and the batch (launch/trainer/).
 
 The mesh has three axes, ``data``, ``fsdp`` and ``model`` (``train.mesh_shape``, macros
 ``MESH_DATA``, ``MESH_FSDP`` and ``MESH_MODEL``; -1 takes the devices left over), laid
@@ -273,11 +273,11 @@ def state_shardings(
     min_size: int,
     rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES,
 ) -> Any:
-    """The NamedShardings of a train state (``launch.train.TrainState``, or its
+    """The NamedShardings of a train state (``launch.trainer.TrainState``, or its
     ``jax.eval_shape``): parameters by their logical axis names and ``rules``, and FSDP
     (`param_spec`), optimizer slots like their parameters (``amos.slot_shardings``),
     everything else replicated. Its parameters may be boxed in ``nn.LogicallyPartitioned``
-    (the models' names, kept by ``launch.train.init_train_state`` for this); the shardings
+    (the models' names, kept by ``launch.trainer.init_train_state`` for this); the shardings
     are a tree like the unboxed state."""
     replicated = NamedSharding(mesh, P())
     logical = logical_specs(abstract_state.params)
@@ -379,7 +379,7 @@ def dry_run_report(
     trainer: Any, arms: dict[str, Any], *, chosen: str, data_note: str, gin_files: list[str]
 ) -> list[str]:
     """The lines `run.py --dry_run` prints for a Trainer built on shapes alone
-    (`launch.train.dry_run_trainer`). `arms` maps each optimizer's name to its abstract
+    (`launch.trainer.dry_run_trainer`). `arms` maps each optimizer's name to its abstract
     state and shardings, or to a line saying why it could not be built."""
     config, state, mesh = trainer.config, trainer.abstract_state, trainer.mesh
     params, param_shardings = state.params, trainer.state_sharding.params
@@ -435,7 +435,7 @@ def dry_run_report(
 
 def memory_report(memory: Any, *, compute_dtype: str, remat: str | None) -> list[str]:
     """The lines `run.py --dry_run` prints for the compiled train step: XLA's memory
-    analysis per device and the FLOPs (``memory``: a ``launch.train.StepMemory``)."""
+    analysis per device and the FLOPs (``memory``: a ``launch.trainer.StepMemory``)."""
     m = memory
     rows = [
         ("arguments", m.argument_bytes, "the train state and the batch"),
@@ -468,7 +468,7 @@ def memory_report(memory: Any, *, compute_dtype: str, remat: str | None) -> list
 
 def fit_report(name: str, fit: Any) -> str:
     """One line of `run.py --dry_run_fit`: an arm's largest batch per device that fits
-    (``fit``: a ``launch.train.BatchFit``)."""
+    (``fit``: a ``launch.trainer.BatchFit``)."""
     shards = fit.fits.batch_size // fit.fits.per_device_batch if fit.fits else None
     if fit.batch_size is None:
         need = fit.next_fails

@@ -59,6 +59,7 @@ if str(REPO) not in sys.path:
 from experiments.errors import ConfigError  # noqa: E402
 from launch import compare, designs, intervals, sweep  # noqa: E402
 from launch.run import git_revision  # noqa: E402
+from launch.trainer import run_folder  # noqa: E402
 
 TUNING_SEEDS = (0, 1)
 FRESH_SEEDS = (10, 11, 12, 13, 14)
@@ -546,7 +547,9 @@ def measure_eval_batches(
             if subprocess.run(cmd, cwd=REPO).returncode:
                 raise SystemExit(f"[study2] --eval_only failed: {d}")
             result = json.loads(
-                max(d.glob("eval_*.json"), key=lambda p: p.stat().st_mtime).read_text()
+                max(
+                    d.glob(run_folder.EVAL_JSON_PATTERN), key=lambda p: p.stat().st_mtime
+                ).read_text()
             )
             measured[opt][str(n)] = result["loss_standard_error"].get("val")
     threshold = gap / 10

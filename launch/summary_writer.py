@@ -29,6 +29,7 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
 from experiments.errors import ConfigError
+from launch.trainer import run_folder
 
 _file_counter = itertools.count()
 
@@ -60,9 +61,6 @@ def append_text(path: PathLike, text: str) -> None:
     target.write_text(old + text)
 
 
-TMP_SUFFIX = ".tmp"  # write_text_atomic's temporary file: `<name>.tmp` beside `<name>`.
-
-
 def write_text_atomic(path: PathLike, text: str) -> None:
     """Writes `text` to `path` so that a reader (or a kill) never sees half a file: locally
     through a temporary file renamed over it; on an object store directly, since an object
@@ -71,7 +69,7 @@ def write_text_atomic(path: PathLike, text: str) -> None:
     if not is_local(path):
         target.write_text(text)
         return
-    tmp = target.parent / (target.name + TMP_SUFFIX)
+    tmp = target.parent / (target.name + run_folder.TMP_SUFFIX)
     try:
         tmp.write_text(text)
         tmp.replace(target)
@@ -85,7 +83,7 @@ def remove_leftover_temporaries(directory: PathLike) -> list[str]:
     returns their names."""
     if not is_local(directory) or not epath.Path(directory).is_dir():
         return []
-    left = sorted(epath.Path(directory).glob(f"*{TMP_SUFFIX}"))
+    left = sorted(epath.Path(directory).glob(run_folder.TMP_PATTERN))
     for path in left:
         path.unlink(missing_ok=True)
     return [path.name for path in left]
@@ -112,7 +110,7 @@ class EventFile:
     def __init__(self, directory: PathLike):
         epath.Path(directory).mkdir(parents=True, exist_ok=True)
         name = (
-            f"events.out.tfevents.{time.time():010.0f}.{socket.gethostname()}."
+            f"{run_folder.EVENT_FILE_PREFIX}{time.time():010.0f}.{socket.gethostname()}."
             f"{os.getpid()}.{next(_file_counter)}"
         )
         self.path = os.fspath(epath.Path(directory) / name)
@@ -160,14 +158,14 @@ class ScalarWriter:
         self._dir = os.fspath(model_dir)
         self._enabled = enabled
         self._writers: dict[str, EventFile] = {}
-        self.jsonl_path = os.fspath(epath.Path(model_dir) / "metrics.jsonl")
+        self.jsonl_path = os.fspath(epath.Path(model_dir) / run_folder.METRICS_JSONL)
 
     def _writer(self, split: str) -> EventFile:
         if split not in self._writers:
             self._writers[split] = EventFile(epath.Path(self._dir) / split)
         return self._writers[split]
 
-    def restart_at(self, step: int, splits=("train", "eval")) -> None:
+    def restart_at(self, step: int, splits=run_folder.TENSORBOARD_DIRS) -> None:
         """Drops records after `step` left by an interrupted run.
 
         metrics.jsonl is rewritten (without a half-written last line, left by a kill during
@@ -245,7 +243,7 @@ def _records(path: PathLike, *, keep_going: bool = False) -> list[tuple[str, dic
                 ) from None
             damaged.append((i + 1, line))
     if damaged:
-        aside = f"{os.fspath(path)}.damaged"
+        aside = f"{os.fspath(path)}{run_folder.DAMAGED_SUFFIX}"
         append_text(aside, "".join(line.rstrip("\n") + "\n" for _, line in damaged))
         print(
             f"WARNING: {path}: lines {[n for n, _ in damaged]} are not metrics records; "
@@ -258,4 +256,4 @@ def _records(path: PathLike, *, keep_going: bool = False) -> list[tuple[str, dic
 
 def read_metrics(model_dir: PathLike) -> list[dict]:
     """All records of MODEL_DIR/metrics.jsonl, in order (a half-written last line skipped)."""
-    return [record for _, record in _records(epath.Path(model_dir) / "metrics.jsonl")]
+    return [record for _, record in _records(epath.Path(model_dir) / run_folder.METRICS_JSONL)]

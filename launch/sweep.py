@@ -69,8 +69,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from experiments.errors import ConfigError  # noqa: E402
-from launch import compare, run_lock  # noqa: E402
+from launch import compare  # noqa: E402
 from launch.run import OPTIMIZERS, git_revision  # noqa: E402
+from launch.trainer import run_folder  # noqa: E402
 
 # The main knob of each optimizer: the peak learning rate of AdamW's recipe, Amos' xi at
 # the guidance 1/sqrt(N), the plug-and-play schedules' half-life T. An arm's runs and rows
@@ -102,7 +103,12 @@ DEFAULT_ARMS = ("amos", "adamw")
 HORIZON_BINDINGS: dict[str, str] = {"adamw": "adamw_optimizer.horizon_steps"}
 # What a continued run does not take from the run it copies: its end (final.json, whose
 # presence means finished), the planned run's lock and evaluation-only records.
-NOT_CONTINUED = ("final.json", run_lock.LOCK_NAME, "eval_*.json", ".write_probe.*")
+NOT_CONTINUED = (
+    run_folder.FINAL_JSON,
+    run_folder.LOCK_FILE,
+    run_folder.EVAL_JSON_PATTERN,
+    run_folder.WRITE_PROBE_PATTERN,
+)
 TUNING_SEED = 0
 EVAL_SPLITS = "['val', 'test']"
 UNTUNED = "amos_untuned"  # Amos at its guidance value: the paper's "no tuning" claim.
@@ -205,10 +211,10 @@ class Trial:
 
 def run_status(directory: Path) -> tuple[str, float | None]:
     """(finished | diverged | missing, final validation loss) of a run directory."""
-    if (directory / "final.json").exists():
-        final = json.loads((directory / "final.json").read_text())
+    if (directory / run_folder.FINAL_JSON).exists():
+        final = json.loads((directory / run_folder.FINAL_JSON).read_text())
         return "finished", float(final["eval"]["loss"])
-    info = directory / "run.json"
+    info = directory / run_folder.RUN_JSON
     if info.exists() and json.loads(info.read_text()).get("status") == "diverged":
         return "diverged", None
     return "missing", None
@@ -615,8 +621,11 @@ def copy_for_continuation(source: Path, dest: Path, planned: int) -> None:
     copy is never taken for a run."""
     if dest.exists():
         return
-    final = json.loads((source / "final.json").read_text())
-    if final.get("step") != planned or not (source / "checkpoints" / str(planned)).is_dir():
+    final = json.loads((source / run_folder.FINAL_JSON).read_text())
+    if (
+        final.get("step") != planned
+        or not (source / run_folder.CHECKPOINTS / str(planned)).is_dir()
+    ):
         raise ConfigError(
             f"{source} ended at step {final.get('step')} with no checkpoint of step {planned} "
             f"under checkpoints/: it cannot be continued from the planned horizon"
@@ -655,9 +664,9 @@ def continue_rows(
 
 def _final_losses(directory: Path) -> tuple[float, float | None] | None:
     """(final validation loss, final test loss or None) of a finished run, else None."""
-    if not (directory / "final.json").exists():
+    if not (directory / run_folder.FINAL_JSON).exists():
         return None
-    final = json.loads((directory / "final.json").read_text())["eval"]
+    final = json.loads((directory / run_folder.FINAL_JSON).read_text())["eval"]
     return float(final["loss"]), final.get("test_loss")
 
 

@@ -61,6 +61,7 @@ import amos  # noqa: E402
 from experiments.errors import ConfigError  # noqa: E402
 from launch import compare, sweep  # noqa: E402
 from launch.run import git_revision  # noqa: E402
+from launch.trainer import run_folder  # noqa: E402
 
 OPTIMIZER = "adamw"
 TAU = "ADAMW_TAU_EPOCHS"
@@ -218,7 +219,7 @@ def trial_bindings(user: list[str], setting: Setting, trial: sweep.Trial) -> lis
 
 
 def _test_loss(trial: sweep.Trial) -> float | None:
-    path = Path(trial.run_dir) / "final.json"
+    path = Path(trial.run_dir) / run_folder.FINAL_JSON
     return json.loads(path.read_text())["eval"].get("test_loss") if path.exists() else None
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from launch.trainer import run_folder
+
 REPO = Path.cwd()
 RESULTS = Path(os.environ.get("AMOS_RESULTS", REPO / "results"))
 OUT = Path(os.environ.get("AMOS_NOTEBOOK_OUT", REPO / "notebooks"))
@@ -94,7 +96,7 @@ def seed_curves(summary_dir: Path, summary: dict, key: str) -> dict[str, list[li
                 rel = Path(run_dir).relative_to(parent)
             except ValueError:
                 continue
-            metrics = summary_dir / "runs" / rel / "metrics.jsonl"
+            metrics = summary_dir / "runs" / rel / run_folder.METRICS_JSONL
             curve = eval_records(metrics, key) if metrics.is_file() else []
             if curve:
                 curves.setdefault(opt, []).append(curve)

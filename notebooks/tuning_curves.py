@@ -47,6 +47,7 @@ REPO = Path.cwd()
 if str(REPO) not in sys.path:  # Run as a script, its own directory comes first instead.
     sys.path.insert(0, str(REPO))
 from launch.compare import collapse_reason, stall_reason  # noqa: E402
+from launch.trainer import run_folder  # noqa: E402
 from notebooks.common import (  # noqa: E402
     RESULTS,
     eval_records,
@@ -76,7 +77,7 @@ print(f"{len(sweeps)} sweeps:", ", ".join(sweeps) or "none yet")
 def flag(name: str, record: dict, trial: dict) -> str | None:
     """COLLAPSED or STALLED with compare's reason, from the trial's validation curve."""
     run = RESULTS / "study" / name / "runs" / trial["optimizer"] / trial["label"]
-    metrics = run / f"seed_{record['tuning_seed']}" / "metrics.jsonl"
+    metrics = run / f"seed_{record['tuning_seed']}" / run_folder.METRICS_JSONL
     curve = eval_records(metrics, "loss") if metrics.is_file() else []
     if (reason := collapse_reason(curve)) is not None:
         return f"COLLAPSED ({reason})"

@@ -237,7 +237,7 @@ class ImageClassificationTask(ObjectiveTask):
         if augmentation not in AUGMENTATIONS:
             raise ConfigError(f"augmentation must be one of {AUGMENTATIONS}, got {augmentation!r}")
         self.augmentation, self.in_memory, self.image_size = augmentation, in_memory, image_size
-        # Where the data comes from, for run.json (launch.train.describe_data).
+        # Where the data comes from, for run.json (launch.trainer.describe_data).
         self.dataset, self.data_dir = dataset, data_dir
         if dataset == "digits":
             if not in_memory:

@@ -290,7 +290,7 @@ class WordLMTask(ObjectiveTask):
 
     @property
     def state_collections(self) -> tuple[str, ...]:
-        """The model's collections carried from batch to batch (launch/train.py)."""
+        """The model's collections carried from batch to batch (launch/trainer/)."""
         return self.objective.collections
 
     def model_kwargs(self) -> dict[str, int]:

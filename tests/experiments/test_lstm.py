@@ -20,7 +20,7 @@ from amos.tree import named_leaves, path_name
 from experiments.data.word_lm import WordLMTask
 from experiments.lstm.models import CARRY, LSTMConfig, LSTMLayer, lstm_model
 from launch.optimizers import amos_optimizer
-from launch.train import train
+from launch.trainer import train
 from tests.experiments.model_gin import abstract_params, int_input, load_model_file
 from tests.launch.harness_helpers import TIMING
 

@@ -12,7 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from launch import train as train_lib
+from launch import trainer as train_lib
 from tests.launch.harness_helpers import EVERY_20, build_trainer
 
 pytestmark = pytest.mark.slow

@@ -47,7 +47,7 @@ def build_trainer(model_dir: Path, *extra: str, steps: int = 60):
     """The Trainer launch/run.py would build for the tiny quickstart with `extra` (one
     compile, then `Trainer.replace(model_dir=...)` runs copies in other directories)."""
     from launch import run as run_cli  # Not at the top: the subprocess helpers need no jax.
-    from launch import train as train_lib
+    from launch import trainer as train_lib
 
     args, bindings = run_cli.parse_args(run_cmd(model_dir, *extra, steps=steps)[2:])
     run_cli.load_gin(args.gin_file, bindings, [])

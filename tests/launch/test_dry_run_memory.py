@@ -11,7 +11,7 @@ import gin
 import pytest
 
 from launch import run as run_cli
-from launch import train as train_lib
+from launch import trainer as train_lib
 from tests.launch.harness_helpers import PYTHON, REPO, TINY, env_with, run
 
 QUICKSTART = ["--gin_file=experiments/quickstart.gin", *TINY]

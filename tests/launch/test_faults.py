@@ -27,7 +27,7 @@ import pytest
 from experiments.errors import ConfigError
 from launch import run as run_cli
 from launch import run_lock
-from launch import train as train_lib
+from launch import trainer as train_lib
 from launch.summary_writer import read_metrics
 from tests.launch.harness_helpers import (
     EVERY_20,

@@ -17,7 +17,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from launch import run as run_cli
-from launch import train as train_lib
+from launch import trainer as train_lib
+from launch.trainer import finetune
 from tests.launch.harness_helpers import metrics, run_cmd
 
 pytestmark = pytest.mark.slow  # Two BERT runs: about two minutes on 2 cores.
@@ -84,7 +85,7 @@ def build(argv: list[str]) -> train_lib.Trainer:
 
 
 def flat(params) -> dict[str, np.ndarray]:
-    paths, leaves, _ = train_lib._named_leaves(params)
+    paths, leaves, _ = finetune._named_leaves(params)
     return {"/".join(p): np.asarray(x) for p, x in zip(paths, leaves, strict=True)}
 
 

@@ -27,7 +27,7 @@ import pytest
 
 from launch import preemption
 from launch import run as run_cli
-from launch import train as train_lib
+from launch import trainer as train_lib
 from tests.launch.harness_helpers import (
     EVERY_20,
     REPO,

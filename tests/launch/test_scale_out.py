@@ -1,4 +1,4 @@
-"""The scale-out switches of launch/train.py on tiny runs: mixed precision, gradient
+"""The scale-out switches of launch/trainer/ on tiny runs: mixed precision, gradient
 accumulation, evaluation-only, the profiler window, fine-tuning from another run's
 parameters, MODEL_DIR through etils.epath, and the per-target weighting of evaluation.
 
@@ -35,7 +35,7 @@ from experiments.objectives import SequenceClassification
 from experiments.task import ObjectiveTask
 from launch import run as run_cli
 from launch import run_lock, summary_writer
-from launch import train as train_lib
+from launch import trainer as train_lib
 from launch.optimizers import OptimizerSpec
 from launch.summary_writer import ScalarWriter, read_metrics
 from tests.launch.harness_helpers import TIMING, numbers, run_cmd

@@ -26,7 +26,7 @@ from experiments.errors import ConfigError
 from experiments.gpt.models import GPT
 from launch import run as run_cli
 from launch import sharding
-from launch import train as train_lib
+from launch import trainer as train_lib
 from tests.launch.harness_helpers import (
     PYTHON,
     REPO,
@@ -151,7 +151,7 @@ _SCRIPT = textwrap.dedent("""
     import jax
     import amos
     from amos.tree import named_leaves, path_name
-    from launch import run as run_cli, sharding, train as train_lib
+    from launch import run as run_cli, sharding, trainer as train_lib
     from tests.launch.harness_helpers import run_cmd
 
     base, optimizer, steps, split = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])

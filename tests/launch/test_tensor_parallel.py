@@ -29,7 +29,7 @@ from experiments.gpt.models import GPT
 from experiments.t5.models import T5, T5Config
 from launch import run as run_cli
 from launch import sharding
-from launch import train as train_lib
+from launch import trainer as train_lib
 from tests.launch.harness_helpers import PYTHON, env_with, run, run_cmd
 
 RULES = sharding.LOGICAL_AXIS_RULES
@@ -233,7 +233,7 @@ _SCRIPT = textwrap.dedent("""
     from experiments.data.sources import GeneratedTextSource
     from experiments.data.text_tasks import SpanCorruptionTask
     from experiments.t5.models import T5, T5Config
-    from launch import optimizers, run as run_cli, sharding, train as train_lib
+    from launch import optimizers, run as run_cli, sharding, trainer as train_lib
     from tests.launch.harness_helpers import run_cmd
 
     base, mesh, steps = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
