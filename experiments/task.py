@@ -58,6 +58,46 @@ def batch_rng(*, seed: int, split: str, purpose: str, index: int) -> np.random.G
     return np.random.default_rng([seed, batch_stream(split, purpose), index])
 
 
+# The splits a task with ``eval_whole_split`` reads whole; evaluation on 'train' (a
+# training-loss estimate) still draws EVAL_BATCHES batches.
+HELD_OUT_SPLITS = ("val", "test")
+
+
+def reads_whole_split(task: Any, split: str) -> bool:
+    """Whether evaluation reads ``split`` of ``task`` whole (its ``eval_whole_split``)."""
+    return bool(getattr(task, "eval_whole_split", False)) and split in HELD_OUT_SPLITS
+
+
+def whole_split_windows(
+    n_tokens: int, *, window: int, stride: int, index: int, batch_size: int, name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Batch ``index`` of a held-out split read whole, in order: the start offsets of its
+    ``batch_size`` windows of ``window`` tokens, ``stride`` apart (the split's windows
+    ``index * batch_size`` onwards), and which rows are real (False: padding past the last
+    window, a repeat of window 0 that must weigh nothing). The tail shorter than a window
+    is left out. ``name`` is the split, for the error past the end."""
+    count = whole_split_num_windows(n_tokens, window=window, stride=stride)
+    batches = whole_split_num_batches(n_tokens, window=window, stride=stride, batch_size=batch_size)
+    if not 0 <= index < batches:
+        raise ConfigError(
+            f"{name}: {count} examples make {batches} batches of {batch_size}; evaluation "
+            f"batch {index} is past its end"
+        )
+    positions = index * batch_size + np.arange(batch_size)
+    valid = positions < count
+    return np.where(valid, positions, 0) * stride, valid
+
+
+def whole_split_num_windows(n_tokens: int, *, window: int, stride: int) -> int:
+    """How many windows of ``window`` tokens, ``stride`` apart, fit in ``n_tokens``."""
+    return 0 if n_tokens < window else (n_tokens - window) // stride + 1
+
+
+def whole_split_num_batches(n_tokens: int, *, window: int, stride: int, batch_size: int) -> int:
+    """The batches of ``batch_size`` that ``whole_split_windows`` cuts a split into."""
+    return -(-whole_split_num_windows(n_tokens, window=window, stride=stride) // batch_size)
+
+
 class Task(Protocol):
     # What throughput counts: "tokens" (tokens_per_example per example) or "examples".
     unit_name: str

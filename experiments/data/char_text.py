@@ -19,7 +19,14 @@ from experiments.data.files import read_text
 from experiments.data.splits import first_fraction, halves
 from experiments.errors import ConfigError
 from experiments.objectives import CausalLM
-from experiments.task import SPLITS, ObjectiveTask, batch_rng
+from experiments.task import (
+    SPLITS,
+    ObjectiveTask,
+    batch_rng,
+    reads_whole_split,
+    whole_split_num_batches,
+    whole_split_windows,
+)
 
 TRAIN_FRACTION = 0.9  # nanoGPT's split.
 
@@ -139,12 +146,21 @@ class WindowedLMTask(ObjectiveTask):
 
     The trainer asks for batches by number; nothing here has state, so any step of any run
     can be reproduced (and a resumed run sees the same data as an uninterrupted one).
+
+    With ``eval_whole_split`` True (then the objective must weigh ``"weights"``, see
+    ``weights_key``), evaluation reads each held-out split ('val', 'test') once, in order:
+    consecutive windows ``block_size`` apart, so every token after the first is predicted
+    once (the tail shorter than a block is left out), in ``eval_num_batches`` batches whose
+    padding rows weigh 0, whatever EVAL_BATCHES says: the loss of the split itself.
     """
 
     corpus: CharCorpus
     block_size: int
     objective = CausalLM()
     unit_name = "tokens"
+    eval_whole_split = False
+    # The objective's weights key when evaluation reads whole splits (padding weighs 0).
+    weights_key = "weights"
 
     def check_fits(self, name: str = "block_size") -> None:
         c = self.corpus
@@ -174,10 +190,27 @@ class WindowedLMTask(ObjectiveTask):
         ``xi = 1/sqrt(N)`` and the EMA timescale in epochs (reference sections 1 and 6)."""
         return self.num_train_tokens // self.block_size
 
+    def _weighted(self, batch: dict[str, np.ndarray], valid: np.ndarray) -> dict[str, np.ndarray]:
+        # Every batch has the same keys when whole splits are read, so one objective (with
+        # weights) scores training and evaluation alike.
+        if self.eval_whole_split:
+            batch[self.weights_key] = np.broadcast_to(
+                valid.astype(np.float32)[:, None], batch["targets"].shape
+            ).copy()
+        return batch
+
+    def eval_num_batches(self, split: str, batch_size: int) -> int:
+        """Batches of ``batch_size`` that cover ``split`` (``eval_whole_split``)."""
+        n = len(self.corpus.split(split))
+        window = self.block_size + 1
+        return whole_split_num_batches(
+            n, window=window, stride=self.block_size, batch_size=batch_size
+        )
+
     def train_batch(
         self, *, seed: int, step: int, batch_size: int, rows: slice | None = None
     ) -> dict[str, np.ndarray]:
-        return get_batch(
+        batch = get_batch(
             self.corpus,
             "train",
             seed=seed,
@@ -187,11 +220,28 @@ class WindowedLMTask(ObjectiveTask):
             purpose="train",
             rows=rows,
         )
+        return self._weighted(batch, np.ones(len(batch["targets"]), bool))
 
     def eval_batch(
         self, split: str, *, seed: int, index: int, batch_size: int, rows: slice | None = None
     ) -> dict[str, np.ndarray]:
-        return get_batch(
+        if reads_whole_split(self, split):
+            data = self.corpus.split(split)
+            starts, valid = whole_split_windows(
+                len(data),
+                window=self.block_size + 1,
+                stride=self.block_size,
+                index=index,
+                batch_size=batch_size,
+                name=f"the {split} split",
+            )
+            if rows is not None:
+                starts, valid = starts[rows], valid[rows]
+            windows = data[starts[:, None] + np.arange(self.block_size + 1)[None, :]]
+            windows = windows.astype(np.int32)
+            batch = {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
+            return self._weighted(batch, valid)
+        batch = get_batch(
             self.corpus,
             split,
             seed=seed,
@@ -201,13 +251,15 @@ class WindowedLMTask(ObjectiveTask):
             purpose="eval",
             rows=rows,
         )
+        return self._weighted(batch, np.ones(len(batch["targets"]), bool))
 
 
 class CharTextTask(WindowedLMTask):
     """Next-character prediction on a corpus file or on `generated_text`;
     `loss_normalization` of the `CausalLM` objective ('mean' per token by default).
     `train_subset` < 1 trains on the first part of the training split only (0.25: its first
-    quarter of tokens); validation, test and the vocabulary stay those of the whole corpus."""
+    quarter of tokens); validation, test and the vocabulary stay those of the whole corpus.
+    `eval_whole_split`: evaluate each held-out split whole (`WindowedLMTask`)."""
 
     def __init__(
         self,
@@ -218,8 +270,11 @@ class CharTextTask(WindowedLMTask):
         generated_seed: int = 0,
         loss_normalization: str = "mean",
         train_subset: float = 1.0,
+        eval_whole_split: bool = False,
     ):
-        self.objective = CausalLM(normalization=loss_normalization)
+        self.eval_whole_split = eval_whole_split
+        weights = self.weights_key if eval_whole_split else None
+        self.objective = CausalLM(normalization=loss_normalization, weights=weights)
         if generated_chars:
             self.corpus = corpus_from_text(generated_text(generated_chars, generated_seed))
             self.source = f"generated_text(num_chars={generated_chars}, seed={generated_seed})"

@@ -34,7 +34,14 @@ from experiments.data.splits import first_fraction, halve_tfds_split, halves
 from experiments.data.tf_import import tensorflow, tensorflow_datasets
 from experiments.errors import ConfigError
 from experiments.objectives import Classification
-from experiments.task import SPLITS, ObjectiveTask, batch_rng
+from experiments.task import (
+    SPLITS,
+    ObjectiveTask,
+    batch_rng,
+    reads_whole_split,
+    whole_split_num_batches,
+    whole_split_windows,
+)
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
@@ -298,20 +305,16 @@ class ImageClassificationTask(ObjectiveTask):
 
     def eval_num_batches(self, split: str, batch_size: int) -> int:
         """Batches of ``batch_size`` that cover ``split`` (``eval_whole_split``)."""
-        return -(-len(self.splits.split(split)[1]) // batch_size)
+        n = len(self.splits.split(split)[1])
+        return whole_split_num_batches(n, window=1, stride=1, batch_size=batch_size)
 
     def _whole_split_batch(self, split, index, batch_size, rows):
         images, labels = self.splits.split(split)
-        if index >= self.eval_num_batches(split, batch_size):
-            raise ConfigError(
-                f"{split} has {len(labels)} images, {self.eval_num_batches(split, batch_size)} "
-                f"batches of {batch_size}; evaluation batch {index} is past its end"
-            )
-        positions = index * batch_size + np.arange(batch_size)
+        picks, valid = whole_split_windows(
+            len(labels), window=1, stride=1, index=index, batch_size=batch_size, name=split
+        )
         if rows is not None:
-            positions = positions[rows]
-        valid = positions < len(labels)
-        picks = np.where(valid, positions, 0)
+            picks, valid = picks[rows], valid[rows]
         batch = images[picks].astype(np.float32)
         return {
             "images": (batch - self.mean) / self.std,
@@ -333,7 +336,7 @@ class ImageClassificationTask(ObjectiveTask):
     ) -> dict[str, np.ndarray]:
         if not self.in_memory:
             return self._stream.eval_batch(split, seed, index, batch_size, rows)
-        if self.eval_whole_split:
+        if reads_whole_split(self, split):
             return self._whole_split_batch(split, index, batch_size, rows)
         rng = batch_rng(seed=seed, split=split, purpose="eval", index=index)
         images, labels = self.splits.split(split)

@@ -50,7 +50,14 @@ from experiments.data.tokenizers import (
 )
 from experiments.errors import ConfigError
 from experiments.objectives import MaskedLM, Seq2Seq
-from experiments.task import ObjectiveTask, batch_rng, batch_stream
+from experiments.task import (
+    ObjectiveTask,
+    batch_rng,
+    batch_stream,
+    reads_whole_split,
+    whole_split_num_batches,
+    whole_split_windows,
+)
 
 Batch = dict[str, np.ndarray]
 
@@ -97,6 +104,14 @@ class TextExamples(ObjectiveTask):
     host's cores less one, none on two cores or fewer; 0: in this process), and
     ``index_dir`` keeps the splits' token indexes (None: ``<data_dir>/token_index`` for a
     source with a ``data_dir``, e.g. TFDS; otherwise they are not saved).
+
+    ``eval_whole_split`` (in-memory, packed sources): evaluation reads each held-out split
+    ('val', 'test'; 'train' is still drawn) once, in order, as consecutive windows
+    (``eval_num_batches`` batches; the last one's padding rows weigh 0), whatever
+    EVAL_BATCHES says, instead of drawing EVAL_BATCHES batches of random windows: the loss
+    of the split itself. The masking / noise of eval batch ``i`` still comes from
+    ``batch_rng`` (seed, split, ``i``), so every run of one seed is scored on the same
+    corrupted examples.
     """
 
     unit_name = "tokens"
@@ -112,6 +127,7 @@ class TextExamples(ObjectiveTask):
         batcher: Batcher,
         num_workers: int | None = None,
         index_dir: str | None = None,
+        eval_whole_split: bool = False,
     ):
         self.source = resolve_source(source)
         self.tokenizer = resolve_tokenizer(tokenizer, self.source)
@@ -122,6 +138,13 @@ class TextExamples(ObjectiveTask):
         self.in_memory = bool(getattr(self.source, "in_memory", False))
         self._docs: dict[str, list[np.ndarray]] = {}
         self._streams: dict[str, np.ndarray] = {}
+        self.eval_whole_split = eval_whole_split
+        if eval_whole_split and not (self.in_memory and packing):
+            raise ConfigError(
+                f"{type(self).__name__}.eval_whole_split needs an in-memory source "
+                f"packed into windows; {self.source.name} is "
+                f"{'not in memory' if not self.in_memory else 'not packed'}"
+            )
         if self.in_memory:
             for split in _SOURCE_SPLIT:  # Fail at construction, not at the first eval.
                 self._split_stream(split)
@@ -208,13 +231,43 @@ class TextExamples(ObjectiveTask):
                 batch_size=batch_size,
                 rows=rows,
             )
-        examples, rng = self._raw_examples(
-            split, purpose, seed=seed, index=index, batch_size=batch_size, first=first
-        )
-        batch = self.make_batch(examples, rng)
+        if purpose == "eval" and reads_whole_split(self, split):
+            batch = self._whole_split_batch(split, seed=seed, index=index, batch_size=batch_size)
+        else:
+            examples, rng = self._raw_examples(
+                split, purpose, seed=seed, index=index, batch_size=batch_size, first=first
+            )
+            batch = self.make_batch(examples, rng)
         if rows is not None:
             batch = {k: v[rows] for k, v in batch.items()}
         return batch
+
+    def _whole_split_batch(self, split: str, *, seed: int, index: int, batch_size: int) -> Batch:
+        """Eval batch ``index`` of ``split`` read whole (``eval_whole_split``): consecutive
+        windows, the padding rows' weights 0."""
+        stream = self._split_stream(split)
+        starts, valid = whole_split_windows(
+            len(stream),
+            window=self.window,
+            stride=self.window,
+            index=index,
+            batch_size=batch_size,
+            name=f"the {_SOURCE_SPLIT[split]} split of {self.source.name}",
+        )
+        examples = list(stream[starts[:, None] + np.arange(self.window)[None, :]])
+        batch = self.make_batch(
+            examples, batch_rng(seed=seed, split=split, purpose="eval", index=index)
+        )
+        weights = self.objective.weights
+        batch[weights] = batch[weights] * valid[:, None].astype(batch[weights].dtype)
+        return batch
+
+    def eval_num_batches(self, split: str, batch_size: int) -> int:
+        """Batches of ``batch_size`` that cover ``split`` (``eval_whole_split``)."""
+        n = len(self._split_stream(split))
+        return whole_split_num_batches(
+            n, window=self.window, stride=self.window, batch_size=batch_size
+        )
 
     def make_batch(self, examples: list[np.ndarray], rng: np.random.Generator) -> Batch:
         """The model's batch from the examples; further draws come from ``rng``."""
@@ -287,6 +340,7 @@ class MaskedLMTask(TextExamples):
         loss_normalization: str = "sqrt",
         num_workers: int | None = None,
         index_dir: str | None = None,
+        eval_whole_split: bool = False,
     ):
         self.objective = MaskedLM(normalization=loss_normalization)
         if seq_length < 4:
@@ -311,6 +365,7 @@ class MaskedLMTask(TextExamples):
             batcher=mlm.MaskedLMBatcher(tok, seq_length, packing, self.mask_kwargs),
             num_workers=num_workers,
             index_dir=index_dir,
+            eval_whole_split=eval_whole_split,
         )
         self.units_per_example = seq_length
 
@@ -345,6 +400,7 @@ class SpanCorruptionTask(TextExamples):
         loss_normalization: str = "sum",
         num_workers: int | None = None,
         index_dir: str | None = None,
+        eval_whole_split: bool = False,
     ):
         self.objective = Seq2Seq(normalization=loss_normalization)
         if not 0.0 < noise_density < 1.0:
@@ -384,6 +440,7 @@ class SpanCorruptionTask(TextExamples):
             batcher=batcher,
             num_workers=num_workers,
             index_dir=index_dir,
+            eval_whole_split=eval_whole_split,
         )
         spans = int(round(round(tokens_length * noise_density) / mean_noise_span_length))
         if spans > self.tokenizer.num_sentinels:

@@ -16,6 +16,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from experiments.task import reads_whole_split
 from launch import sharding
 from launch.optimizers import slot_bytes
 from launch.summary_writer import join
@@ -250,7 +251,7 @@ class BaseTrainer:
     def _num_eval_batches(self, split: str) -> int:
         # Consecutive batches covering the whole split: the carried state needs them in
         # order; a task that evaluates whole splits (images.py `eval_whole_split`) asks.
-        if self.state_collections or getattr(self.task, "eval_whole_split", False):
+        if self.state_collections or reads_whole_split(self.task, split):
             return self.task.eval_num_batches(split, self.config.global_eval_batch_size)
         return self.config.eval_batches
 

@@ -122,3 +122,33 @@ def test_missing_or_too_small_data_is_a_clear_error(tmp_path):
     CharTextTask(str(mid), block_size=14)
     with pytest.raises(ConfigError, match=r"block_size=15 .* 16 val / 15 test tokens"):
         CharTextTask(str(mid), block_size=15)
+
+
+def test_whole_split_evaluation_predicts_every_held_out_token_once():
+    text = generated_text(30_000, seed=3)
+    task = CharTextTask(
+        generated_chars=30_000, generated_seed=3, block_size=16, eval_whole_split=True
+    )
+    val = corpus_from_text(text).val
+    windows = (len(val) - 17) // 16 + 1
+    n = task.eval_num_batches("val", 8)
+    assert n == -(-windows // 8) and windows % 8
+    batches = [task.eval_batch("val", seed=0, index=i, batch_size=8) for i in range(n)]
+    weights = np.concatenate([b["weights"] for b in batches])
+    assert weights[:windows].all() and not weights[windows:].any()
+    inputs = np.concatenate([b["inputs"] for b in batches])[:windows]
+    targets = np.concatenate([b["targets"] for b in batches])[:windows]
+    np.testing.assert_array_equal(inputs.ravel(), val[: windows * 16])
+    np.testing.assert_array_equal(targets.ravel(), val[1 : windows * 16 + 1])
+    # The seed does not change a whole-split batch; rows slice it; past the end is an error.
+    again = task.eval_batch("val", seed=5, index=1, batch_size=8, rows=slice(2, 4))
+    for k in again:
+        np.testing.assert_array_equal(again[k], batches[1][k][2:4])
+    with pytest.raises(ConfigError, match="past its end"):
+        task.eval_batch("val", seed=0, index=n, batch_size=8)
+    # Training batches are those of the drawn evaluation, with weights of ones.
+    drawn = CharTextTask(generated_chars=30_000, generated_seed=3, block_size=16)
+    train, plain = (t.train_batch(seed=0, step=2, batch_size=4) for t in (task, drawn))
+    np.testing.assert_array_equal(train["inputs"], plain["inputs"])
+    assert train["weights"].shape == train["targets"].shape and train["weights"].all()
+    assert task.objective.weights == "weights" and drawn.objective.weights is None

@@ -275,7 +275,7 @@ def test_a_whole_split_evaluation_reads_every_held_out_image_once():
     # is an error naming the split's size.
     again = task.eval_batch("val", seed=7, index=1, batch_size=32, rows=slice(16, 32))
     np.testing.assert_array_equal(again["images"], batches[1]["images"][16:])
-    with pytest.raises(ConfigError, match=f"val has {n} images"):
+    with pytest.raises(ConfigError, match=f"val: {n} examples make"):
         task.eval_batch("val", seed=0, index=len(batches), batch_size=32)
     # The padding weighs nothing in the loss: the last batch's loss is that of its images.
     model = resnet_model(10, "tiny")

@@ -328,3 +328,53 @@ def test_importing_the_data_modules_does_not_import_tensorflow():
         "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize("kind", ["mlm", "span"])
+def test_whole_split_evaluation_reads_each_window_once(kind):
+    """eval_whole_split: consecutive windows covering the held-out stream once, the last
+    batch's padding rows weighing nothing, the corruption still drawn per (seed, index)."""
+    source = GeneratedTextSource(20_000)
+    if kind == "mlm":
+        task = MaskedLMTask(source, "char", seq_length=32, eval_whole_split=True)
+        weights, original = "weights", _unmasked
+        drawn = MaskedLMTask(source, "char", seq_length=32)
+    else:
+        task = SpanCorruptionTask(source, "byte", 32, 12, eval_whole_split=True)
+        weights = "decoder_loss_weights"
+        drawn = SpanCorruptionTask(source, "byte", 32, 12)
+    stream = task._split_stream("val")
+    windows = len(stream) // task.window
+    n = task.eval_num_batches("val", 8)
+    assert n == -(-windows // 8) and windows % 8  # a padded last batch
+    batches = [task.eval_batch("val", seed=0, index=i, batch_size=8) for i in range(n)]
+    last = batches[-1][weights]
+    real = windows - (n - 1) * 8
+    assert last[:real].sum() > 0 and not last[real:].any()
+    if kind == "mlm":  # The uncorrupted windows are the stream, in order, each once.
+        ids = np.concatenate([original(b) for b in batches])[:windows]
+        body = ids[:, 1:]  # [CLS] before each packed window
+        np.testing.assert_array_equal(
+            body.ravel(), stream[: windows * task.window].reshape(windows, -1).ravel()
+        )
+    _assert_same(batches[1], task.eval_batch("val", seed=0, index=1, batch_size=8))
+    assert _differs(batches[1], task.eval_batch("val", seed=1, index=1, batch_size=8))
+    _assert_same(
+        {k: v[2:5] for k, v in batches[0].items()},
+        task.eval_batch("val", seed=0, index=0, batch_size=8, rows=slice(2, 5)),
+    )
+    assert drawn.eval_batch("val", seed=0, index=0, batch_size=8).keys() == batches[0].keys()
+    with pytest.raises(ConfigError, match=f"{n} batches of 8; evaluation batch {n} is past"):
+        task.eval_batch("val", seed=0, index=n, batch_size=8)
+    # Training batches do not change.
+    _assert_same(
+        task.train_batch(seed=0, step=3, batch_size=4),
+        drawn.train_batch(seed=0, step=3, batch_size=4),
+    )
+
+
+def test_whole_split_evaluation_needs_packed_text_in_memory():
+    with pytest.raises(ConfigError, match="MaskedLMTask.eval_whole_split .* not packed"):
+        MaskedLMTask(GeneratedTextSource(5_000), "char", packing=False, eval_whole_split=True)
+    with pytest.raises(ConfigError, match="eval_whole_split .* not in memory"):
+        MaskedLMTask(_StreamingSource(), "byte", seq_length=16, eval_whole_split=True)

@@ -232,3 +232,32 @@ def test_a_whole_split_evaluation_ignores_eval_batches(tmp_path: Path, capsys):
     )
     final = json.loads((tmp_path / "final.json").read_text())["eval"]
     assert final["loss"] == pytest.approx(record["eval"]["loss"], rel=1e-6)
+
+
+def test_text_reads_held_out_splits_whole_and_draws_the_training_split(tmp_path: Path):
+    """CharTextTask.eval_whole_split (the text tasks' counterpart): validation is read
+    whole in consecutive windows; the training split, evaluated too, still draws
+    EVAL_BATCHES batches."""
+    from experiments.data.char_text import CharTextTask
+    from launch import run as run_cli
+
+    argv = [
+        "--gin_file=experiments/quickstart.gin",
+        "--optimizer=amos",
+        f"--gin.MODEL_DIR='{tmp_path}'",
+        "--gin.TRAIN_STEPS=2",
+        "--gin.CharTextTask.eval_whole_split=True",
+        "--gin.EVAL_BATCHES=3",
+        "--gin.EVAL_SPLITS=['val', 'train']",
+    ]
+    assert run_cli.main(argv) == 0
+    assert run_cli.main([*argv, "--eval_only"]) == 0
+    record = json.loads((tmp_path / "eval_2.json").read_text())
+    # quickstart.gin: 200,000 generated characters, BLOCK_SIZE 32, BATCH_SIZE 16.
+    task = CharTextTask(generated_chars=200_000, block_size=32, eval_whole_split=True)
+    assert record["eval_batches"] == {"val": task.eval_num_batches("val", 16), "train": 3}
+    assert record["eval_batches"]["val"] == 20  # (10,000 - 33) // 32 + 1 = 312 windows
+    # Accuracy over every validation target once: a multiple of 1 / (312 * 32).
+    targets = 312 * 32
+    accuracy = record["eval"]["accuracy"]
+    assert accuracy * targets == pytest.approx(round(accuracy * targets))
