@@ -99,11 +99,32 @@ def whole_split_num_batches(n_tokens: int, *, window: int, stride: int, batch_si
 
 
 class Task(Protocol):
+    """Every member the harness (launch/trainer/) reads; `ObjectiveTask` gives the
+    defaults of the optional ones, so a new task is its batches and an objective."""
+
     # What throughput counts: "tokens" (tokens_per_example per example) or "examples".
     unit_name: str
     units_per_example: int
     # Whether eval reports perplexity = exp(per-token eval loss) (language models).
     reports_perplexity: bool
+    # The loss, and how the model is called: its `inputs` are the batch keys passed to
+    # `model.apply` in order (and cast to the compute dtype), its `normalization` what
+    # gradient accumulation must respect (experiments/objectives.py).
+    objective: Objective
+    # Collections of a state the model carries from batch to batch (word_lm.py's LSTM):
+    # evaluation then threads it through `eval_num_batches` consecutive batches, and
+    # gradient accumulation is refused. () for none (the default).
+    state_collections: tuple[str, ...]
+    # Whether evaluation reads the held-out splits whole (`reads_whole_split`) in
+    # `eval_num_batches` batches instead of drawing EVAL_BATCHES. False by default.
+    eval_whole_split: bool
+    # The training split's size in examples (Amos' guidance xi = 1/sqrt(N), the EMA
+    # timescale's epoch), or None where the task does not know it (the default).
+    num_train_examples: int | None
+
+    def eval_num_batches(self, split: str, batch_size: int) -> int:
+        """The batches of ``batch_size`` that cover ``split`` (read when the task carries
+        a state or evaluates whole splits)."""
 
     def model_kwargs(self) -> dict[str, Any]:
         """Keyword arguments the data fixes for the model, e.g. ``{"vocab_size": 65}``."""
@@ -139,11 +160,20 @@ class Task(Protocol):
 
 
 class ObjectiveTask:
-    """The objective half of a `Task`: ``init_variables``, ``loss`` and
-    ``reports_perplexity`` come from ``self.objective``; the data class that inherits this
-    makes the batches."""
+    """The objective half of a `Task`, and its optional members' defaults:
+    ``init_variables``, ``loss`` and ``reports_perplexity`` come from ``self.objective``;
+    the data class that inherits this makes the batches."""
 
     objective: Objective
+    state_collections: tuple[str, ...] = ()
+    eval_whole_split: bool = False
+    num_train_examples: int | None = None
+
+    def eval_num_batches(self, split: str, batch_size: int) -> int:
+        raise ConfigError(
+            f"{type(self).__name__} draws its evaluation batches (EVAL_BATCHES); it does "
+            f"not cut {split!r} into batches of {batch_size}"
+        )
 
     @property
     def reports_perplexity(self) -> bool:

@@ -199,7 +199,7 @@ def train_examples(task: Any) -> int:
     """The size of a task's training split in examples (its ``num_train_examples``), for
     ``adamw_optimizer.train_examples = @train_examples()`` with ``train_examples.task``
     bound to the experiment's task: the EMA timescale's epoch comes from the data."""
-    n = getattr(task, "num_train_examples", None)
+    n = task.num_train_examples
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ConfigError(
             f"train_examples.task: {type(task).__name__} does not give its training-set size "

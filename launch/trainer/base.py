@@ -78,7 +78,7 @@ class BaseTrainer:
         # its state is sized by the whole global batch, and its evaluation reads
         # `task.eval_num_batches(split, batch_size)` consecutive batches per split in
         # order, threading the state from zero (see `evaluate`).
-        self.state_collections = tuple(getattr(self.task, "state_collections", ()))
+        self.state_collections = tuple(self.task.state_collections)
 
         self.mesh = sharding.make_mesh(c.mesh_shape)
         self.replicated = NamedSharding(self.mesh, P())
@@ -296,7 +296,7 @@ class BaseTrainer:
         """Warns when Amos' xi is far from the paper's guidance 1/sqrt(N), N the task's
         training examples (where the task knows it): xi = 100 on a small task trains to a
         large finite loss, which is no divergence, and would otherwise pass unremarked."""
-        n = getattr(self.task, "num_train_examples", None)
+        n = self.task.num_train_examples
         if self.opt.name != "amos" or not isinstance(n, int) or n < 1:
             return
         xi, guidance = float(self.opt.learning_rate(self.config.train_steps)), n**-0.5

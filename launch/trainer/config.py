@@ -139,7 +139,7 @@ class TrainConfig:
                 f"train.grad_accum_steps (GRAD_ACCUM_STEPS) must be a positive integer, got "
                 f"{accum!r}"
             )
-        elif accum > 1 and getattr(self.task, "state_collections", ()):
+        elif accum > 1 and self.task.state_collections:
             problems.append(
                 f"train.grad_accum_steps (GRAD_ACCUM_STEPS) = {accum}: the task carries a "
                 f"recurrent state over the rows of the whole batch "

@@ -94,13 +94,8 @@ def nonfinite_values(values: dict[str, Any]) -> dict[str, float]:
 def example_batch_shapes(
     task: Any, *, seed: int, batch_size: int, rows: slice
 ) -> dict[str, jax.ShapeDtypeStruct]:
-    """Shapes and dtypes of rows `rows` of a training batch: `task.example_shapes(
-    batch_size=..., rows=...)` where the task defines it (nothing is read), else those of
-    its first training batch."""
-    if hasattr(task, "example_shapes"):
-        shapes = task.example_shapes(batch_size=batch_size, rows=rows)
-    else:
-        shapes = task.train_batch(seed=seed, step=1, batch_size=batch_size, rows=rows)
+    """Shapes and dtypes of rows `rows` of a training batch: those of its first one."""
+    shapes = task.train_batch(seed=seed, step=1, batch_size=batch_size, rows=rows)
     return {k: jax.ShapeDtypeStruct(tuple(v.shape), v.dtype) for k, v in shapes.items()}
 
 

@@ -48,7 +48,7 @@ def _cast_inputs(task: Any, batch: Mapping[str, Any], compute_dtype: str | None)
     `compute_dtype`; targets and weights stay as they are (the loss is float32)."""
     if compute_dtype in (None, "float32"):
         return batch
-    inputs = getattr(getattr(task, "objective", None), "inputs", None)
+    inputs = task.objective.inputs
     return {
         k: cast_floats(v, compute_dtype) if inputs is None or k in inputs else v
         for k, v in batch.items()
@@ -70,8 +70,8 @@ def _keep_dtypes(model_state: dict, old: dict) -> dict:
 # ---------------------------------------------------------------------- accumulation
 def loss_normalization(task: Any) -> str:
     """How the task's training loss normalizes its summed cross-entropy: its objective's
-    `normalization` ("mean", "sum", "sqrt"; experiments/objectives.py), else "mean"."""
-    return getattr(getattr(task, "objective", None), "normalization", "mean")
+    `normalization` ("mean", "sum", "sqrt"; experiments/objectives.py)."""
+    return task.objective.normalization
 
 
 def normalizer(normalization: str, count: jax.Array) -> jax.Array:

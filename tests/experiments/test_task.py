@@ -27,3 +27,26 @@ def test_past_the_end_names_the_split():
         ConfigError, match="test: 5 examples make 3 batches of 2; evaluation batch 3"
     ):
         whole_split_windows(23, window=5, stride=4, index=3, batch_size=2, name="test")
+
+
+def test_the_protocol_declares_every_member_the_trainer_reads():
+    """Every `task.<name>` the harness reads (launch/, bar the run record's description of
+    whatever a task exposes) is a member of `Task`, with a default in `ObjectiveTask`
+    where it is optional."""
+    import re
+    import typing
+    from pathlib import Path
+
+    from experiments.task import ObjectiveTask, Task
+
+    root = Path(__file__).resolve().parents[2] / "launch"
+    read = set()
+    for path in root.rglob("*.py"):
+        if path.name != "data_description.py":
+            read |= set(re.findall(r"(?<![/\w])task\.([a-z_]+)\b", path.read_text()))
+    declared = set(typing.get_type_hints(Task)) | {n for n in vars(Task) if not n.startswith("_")}
+    assert read and read <= declared, read - declared
+    for optional in ("state_collections", "eval_whole_split", "num_train_examples"):
+        assert hasattr(ObjectiveTask, optional)
+    with pytest.raises(ConfigError, match="draws its evaluation batches"):
+        ObjectiveTask().eval_num_batches("val", 8)

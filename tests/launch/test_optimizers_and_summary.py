@@ -211,14 +211,18 @@ def test_adamw_weight_decay_from_the_timescale():
 
 def test_train_examples_comes_from_the_task():
     from experiments.errors import ConfigError
+    from experiments.task import ObjectiveTask
     from launch.optimizers import train_examples
 
-    class Task:
+    class Task(ObjectiveTask):
         num_train_examples = 1438
 
+    class Unsized(ObjectiveTask):  # the protocol's default: None
+        pass
+
     assert train_examples(Task()) == 1438
-    with pytest.raises(ConfigError, match="object does not give its training-set size"):
-        train_examples(object())
+    with pytest.raises(ConfigError, match="Unsized does not give its training-set size"):
+        train_examples(Unsized())
 
 
 def test_adamw_horizon_keeps_the_schedule_of_the_planned_run():
