@@ -21,7 +21,14 @@ from tests.launch.harness_helpers import dry_run_slot_bytes, metrics, run_cmd, r
 
 pytestmark = pytest.mark.slow  # Half a minute per family: `make test-all` runs them.
 
-FAMILIES = ["lstm", "resnet", "bert", "rope", "rpe", "t5"]
+# Every family's CPU-scale experiment, found from the files: a new family's
+# gin_configs/experiments/<family>_cpu.gin is tested without an edit here. Variants of a
+# family's experiment (`schedules_nanogpt_cpu`, `t5_seqio_cpu`: a word more) have their
+# own tests.
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "gin_configs" / "experiments"
+FAMILIES = sorted(
+    p.name.removesuffix("_cpu.gin") for p in EXPERIMENTS.glob("*_cpu.gin") if p.name.count("_") == 1
+)
 RESUMED = ["lstm", "resnet"]
 SHORT = [
     "--gin.EVAL_EVERY=15",
