@@ -40,7 +40,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/optimizer_step.py
 
 # Executes notebooks/*.py headless (notebooks/README.md): notebooks/executed/*.ipynb and
-# the committed tables and figures; then copies the headline table into README.
+# the committed tables and figures; then copies the headline table into README and refreshes
+# the results files that README and docs/ include.
 notebooks: $(STAMP)
 	$(PY) notebooks/execute.py
 	$(PY) launch/readme_results.py

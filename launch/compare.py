@@ -425,7 +425,7 @@ def summarize_runs(
         }
     )
     summary.update(fields or {})
-    if expect is not None:  # An anchor measured elsewhere (reference section 7).
+    if expect is not None:  # An anchor measured elsewhere (nanoGPT's README).
         got = per_opt[base]["final_eval_loss_mean"]
         summary["anchor_check"] = {
             "optimizer": base,

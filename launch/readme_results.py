@@ -1,5 +1,5 @@
 """Rewrites the results block of README.md from the headline table, and every included
-results file.
+results file of README.md and docs/*.md.
 
 The README's numbers are never typed by hand: after a comparison, a sweep or a benchmark
 finishes, run `make notebooks` (the headline-table notebook writes
@@ -16,9 +16,11 @@ is that table, its title dropped and its headings one level down (under README's
     ...
     <!-- end include -->
 
-is replaced by that file's text, as written by the benchmark, in a code block.
+is replaced by that file's text, as written by the benchmark, in a code block, in README
+and in every page of docs/ (the benchmark's table is in docs/optimizer.md, the device-count
+drift in docs/harness.md).
 
-  .venv/bin/python launch/readme_results.py [--readme README.md]
+  .venv/bin/python launch/readme_results.py [--readme README.md] [--docs docs]
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def includes(text: str, repo: Path) -> str:
     def refresh(m: re.Match) -> str:
         path = repo / m.group(2)
         if not path.is_file():
-            raise SystemExit(f"README includes {m.group(2)}, which does not exist")
+            raise SystemExit(f"an include block names {m.group(2)}, which does not exist")
         return f"{m.group(1)}```\n{path.read_text().rstrip()}\n```\n{m.group(4)}"
 
     return INCLUDE.sub(refresh, text)
@@ -62,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--readme", default=str(REPO / "README.md"))
     p.add_argument("--headline", default=str(REPO / HEADLINE), help="the notebook's table")
     p.add_argument("--repo", default=str(REPO), help="where included paths are read")
+    p.add_argument(
+        "--docs", default=str(REPO / "docs"), help="whose *.md pages' include blocks to refresh"
+    )
     args = p.parse_args(argv)
     readme = Path(args.readme)
     text = readme.read_text()
@@ -69,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     _, tail = rest.split(END, 1)
     text = f"{head}{BEGIN}\n{block(Path(args.headline))}{END}{tail}"
     readme.write_text(includes(text, Path(args.repo)))
+    for page in sorted(Path(args.docs).glob("*.md")):
+        old = page.read_text()
+        new = includes(old, Path(args.repo))
+        if new != old:
+            page.write_text(new)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The weight-decay timescale study of one experiment (reference section 6; issue 12).
+"""The weight-decay timescale study of one experiment (Wang & Aitchison 2024; issue 12).
 
   .venv/bin/python launch/timescale_sweep.py --experiment timescale_resnet_cpu \\
       [--fractions 1,0.25] [--widths 16,8] [--taus 7] [--extensions 3] [--horizon epochs] \\

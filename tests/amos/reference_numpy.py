@@ -1,7 +1,7 @@
 """An independent float64 NumPy implementation of Amos, written from the equations.
 
-Section 1 of shared/reference/amos.md, line by line; nothing here is shared with the
-package, so the tests compare two implementations.
+The update of the paper's Algorithm 1 (docs/optimizer.md), line by line; nothing here is
+shared with the package, so the tests compare two implementations.
 """
 
 from __future__ import annotations

@@ -102,7 +102,7 @@ def table(tree, eta_fn, shape_fn):
 
 
 def test_defaults_reproduce_the_bert_table():
-    # Reference section 2, BERT (H = 768, F = 3072); the MLP output kernel follows GELU,
+    # The reference BERT table (H = 768, F = 3072); the MLP output kernel follows GELU,
     # which no shape shows, so it takes gain 2 by name.
     hidden, mlp, vocab = 768, 3072, 30522
     got = table(

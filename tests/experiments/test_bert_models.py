@@ -318,7 +318,7 @@ def test_relative_positions_reach_both_key_and_value():
 
 
 def _reference_eta_and_slot(config: BertConfig, name: str, shape: tuple[int, ...]):
-    """The reference BERT table (amos.md section 2; jestimator/models/bert/modeling.py
+    """The reference BERT table (jestimator/models/bert/modeling.py
     get_eta_fn / get_shape_fn and bert_rpe's), written from the table, for every variable
     of these models: H hidden, F MLP size."""
     h, f = config.hidden_size, config.mlp_dim

@@ -54,7 +54,7 @@ def test_causal_and_loss_at_init_is_uniform():
 
 @pytest.mark.parametrize("file", ["gpt_nanogpt_cpu.gin", "gpt_tiny.gin"])
 def test_model_files_amos_rules(file):
-    """The general rule (amos.md section 2) with gain 2 for the MLP output projection,
+    """The general rule (docs/optimizer.md) with gain 2 for the MLP output projection,
     which reads GELU outputs: every kernel sqrt(gain / fan_in) with slot (1, out), the
     embeddings sqrt(2 / width) with slot (rows, 1), layer-norm scales 1.0 with slot ()."""
     loaded = load_model_file(file, vocab_size=65)

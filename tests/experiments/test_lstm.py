@@ -231,7 +231,7 @@ def test_state_carried_across_segments_equals_one_pass():
 
 @pytest.mark.parametrize("name,h,m", [("lstm_ptb.gin", 256, 1024), ("lstm_tiny.gin", 64, 256)])
 def test_model_gin_binds_the_reference_lstm_table(name, h, m):
-    """Reference section 2 / modeling.py get_eta_fn and get_shape_fn: core kernel
+    """jestimator/models/lstm/modeling.py get_eta_fn and get_shape_fn: core kernel
     (2h)^-1/4, memory projection (m h)^-1/4, its bias 0.5 h^-1/4, top-level normalize shift
     0.5 h^-1/4, cell normalize shift 0.5, embedding h^-1/4, other biases 0.5; kernel slots
     reduce the first axis, embedding slots the last, the rest are scalars."""

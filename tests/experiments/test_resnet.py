@@ -47,7 +47,7 @@ def test_resnet_sizes_and_every_variable_has_settings(size, classes, shape, expe
     assert count_parameters(params) == expected
     assert set(variables) == {"params", "batch_stats"}
     check_every_variable(params, rules.eta_fn, rules.shape_fn)
-    # The general rule (reference section 2): the stem sees the image (gain 1), every
+    # The general rule (docs/optimizer.md): the stem sees the image (gain 1), every
     # other convolution and the head see ReLU outputs (gain 2); norms 1.0, shifts 0.5.
     for path, leaf in named_leaves(params)[0]:
         name, shape = path_name(path), leaf.shape

@@ -68,7 +68,7 @@ def test_variable_names():
 
 @pytest.mark.parametrize("size", ["tiny", "small", "base", "large"])
 def test_model_files_amos_rules(size):
-    """The paper's T5 (amos.md section 2): query kernels sqrt(1 / (d_model * d_head)),
+    """The paper's T5 (docs/optimizer.md): query kernels sqrt(1 / (d_model * d_head)),
     the MLP output kernel after gated GELU sqrt(2 / d_ff), every other kernel by fan-in;
     the bucketed relative-position bias 0.5 with slot (buckets, 1)."""
     config, params = _abstract_params(size)

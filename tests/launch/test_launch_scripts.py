@@ -646,12 +646,11 @@ def test_slurm_for_real_writes_the_script_and_submits_it(tmp_path, monkeypatch):
     assert (tmp_path / "logs").is_dir()  # SLURM would not create it
 
 
-# --- README ---------------------------------------------------------------------------
+# --- docs/cloud.md (the launch tools' page, once README's "Run it on a TPU VM / GPU") ---
 
 
-def test_the_readme_commands_parse_and_dry_run(monkeypatch, capsys):
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## Run it on a TPU VM / GPU\n", 1)[1].split("\n## ", 1)[0]
+def test_the_documented_commands_parse_and_dry_run(monkeypatch, capsys):
+    section = (REPO / "docs" / "cloud.md").read_text()
     tools = {"tpu_vm.py": tpu_vm, "gpu_node.py": gpu_node, "slurm.py": slurm}
     ran = []
     for block in re.findall(r"```sh\n(.*?)```", section, re.S):

@@ -182,7 +182,7 @@ def test_collapse_and_stall_detection():
 
 # ------------------------------------------------- AdamW: horizon and EMA timescale
 def test_adamw_weight_decay_from_the_timescale():
-    """Reference section 6: wd = B / (lr * N * tau_epoch); the digits: 32 / (1e-3 * 1438 *
+    """Wang & Aitchison (2024): wd = B / (lr * N * tau_epoch); the digits: 32 / (1e-3 * 1438 *
     5) = 4.4506, and AdamW's decoupled decay of theta = 1 is lr * wd per step."""
     from experiments.errors import ConfigError
 

@@ -1,5 +1,6 @@
-"""README's results block is the notebook's headline table and its included results files
-are what launch/readme_results.py writes: no number in them is typed by hand or stale."""
+"""README's results block is the notebook's headline table, and the results files README
+and docs/ include are what launch/readme_results.py writes: no number in them is typed by
+hand or stale."""
 
 from __future__ import annotations
 
@@ -10,13 +11,29 @@ from launch import readme_results
 from tests.launch.harness_helpers import REPO
 
 
-def test_readme_equals_what_the_results_give(tmp_path: Path):
+def test_readme_and_docs_equal_what_the_results_give(tmp_path: Path):
     copy = tmp_path / "README.md"
     shutil.copy(REPO / "README.md", copy)
-    assert readme_results.main(["--readme", str(copy)]) == 0
+    docs = tmp_path / "docs"
+    shutil.copytree(REPO / "docs", docs)
+    assert readme_results.main(["--readme", str(copy), "--docs", str(docs)]) == 0
     assert copy.read_text() == (REPO / "README.md").read_text(), (
         "README.md is stale: run launch/readme_results.py"
     )
+    for page in sorted((REPO / "docs").glob("*.md")):
+        assert (docs / page.name).read_text() == page.read_text(), (
+            f"docs/{page.name} is stale: run launch/readme_results.py"
+        )
+
+
+def test_the_docs_include_the_benchmarks_records():
+    """The records the README once included now live in docs/, where the script refreshes
+    them (the test above)."""
+    for page, record in [
+        ("optimizer.md", "results/benchmarks/optimizer_step.md"),
+        ("harness.md", "results/device_count/drift.md"),
+    ]:
+        assert f"<!-- include: {record} -->" in (REPO / "docs" / page).read_text()
 
 
 def test_an_include_block_takes_the_file_text(tmp_path: Path):
@@ -35,7 +52,9 @@ def test_the_results_block_is_the_headline_table_under_readmes_heading(tmp_path:
     assert readme_results.block(headline) == "Intro.\n\n### The study\n\n| a |\n|---|\n| 1 |\n"
     readme = tmp_path / "README.md"
     readme.write_text("## Results\n<!-- results:begin -->\nold\n<!-- results:end -->\nend\n")
-    readme_results.main(["--readme", str(readme), "--headline", str(headline)])
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    readme_results.main(["--readme", str(readme), "--headline", str(headline), "--docs", str(docs)])
     assert readme.read_text() == (
         "## Results\n<!-- results:begin -->\nIntro.\n\n### The study\n\n| a |\n|---|\n| 1 |\n"
         "<!-- results:end -->\nend\n"
