@@ -35,7 +35,7 @@ BATCH_STREAMS: dict[tuple[str, str], int] = {
     ("train", "eval"): 2,
     ("test", "eval"): 3,
 }
-# The splits every task has (the study's protocol, README): train; validation, for
+# The splits every task has (the study's protocol, docs/study.md): train; validation, for
 # choosing settings; test, for reporting, disjoint from both.
 SPLITS = ("train", "val", "test")
 

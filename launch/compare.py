@@ -11,7 +11,7 @@ summary.md and loss_curves.png, with the command, git revision, config and machi
 `--resummarize` only re-reads existing run directories.
 
 Runs evaluated on the test split too (`--gin.EVAL_SPLITS="['val', 'test']"`: eval records
-hold `test_loss`) are also reported on it, as the study's protocol asks (README): final
+hold `test_loss`) are also reported on it, as the study's protocol asks (docs/study.md): final
 test loss, and steps and time to the baseline's mean final test loss, beside the same
 numbers on validation.
 """

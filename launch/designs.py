@@ -1,5 +1,5 @@
 """Quasi-random tuning designs: the same points for every optimizer, each mapped to its
-own knobs' ranges (the study's second edition, README "The study's second edition").
+own knobs' ranges (the study's second edition, docs/study.md, "The study's second edition").
 
 A design of `n` trials over `d` knobs is a scrambled Sobol sequence (scipy.stats.qmc,
 Owen scrambling with a fixed seed): its points cover the unit cube more evenly than

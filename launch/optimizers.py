@@ -4,8 +4,9 @@ Each factory takes the run's total step count and returns an `OptimizerSpec`: th
 transformation plus what the trainer logs about it (the learning rate in force at a step,
 Amos's diagnostics). `amos` is imported inside the factories that need it, so the AdamW
 paths work on their own. The arms: `adamw_optimizer`, `amos_optimizer`, and Adam with the
-plug-and-play schedules (`adam_pnp_isq_optimizer`, `adam_pnp_itime_optimizer`: reference
-section 5); `train_examples` gives AdamW's EMA timescale (section 6) the train-set size.
+plug-and-play schedules (`adam_pnp_isq_optimizer`, `adam_pnp_itime_optimizer`: amos/schedules.py,
+docs/recipes.md); `train_examples` gives AdamW's EMA timescale (Wang & Aitchison 2024) the
+train-set size.
 """
 
 from __future__ import annotations
@@ -117,8 +118,9 @@ def adamw_schedule(
 ) -> optax.Schedule:
     """AdamW's learning rate at the 0-based update count (optax's convention).
 
-    ``linear_decay``: the paper's (reference section 3), linear warmup to ``learning_rate``
-    then linear decay to ``min_learning_rate`` (0 in the paper) at ``total_steps``.
+    ``linear_decay``: the paper's AdamW baseline (``amos.adamw_baseline``), linear warmup to
+    ``learning_rate`` then linear decay to ``min_learning_rate`` (0 in the paper) at
+    ``total_steps``.
     ``constant``: linear warmup, then constant (the paper's Adam baseline for the LSTM).
     ``nanogpt_cosine``: nanoGPT's ``get_lr`` (linear warmup, cosine to ``min_learning_rate``
     at ``total_steps``).
@@ -164,7 +166,7 @@ def adamw_weight_decay(
     train_examples: int | None,
 ) -> float:
     """AdamW's decoupled weight decay: ``weight_decay`` as given, or the one whose EMA
-    timescale is ``tau_epochs`` epochs (reference section 6, Wang & Aitchison 2024)::
+    timescale is ``tau_epochs`` epochs (Wang & Aitchison 2024; docs/recipes.md)::
 
         tau_iter = 1 / (lr * wd),  tau_epoch = tau_iter / (train_examples / batch_size)
         =>  wd = batch_size / (lr * train_examples * tau_epochs)
@@ -374,10 +376,11 @@ def bound_amos_eta_rules() -> tuple[dict | None, dict | None]:
     return rules[0], rules[1]
 
 
-# The plug-and-play arms (reference section 5): their gin name's stem -> the variant.
+# The plug-and-play arms (amos/schedules.py; docs/recipes.md): gin name stem -> variant.
 PNP_ARMS = {"adam_pnp_isq": "inverse_square", "adam_pnp_itime": "inverse_time"}
-# sigma of a normalization scale: section 5 takes 0.5 for biases and norm parameters
-# alike (its expected change); Amos' eta of a scale is 1.0, its expected value.
+# sigma of a normalization scale: the schedules' derivation (amos/schedules.py) takes 0.5
+# for biases and norm parameters alike (its expected change); Amos' eta of a scale is 1.0,
+# its expected value.
 PNP_SCALE_RULE = {r"(^|/)(scale|gamma)$": 0.5}
 
 
@@ -397,7 +400,7 @@ def adam_pnp_optimizer(
     eta_overrides: Mapping[str, float | str] | None = None,
 ) -> OptimizerSpec:
     """Adam's direction with the plug-and-play learning rate and weight decay
-    (``amos.adam_plug_and_play``; reference section 5). For a variable ``theta`` of ``k``
+    (``amos.adam_plug_and_play``; amos/schedules.py). For a variable ``theta`` of ``k``
     entries and scale ``sigma``, at the 0-based update count ``t``::
 
         u_t     = Adam's bias-corrected m_t / (sqrt(v_t) + eps)   (b1, b2, eps)
@@ -422,8 +425,8 @@ def adam_pnp_optimizer(
 
     sigma: the family's Amos eta rules (``gains``, ``eta_overrides``; by default those gin
     binds for ``amos_optimizer`` in the model gin file), which give kernels their init std
-    ``sqrt(gain / fan_in)`` and biases 0.5 as section 5 asks, with normalization scales at
-    0.5 (section 5) instead of Amos' 1.0. ``clip_global_norm`` clips the gradient first.
+    ``sqrt(gain / fan_in)`` and biases 0.5 as the derivation asks (amos/schedules.py), with
+    normalization scales at 0.5 instead of Amos' 1.0. ``clip_global_norm`` clips the gradient first.
     """
     import amos
     from amos.schedules import decay_rate, schedule_decay

@@ -1,4 +1,4 @@
-"""The study's second edition for one experiment (README, "The study's second edition:
+"""The study's second edition for one experiment (docs/study.md, "The study's second edition:
 protocol"): two tuning seeds, five fresh seeds per row, AdamW also planned for shorter
 horizons, and verdicts from bootstrap intervals.
 
@@ -368,7 +368,7 @@ def claims_markdown(claims_: dict) -> str:
         "otherwise (launch/intervals.py). The step ratio: Amos' seed-mean test curve reaching "
         "AdamW's mean final test loss, over AdamW's own steps to it (\"never\": it does not). "
         "\"at f\": Amos' test loss at f of the horizon minus AdamW's with its schedule planned "
-        "for f of it. Times are in the table above, left out of the verdicts (README).",
+        "for f of it. Times are in the table above, left out of the verdicts (docs/study.md).",
         "",
     ]
     return "\n".join(lines)

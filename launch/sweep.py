@@ -1,5 +1,5 @@
 """The study's tuning sweep of one experiment: equal trials per optimizer, a pick on
-validation, fresh seeds at the pick, and the summary on test (README, "The reproduction
+validation, fresh seeds at the pick, and the summary on test (docs/study.md, "The reproduction
 study: protocol").
 
   .venv/bin/python launch/sweep.py --experiment quickstart [--trials 5] [--seeds 3]
@@ -263,7 +263,7 @@ def _loss_or_inf(trials: list[Trial], factor: float) -> float:
 def extension_factors(
     trials: list[Trial], factors: Mapping[str, list[float]]
 ) -> dict[str, float] | None:
-    """The next round of the edge rule (README, protocol): while some optimizer's pick is
+    """The next round of the edge rule (docs/study.md, protocol): while some optimizer's pick is
     the smallest or the largest factor of its grid, every optimizer gets one more trial,
     so that the budget stays equal. The one on an edge goes one factor of 2 beyond it; the
     others one factor of 2 beyond the edge on the side of their pick's better neighbour
@@ -466,7 +466,7 @@ def sweep_markdown(record: dict) -> str:
                 f"{opt}: {', '.join(f'{f:g}' for f in fs)}"
                 for opt, fs in record.get("optimizer_factors", {}).items()
             )
-            + ", the grid and the edge rule's extensions, README protocol); "
+            + ", the grid and the edge rule's extensions, docs/study.md protocol); "
             f"pick: {record['pick']}. Then seeds {', '.join(map(str, record['fresh_seeds']))} at "
             f"the pick, and Amos at its guidance value (factor 1) as {UNTUNED}.",
         ]

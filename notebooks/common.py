@@ -1,7 +1,8 @@
 """What the notebooks share (a plain module, no cells): where they read and write, the
-tables and figures they write, and the evaluation curves of the runs a summary.json lists
-(read from their copies under the summary's directory, `results/<experiment>/runs/`), so
-that every notebook does each of these one way.
+tables and figures they write, the second edition's files (`read_second_edition`) and
+how its intervals and settings are printed, and the evaluation curves of the runs a
+summary.json lists (read from their copies under the summary's directory,
+`results/<experiment>/runs/`), so that every notebook does each of these one way.
 
 A notebook runs from the repository root (`make notebooks`); `AMOS_RESULTS` (default
 `results/`) is the directory it reads, `AMOS_NOTEBOOK_OUT` (default `notebooks/`) where it
@@ -11,6 +12,7 @@ writes.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -40,6 +42,83 @@ def read_summaries() -> dict[str, tuple[Path, dict]]:
         except (OSError, ValueError) as e:
             print(f"skipped {path}: {e}")
     return out
+
+
+def read_second_edition() -> dict[str, dict]:
+    """Every experiment of the study's second edition (`RESULTS/study2/<experiment>/`,
+    launch/study2.py) that has run, by name: ``{"dir": its directory, "study": its
+    study.json (the tuning trials, the picks, `picks_from`), "summary": its summary.json
+    (the rows over the fresh seeds and their `claims`), "family": the experiment whose
+    tuning its picks come from (itself when it tuned; a rung of the horizon ladder,
+    `study2.py --picks_from`, names its source), "horizon": its TRAIN_STEPS}``, a file not
+    written yet as None. In order of family, then horizon. An experiment with neither
+    file (only its EVAL_BATCHES sizing so far) is left out; an unreadable file is skipped
+    with a line saying so."""
+    out = {}
+    for directory in sorted(p for p in (RESULTS / "study2").glob("*") if p.is_dir()):
+        files = {}
+        for key in ("study", "summary"):
+            path = directory / f"{key}.json"
+            try:
+                files[key] = json.loads(path.read_text()) if path.is_file() else None
+            except (OSError, ValueError) as e:
+                print(f"skipped {path}: {e}")
+                files[key] = None
+        if files["study"] is not None or files["summary"] is not None:
+            out[directory.name] = {"dir": directory, **files}
+    for name, e in out.items():
+        e["family"] = _source_experiment(name, out)
+        adamw = ((e["summary"] or {}).get("optimizers") or {}).get("adamw") or {}
+        e["horizon"] = (e["study"] or {}).get("train_steps") or adamw.get("train_steps")
+    order = sorted(out, key=lambda n: (out[n]["family"], out[n]["horizon"] or 0, n))
+    return {name: out[name] for name in order}
+
+
+def _source_experiment(name: str, experiments: dict[str, dict]) -> str:
+    """The first experiment up the `picks_from` chain (a results directory, named by its
+    last component) that tuned: the family of a ladder rung."""
+    seen = {name}
+    while True:
+        source = ((experiments.get(name) or {}).get("study") or {}).get("picks_from")
+        if not source or Path(source).name in seen:
+            return name
+        name = Path(source).name
+        seen.add(name)
+
+
+NOT_RUN = "not run yet"
+
+
+def is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def fmt(x, spec: str) -> str:
+    """A number in ``spec``; a word compare.py or study2.py wrote ("never") as it is; None
+    as not run."""
+    if x is None:
+        return NOT_RUN
+    return format(x, spec) if is_number(x) and math.isfinite(x) else str(x)
+
+
+def interval(c: dict | None, spec: str) -> str:
+    """``point [low, high]`` of one of study2.py's claims (a bound can be "never"), or the
+    note it left instead of an interval."""
+    if not c or "point" not in c:
+        return (c or {}).get("note", NOT_RUN)
+    return f"{fmt(c['point'], spec)} [{fmt(c['low'], spec)}, {fmt(c['high'], spec)}]"
+
+
+KNOB_NAMES = {"AMOS_XI": "xi", "AMOS_BETA": "beta", "ADAMW_LR": "lr"}
+
+
+def setting_text(values: dict[str, float]) -> str:
+    """A second-edition setting's knobs and values, short: ``xi 0.0265, beta 0.95`` or
+    ``lr 0.004, warmup 5%``."""
+    return ", ".join(
+        f"warmup {x:.0%}" if k == "WARMUP_FRACTION" else f"{KNOB_NAMES.get(k, k)} {x:.3g}"
+        for k, x in values.items()
+    )
 
 
 def markdown_table(columns: list[str], rows: list[dict[str, str]]) -> list[str]:

@@ -13,7 +13,7 @@
 # %% [markdown]
 # # AdamW's weight decay as an EMA timescale: does the best timescale stay put?
 #
-# Reference section 6 (Wang & Aitchison, 2024): AdamW's weights are an exponential moving
+# Wang & Aitchison (2024, arXiv:2405.13698): AdamW's weights are an exponential moving
 # average of its updates with timescale 1 / (lr * wd) iterations, and the best timescale
 # in epochs, tau_epoch = B / (lr * wd * N), stays roughly the same when the training-set
 # size N and the model width change. `launch/timescale_sweep.py` sweeps tau_epoch on a log

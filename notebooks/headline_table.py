@@ -14,7 +14,7 @@
 # # Headline table: Amos against AdamW, per experiment
 #
 # One row per experiment and optimizer, read from the `summary.json` files under
-# `results/`, beside the paper's three claims (`../shared/reference/amos.md`, section 3):
+# `results/`, beside the paper's three claims (its abstract, Tian & Parikh 2022):
 # Amos reaches AdamW's loss within **70% of the steps** and **70% of the time**, with at
 # most **51% of AdamW's optimizer-slot memory**.
 #
@@ -44,9 +44,18 @@ from IPython.display import Markdown
 REPO = Path.cwd()
 if str(REPO) not in sys.path:  # Run as a script, its own directory comes first instead.
     sys.path.insert(0, str(REPO))
-from notebooks.common import markdown_table, read_summaries, write_markdown  # noqa: E402
+from notebooks.common import (  # noqa: E402
+    NOT_RUN,
+    fmt,
+    interval,
+    is_number,
+    markdown_table,
+    read_summaries,
+    setting_text,
+    write_markdown,
+)
 
-# The paper's claims (reference section 3), as upper bounds on Amos / AdamW ratios.
+# The paper's claims (its abstract), as upper bounds on Amos / AdamW ratios.
 CLAIMS = {"steps": 0.70, "time": 0.70, "memory": 0.51}
 # The summary fields of each split: the study reports test, the earlier comparisons eval.
 FIELDS = {
@@ -67,18 +76,6 @@ FIELDS = {
         "definition": "target_definition",
     },
 }
-NOT_RUN = "not run yet"
-
-
-def is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def fmt(x, spec: str) -> str:
-    """A number in ``spec``; a word compare.py wrote ("never") as it is; None as not run."""
-    if x is None:
-        return NOT_RUN
-    return format(x, spec) if is_number(x) and math.isfinite(x) else str(x)
 
 
 def verdict(ratio, claim: float) -> str:
@@ -121,12 +118,7 @@ def settings(v: dict) -> str:
     """tuned or untuned, with the knob's value where a sweep recorded it."""
     name = "tuned" if v.get("tuned") is True else "untuned"
     if v.get("setting"):  # The second edition's: every tuned knob.
-        short = {"AMOS_XI": "xi", "AMOS_BETA": "beta", "ADAMW_LR": "lr"}
-        shown = ", ".join(
-            f"warmup {x:.0%}" if k == "WARMUP_FRACTION" else f"{short.get(k, k)} {x:.3g}"
-            for k, x in v["setting"].items()
-        )
-        return f"{name} ({shown})"
+        return f"{name} ({setting_text(v['setting'])})"
     if "knob" in v and is_number(v.get("knob_value")):
         label = {"AMOS_XI": "xi", "ADAMW_LR": "lr"}.get(v["knob"], v["knob"])
         return f"{name} ({label} {v['knob_value']:.3g} = {v.get('knob_factor', 1):g}x)"
@@ -182,12 +174,6 @@ SECOND_COLUMNS = [
     "time ratio (not judged)",
     "flagged runs",
 ]
-
-
-def interval(c: dict | None, spec: str) -> str:
-    if not c or "point" not in c:
-        return (c or {}).get("note", NOT_RUN)
-    return f"{fmt(c['point'], spec)} [{fmt(c['low'], spec)}, {fmt(c['high'], spec)}]"
 
 
 def second_rows(summaries: dict[str, dict]) -> list[dict[str, str]]:
@@ -327,10 +313,10 @@ text = "\n".join(
         "# Headline table: Amos against AdamW",
         "",
         "Written by `notebooks/headline_table.py` from `results/**/summary.json` "
-        "(`make notebooks`); do not edit by hand. The paper's claims (reference section 3) "
+        "(`make notebooks`); do not edit by hand. The paper's claims (its abstract) "
         "head the verdict columns.",
         "",
-        '## The study, second edition (README, "The study\'s second edition: protocol")',
+        '## The study, second edition (docs/study.md, "The study\'s second edition: protocol")',
         "",
         *(
             [
@@ -347,7 +333,7 @@ text = "\n".join(
             else ["No family of the second edition has finished yet."]
         ),
         "",
-        '## The study, first edition (README, "The reproduction study: protocol")',
+        '## The study, first edition (docs/study.md, "The reproduction study: protocol")',
         "",
         *study_part,
         "",

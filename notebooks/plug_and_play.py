@@ -13,13 +13,13 @@
 # %% [markdown]
 # # Plug-and-play decay schedules: training on past the planned horizon
 #
-# The schedules of reference section 5 (`amos.inverse_square_decay`, `amos.inverse_time_decay`)
-# decay Adam's learning rate and weight decay with a half-life T and need no total step
-# count. The study compares them as arms of a sweep (`launch/sweep.py --experiment
-# schedules_<family> --arms amos,adamw,adam_pnp_isq,adam_pnp_itime`): the same number of
-# trials of each arm's knob (AdamW's peak rate, Amos' xi, the half-life T), a pick on
-# validation, fresh seeds at the pick, reported on test. Their rows at the planned horizon
-# are in the headline table with every other sweep.
+# The plug-and-play schedules (docs/recipes.md; `amos.inverse_square_decay`,
+# `amos.inverse_time_decay`) decay Adam's learning rate and weight decay with a half-life T
+# and need no total step count. The study compares them as arms of a sweep (`launch/sweep.py
+# --experiment schedules_<family> --arms amos,adamw,adam_pnp_isq,adam_pnp_itime`): the same
+# number of trials of each arm's knob (AdamW's peak rate, Amos' xi, the half-life T), a pick
+# on validation, fresh seeds at the pick, reported on test. Their rows at the planned
+# horizon are in the headline table with every other sweep.
 #
 # What this notebook adds is the property the derivation advertises: with `--continue_to K`
 # every row's fresh-seed runs are copied at the planned horizon and trained on to K times

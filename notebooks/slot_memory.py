@@ -14,7 +14,7 @@
 # # Optimizer-slot memory at the paper's sizes
 #
 # The paper claims Amos needs at most 51% of AdamW's optimizer-slot memory
-# (`../shared/reference/amos.md`, section 3): AdamW keeps two full-size slots, Amos a
+# (the paper's abstract): AdamW keeps two full-size slots, Amos a
 # full-size momentum plus its factored `v` and `b`, and without momentum almost nothing.
 # Here, at the paper's model sizes (BERT-base, BERT-large, T5 1.1 small / base / large),
 # everything comes from shapes, nothing is allocated:
@@ -63,7 +63,7 @@ PAPER_SIZES = {
     "T5 1.1 base": "t5_base",
     "T5 1.1 large": "t5_large",
 }
-CLAIM = 0.51  # Amos / AdamW slot bytes, at most (reference section 3).
+CLAIM = 0.51  # Amos / AdamW slot bytes, at most (the paper's abstract).
 
 
 def default_vocab(config_class) -> int:

@@ -187,7 +187,8 @@ class WindowedLMTask(ObjectiveTask):
         """The training split in examples of ``block_size`` targets, ``num_train_tokens //
         block_size``: an epoch reads every training token once, so the iterations per epoch
         are ``num_train_tokens / (batch_size * block_size)``, the count behind Amos'
-        ``xi = 1/sqrt(N)`` and the EMA timescale in epochs (reference sections 1 and 6)."""
+        ``xi = 1/sqrt(N)`` and the EMA timescale in epochs (docs/optimizer.md; Wang &
+        Aitchison 2024)."""
         return self.num_train_tokens // self.block_size
 
     def _weighted(self, batch: dict[str, np.ndarray], valid: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,6 +1,6 @@
 """Validation and test from one held-out part: the first half and the second half.
 
-The study's protocol (README, "The reproduction study: protocol") gives every task three
+The study's protocol (docs/study.md, "The reproduction study: protocol") gives every task three
 disjoint splits. A dataset without its own labelled test split keeps its training split
 exactly as before (so training runs do not change) and has its held-out part cut in two,
 in its fixed order: the first ``ceil(n / 2)`` items are validation, the rest test. The

@@ -280,7 +280,7 @@ class Trainer(BaseTrainer):
             "step": step,
             "eval": self.evaluate(state, batches),
             # How far the validation loss could move with other batches: what sizes
-            # EVAL_BATCHES so that it tells trials apart (README, the second edition).
+            # EVAL_BATCHES so that it tells trials apart (docs/study.md, the second edition).
             "loss_standard_error": {
                 split: self._loss_standard_error(state, split_batches)
                 for split, split_batches in batches.items()

@@ -15,7 +15,7 @@ import pytest
 from notebooks.execute import REPO, execute, sources
 
 RESULTS = REPO / "results"
-CLAIMS = {"steps": 0.70, "time": 0.70, "memory": 0.51}  # Reference section 3.
+CLAIMS = {"steps": 0.70, "time": 0.70, "memory": 0.51}  # The paper's abstract.
 
 
 def run(name: str, tmp_path: Path, **env: str):
@@ -79,8 +79,8 @@ def sections(markdown: str) -> dict[str, str]:
     return {title: body for title, body in zip(parts[1::2], parts[2::2], strict=True)}
 
 
-STUDY = 'The study, first edition (README, "The reproduction study: protocol")'
-SECOND = 'The study, second edition (README, "The study\'s second edition: protocol")'
+STUDY = 'The study, first edition (docs/study.md, "The reproduction study: protocol")'
+SECOND = 'The study, second edition (docs/study.md, "The study\'s second edition: protocol")'
 EARLIER = "The earlier comparisons (untuned, before the protocol)"
 # The summary fields each table shows: the study reports test, the earlier ones eval.
 FIELDS = {
@@ -165,8 +165,15 @@ def test_headline_table_equals_the_summaries(headline):
         assert "No family of the second edition has finished yet." in parts[SECOND]
 
 
-def _interval_cell(c: dict) -> str:
-    return f"{c['point']} [{c['low']}, {c['high']}]"
+def check_interval(cell: str, claim: dict, where) -> None:
+    """A ``point [low, high]`` cell is the claim's interval ("never" stays "never")."""
+    point, low, high = re.match(r"(\S+) \[(\S+), (\S+)\]", cell).groups()
+    for shown, key in [(point, "point"), (low, "low"), (high, "high")]:
+        assert close(shown, claim[key]), (where, key, cell)
+
+
+def per_seed_cell(ratios: list) -> str:
+    return ", ".join(x if isinstance(x, str) else f"{x:.2f}" for x in ratios)
 
 
 def check_second_rows(rows: list[dict], summaries: dict[str, dict]) -> None:
@@ -185,17 +192,9 @@ def check_second_rows(rows: list[dict], summaries: dict[str, dict]) -> None:
             ("step ratio [95% CI]", f"steps verdict (≤ {CLAIMS['steps']:.2f})", "step_ratio"),
             ("at 0.7: − AdamW planned for 0.7 [95% CI]", "time-to-result verdict", "at_0.7"),
         ]:
-            point, low, high = re.match(r"(\S+) \[(\S+), (\S+)\]", row[column]).groups()
-            for cell, value in [
-                (point, c[key]["point"]),
-                (low, c[key]["low"]),
-                (high, c[key]["high"]),
-            ]:
-                assert close(cell, value), (where, column)
+            check_interval(row[column], c[key], (where, column))
             assert row[verdict_column] == c[key]["verdict"], (where, key)
-        assert row["per seed"] == ", ".join(
-            x if isinstance(x, str) else f"{x:.2f}" for x in c["step_ratio_per_seed"]
-        )
+        assert row["per seed"] == per_seed_cell(c["step_ratio_per_seed"]), where
         assert close(row["slot-bytes ratio"], v["slot_bytes_ratio_to_baseline"]), where
         assert close(row["time ratio (not judged)"], v["test_time_ratio_to_baseline"]), where
 
@@ -254,21 +253,46 @@ def fake_study(tmp_path_factory) -> Path:
         ["sweep"],
         (source, record),
     )
-    _fake_second_edition(runs / "fake2", results / "study2" / "fake")
+    _fake_second_edition(runs / "study2", results / "study2")
     return results
 
 
-def _fake_second_edition(parent: Path, out: Path) -> None:
-    """A second-edition summary (launch/study2.py's own code) over hand-chosen runs: Amos
-    0.1 better than AdamW on every seed, untuned Amos as good as AdamW."""
-    from launch import study2
-    from tests.launch.harness_helpers import fake_run
+# The second edition's recipes in the fakes (launch/study2.py's recipe_of, as numbers).
+FAKE_RECIPES = {
+    "amos": {"AMOS_XI": 0.2, "TRAIN_STEPS": 100, "WARMUP_STEPS": 0, "AMOS_BETA": 0.95},
+    "adamw": {"ADAMW_LR": 1e-3, "ADAMW_MIN_LR": 1e-4, "TRAIN_STEPS": 100, "WARMUP_STEPS": 0},
+}
 
-    picks = {
-        "amos": study2.Setting("amos", {"AMOS_XI": 0.1}, "xi_0.1", chosen=True),
-        "adamw": study2.Setting("adamw", {"ADAMW_LR": 1e-3}, "lr_0.001", chosen=True),
+
+def _fake_second_edition(parent: Path, out: Path) -> None:
+    """Three experiments of the second edition, from hand-chosen runs by launch/study2.py's
+    own tuning and summary code: `fake`, tuned on the grid, where Amos is 0.1 better than
+    AdamW on every fresh seed and untuned Amos as good as AdamW; `fake_4x`, the rung that
+    trains fake's picks at 4x, where tuned Amos is better still and untuned Amos never
+    reaches AdamW's loss; `fake_sobol`, tuned on the Sobol design with Amos' pick at the
+    largest xi tried. `fake_pending` has only its EVAL_BATCHES sizing (not run yet)."""
+    # Grid: final validation loss at seed 0 by increasing knob value (None: diverged), and
+    # at seed 1 for the two best. Amos' best at seed 0 (xi 0.2) is not its pick: xi 0.1 has
+    # the lower mean over both seeds.
+    grid_losses = {
+        "amos": ([2.6, 2.3, 2.05, 2.0, 2.5], {0.1: 2.0, 0.2: 2.2}),
+        "adamw": ([2.7, 2.4, 2.15, 2.1, None], {5e-4: 2.3, 1e-3: 2.1}),
     }
-    rows = study2.rows_for(picks, 100)
+
+    def grid_loss(setting, seed: int) -> float | None:
+        seed0, seed1 = grid_losses[setting.optimizer]
+        (value,) = setting.values.values()
+        if seed == 1:
+            return next(v for k, v in seed1.items() if math.isclose(k, value))
+        mine = sorted(
+            s.values[k] for s in grid for k in s.values if s.optimizer == setting.optimizer
+        )
+        return seed0[mine.index(value)]
+
+    from launch import study2
+
+    grid = study2.grid_settings(parent / "fake", FAKE_RECIPES)
+    _fake_tuning(parent / "fake", grid, grid_loss)
     finals = {
         "amos": 1.8,
         "amos_untuned": 1.9,
@@ -276,14 +300,105 @@ def _fake_second_edition(parent: Path, out: Path) -> None:
         "adamw_at_0.5": 2.1,
         "adamw_at_0.7": 2.0,
     }
+    _fake_study2("fake", "grid", parent, out, finals, 100)
+
+    # The rung: fake's picks at 400 steps.
+    finals_4x = {
+        "amos": 1.5,
+        "amos_untuned": 2.5,
+        "adamw": 1.7,
+        "adamw_at_0.5": 1.9,
+        "adamw_at_0.7": 1.8,
+    }
+    _fake_study2("fake_4x", "picks", parent, out, finals_4x, 400, picks_from=out / "fake")
+
+    # Sobol: Amos better the larger xi (its pick on the edge of the range), AdamW best near
+    # its recipe rate and a tenth of warmup; AdamW's largest rate diverges.
+    sobol = study2.sobol_settings(FAKE_RECIPES)
+    top = {
+        o: max(
+            s.values[k]
+            for s in sobol
+            if s.optimizer == o
+            for k in s.values
+            if k in ("AMOS_XI", "ADAMW_LR")
+        )
+        for o in FAKE_RECIPES
+    }
+
+    def sobol_loss(setting, seed: int) -> float | None:
+        v = setting.values
+        if setting.optimizer == "amos":
+            return 2.0 + 0.1 * math.log2(top["amos"] / v["AMOS_XI"]) + 0.01 * seed
+        if v["ADAMW_LR"] == top["adamw"]:
+            return None
+        return (
+            2.0
+            + 0.1 * abs(math.log2(v["ADAMW_LR"] / 1e-3))
+            + abs(v["WARMUP_FRACTION"] - 0.1)
+            + 0.01 * seed
+        )
+
+    _fake_tuning(parent / "fake_sobol", sobol, sobol_loss)
+    _fake_study2("fake_sobol", "sobol", parent, out, finals, 100)
+    (out / "fake_pending").mkdir(parents=True)
+    (out / "fake_pending" / "eval_batches.json").write_text("{}")
+
+
+def _fake_tuning(parent: Path, settings: list, loss) -> None:
+    """Runs for every setting at the first tuning seed and for each optimizer's finalists
+    at the second, with final validation loss ``loss(setting, seed)`` (None: diverged)."""
+    from launch import study2, sweep
+    from tests.launch.harness_helpers import fake_run
+
+    def make(setting, seed: int) -> None:
+        d = sweep.trial_dir(parent, setting.optimizer, setting.label, seed)
+        v = loss(setting, seed)
+        if v is None:
+            fake_run(d, [3.0], [3.0], status="diverged")
+        else:
+            fake_run(d, [v + 0.5, v + 0.2, v], [v + 0.6, v + 0.3, v + 0.1])
+
+    first, second = study2.TUNING_SEEDS
+    for s in settings:
+        make(s, first)
+    read = [study2.read_setting(parent, s, (first,)) for s in settings]
+    for opt in FAKE_RECIPES:
+        for s in study2.finalists(read, opt):
+            make(s, second)
+
+
+def _fake_study2(
+    name: str,
+    design: str,
+    parent: Path,
+    out: Path,
+    finals: dict[str, float],
+    horizon: int,
+    picks_from: Path | None = None,
+) -> None:
+    """launch/study2.py's tuning (or a source's picks) over the fake runs under
+    parent/name, rows at ``horizon`` steps whose test curves end at ``finals`` (plus 0.01
+    per fresh seed), and its summary under out/name."""
+    from launch import study2
+    from tests.launch.harness_helpers import fake_run
+
+    recipes = {o: {**r, "TRAIN_STEPS": horizon} for o, r in FAKE_RECIPES.items()}
+    if picks_from is None:
+        settings = study2.tune(name, design, parent / name, recipes, horizon, [], run=False)
+    else:
+        prior = json.loads((picks_from / "study.json").read_text())
+        settings = [study2.Setting(**s) for s in prior["settings"] if s["chosen"]]
+    rows = study2.rows_for({s.optimizer: s for s in settings if s.chosen}, horizon)
     for row in rows:
-        for seed, d in row.dirs(parent):
+        for seed, d in row.dirs(parent / name):
             f = finals[row.name] + 0.01 * (seed - 10)
             n = row.steps // 10
             curve = [f + 0.05 * (n - 1 - i) for i in range(n)]
             fake_run(d, curve, curve, every=10, slot_bytes=500 if "amos" in row.name else 1000)
-    record = {"experiment": "fake", "design": "grid", "settings": [], "picks_from": None}
-    study2.summarize("fake", parent, out, record, list(picks.values()), rows, 100, ["study2"])
+    source = None if picks_from is None else str(picks_from)
+    record = study2._record(name, design, recipes, settings, horizon, ["study2"], source)
+    study2.summarize(name, parent / name, out / name, record, settings, rows, horizon, ["study2"])
 
 
 def test_headline_table_of_a_study_reports_test_and_marks_the_tuned_rows(fake_study, tmp_path):
@@ -311,9 +426,11 @@ def test_headline_table_of_a_study_reports_test_and_marks_the_tuned_rows(fake_st
     assert "the picks of `" in parts[STUDY]
 
 
-def test_tuning_curves_table_is_the_sweep(fake_study, tmp_path):
+def test_tuning_curves_tables_are_the_sweep_and_the_second_edition_tunings(fake_study, tmp_path):
     run("tuning_curves", tmp_path, AMOS_RESULTS=str(fake_study))
-    rows = table_rows((tmp_path / "tuning_curves.md").read_text())
+    parts = sections((tmp_path / "tuning_curves.md").read_text())
+    assert list(parts) == [SECOND, STUDY]  # The second edition first.
+    rows = table_rows(parts[STUDY])
     # The ladder rung has no trials of its own: one sweep, two optimizers.
     assert [(r["experiment"], r["optimizer"]) for r in rows] == [
         ("fake", "amos"),
@@ -329,13 +446,94 @@ def test_tuning_curves_table_is_the_sweep(fake_study, tmp_path):
     assert adamw["trials (finished / diverged)"] == "2 / 1"
     assert (adamw["picked factor"], adamw["val loss at pick"]) == ("1", "2.1000")
     assert adamw["spread (worst - best)"] == "0.3000"
-    figure = tmp_path / "figures" / "tuning_curves.png"
-    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    second = table_rows(parts[SECOND])
+    check_second_tuning(second, fake_study)
+    by = {(r["experiment"], r["optimizer"]): r for r in second}
+    # The grid: Amos' best trial at seed 0 (xi 0.2) is not its pick; AdamW's 2x diverged.
+    grid_amos = by["fake", "amos"]
+    assert grid_amos["finalists: mean val loss over the tuning seeds"] == (
+        "xi 0.1: 2.0250; xi 0.2: 2.1000"
+    )
+    assert (grid_amos["pick"], grid_amos["pick on the edge"]) == ("xi 0.1", "no")
+    assert by["fake", "adamw"]["trials (finished / diverged)"] == "4 / 1"
+    assert by["fake_sobol", "amos"]["pick on the edge"] == "yes: xi highest tried"
+    assert by["fake_sobol", "adamw"]["pick on the edge"] == "no"
+    assert by["fake_sobol", "adamw"]["trials (finished / diverged)"] == "15 / 1"
+    for name in ("tuning_curves.png", "tuning_curves_study2.png"):
+        figure = tmp_path / "figures" / name
+        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def read_studies(results: Path) -> dict[str, dict]:
+    """Every second-edition study.json by experiment."""
+    return {
+        p.parent.name: json.loads(p.read_text())
+        for p in sorted((results / "study2").glob("*/study.json"))
+    }
+
+
+# A second-edition setting as the tables show it: knob names, short.
+SHORT_KNOBS = {"xi": "AMOS_XI", "beta": "AMOS_BETA", "lr": "ADAMW_LR", "warmup": "WARMUP_FRACTION"}
+
+
+def check_setting(cell: str, values: dict[str, float], where) -> None:
+    """``xi 0.1, beta 0.998`` or ``lr 0.001, warmup 14%``: the setting's knobs and values."""
+    shown = dict(part.split(" ") for part in cell.split(", "))
+    assert [SHORT_KNOBS[k] for k in shown] == list(values), (where, cell)
+    for short, number in shown.items():
+        value = values[SHORT_KNOBS[short]]
+        if number.endswith("%"):
+            assert close(number[:-1], 100 * value), (where, cell)
+        else:
+            assert math.isclose(float(number), value, rel_tol=5e-3), (where, cell)
+
+
+def check_second_tuning(rows: list[dict], results: Path) -> None:
+    """Every cell of the second edition's tuning table against the study.json it reads:
+    each tuned experiment (not a ladder rung) and optimizer; its trials at the first tuning
+    seed; the finalists' mean over both seeds; the pick; the pick's knobs at the lowest or
+    highest value tried."""
+    tuned = {n: r for n, r in read_studies(results).items() if r["design"] in ("grid", "sobol")}
+    assert [(r["experiment"], r["optimizer"]) for r in rows] == [
+        (name, opt) for name, record in tuned.items() for opt in record["recipes"]
+    ]
+    for row in rows:
+        record, opt = tuned[row["experiment"]], row["optimizer"]
+        where = (row["experiment"], opt)
+        first, second = (str(seed) for seed in record["tuning_seeds"])
+        mine = [
+            s
+            for s in record["settings"]
+            if s["optimizer"] == opt and s["status"].get(first, "missing") != "missing"
+        ]
+        diverged = sum(s["status"][first] == "diverged" for s in mine)
+        assert row["design"].split(" ")[0] == record["design"], where
+        assert row["trials (finished / diverged)"] == f"{len(mine) - diverged} / {diverged}"
+        finalists = [s for s in mine if s["status"].get(second, "missing") != "missing"]
+        cells = row["finalists: mean val loss over the tuning seeds"].split("; ")
+        assert len(cells) == len(finalists) == 2, where
+        for cell, s in zip(cells, finalists, strict=True):
+            setting, mean = cell.rsplit(": ", 1)
+            check_setting(setting, s["values"], where)
+            assert close(mean, (s["val_loss"][first] + s["val_loss"][second]) / 2), where
+        (chosen,) = [s for s in mine if s["chosen"]]
+        assert chosen["values"] == record["picked"][opt]["values"], where
+        check_setting(row["pick"], record["picked"][opt]["values"], where)
+        edges = []
+        for knob, value in chosen["values"].items():
+            tried = [s["values"][knob] for s in mine]
+            short = {v: k for k, v in SHORT_KNOBS.items()}[knob]
+            if value in (min(tried), max(tried)):
+                edges.append(f"{short} {'lowest' if value == min(tried) else 'highest'} tried")
+        assert row["pick on the edge"] == ("yes: " + ", ".join(edges) if edges else "no"), where
 
 
 def test_horizon_ladder_puts_each_rung_beside_its_sweep(fake_study, tmp_path):
     run("horizon_ladder", tmp_path, AMOS_RESULTS=str(fake_study))
-    rows = table_rows((tmp_path / "horizon_ladder.md").read_text())
+    parts = sections((tmp_path / "horizon_ladder.md").read_text())
+    assert list(parts) == [SECOND, STUDY]  # The second edition first.
+    rows = table_rows(parts[STUDY])
     summaries = read_summaries(fake_study)
     assert [(r["rung"], r["optimizer"]) for r in rows] == [
         (rung, opt) for rung in ("fake", "fake_4x") for opt in ("amos", "amos_untuned", "adamw")
@@ -353,17 +551,70 @@ def test_horizon_ladder_puts_each_rung_beside_its_sweep(fake_study, tmp_path):
     assert by["fake_4x", "adamw"]["horizon (steps)"] == "120"
     assert by["fake_4x", "amos_untuned"]["steps claim (≤ 0.70)"] == "never reached"
     assert by["fake_4x", "adamw"]["steps claim (≤ 0.70)"] == "baseline"
-    figure = tmp_path / "figures" / "horizon_ladder.png"
-    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    second = table_rows(parts[SECOND])
+    check_second_ladder(second, fake_study)
+    # fake_sobol has no rung: no ladder. fake_4x's untuned Amos never reaches AdamW's loss.
+    assert [(r["family"], r["rung"], r["Amos row"]) for r in second] == [
+        ("fake", rung, row) for rung in ("fake", "fake_4x") for row in ("amos", "amos_untuned")
+    ]
+    untuned_4x = second[-1]
+    assert untuned_4x["step ratio [95% CI]"] == "never [never, never]"
+    assert untuned_4x["per seed"] == ", ".join(["never"] * 5)
+    for name in ("horizon_ladder.png", "horizon_ladder_study2.png"):
+        figure = tmp_path / "figures" / name
+        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def check_second_ladder(rows: list[dict], results: Path) -> None:
+    """Every cell of the second edition's ladder table against the rung's study.json
+    (its horizon) and summary.json (its claims)."""
+    studies, summaries = read_studies(results), read_summaries(results)
+    for row in rows:
+        name, amos_row = row["rung"], row["Amos row"]
+        where = (name, amos_row)
+        c = summaries[f"study2/{name}"]["claims"][amos_row]
+        family = name
+        while studies.get(family, {}).get("picks_from"):  # Up to the experiment that tuned.
+            family = Path(studies[family]["picks_from"]).name
+        assert row["family"] == family, where
+        assert row["horizon (steps)"] == str(studies[name]["train_steps"]), where
+        assert row["seeds"] == str(len(c["seeds"])), where
+        for column, verdict_column, key in [
+            ("test loss − AdamW [95% CI]", "loss verdict", "final_loss_difference"),
+            ("step ratio [95% CI]", f"steps verdict (≤ {CLAIMS['steps']:.2f})", "step_ratio"),
+        ]:
+            check_interval(row[column], c[key], (where, column))
+            assert row[verdict_column] == c[key]["verdict"], (where, key)
+        assert row["per seed"] == per_seed_cell(c["step_ratio_per_seed"]), where
+    # Every rung with a summary and its source, a family's in order of horizon.
+    done = {n for n in studies if f"study2/{n}" in summaries}
+    rungs = {n for n in done if studies[n]["picks_from"]}
+    sources = {Path(studies[n]["picks_from"]).name for n in rungs} & done
+    assert {r["rung"] for r in rows} == rungs | sources
+    for family in {r["family"] for r in rows}:
+        horizons = [int(r["horizon (steps)"]) for r in rows if r["family"] == family]
+        assert horizons == sorted(horizons), family
 
 
 @pytest.mark.slow  # five notebooks over every committed result: the fast suite's margin
 def test_committed_study_tables_are_current(tmp_path):
-    """The committed tuning-curve and ladder tables are what their notebooks write now."""
+    """The committed tuning-curve and ladder tables are what their notebooks write now:
+    the second edition first, every committed second-edition tuning and ladder rung in it,
+    and its figures committed beside the first edition's."""
     for name in ("tuning_curves", "horizon_ladder", "plug_and_play", "ema_timescale", "memory_fit"):
         run(name, tmp_path)
         committed = (REPO / "notebooks" / f"{name}.md").read_text()
         assert committed == (tmp_path / f"{name}.md").read_text(), f"{name}.md is stale"
+    tuning = sections((REPO / "notebooks" / "tuning_curves.md").read_text())
+    ladder = sections((REPO / "notebooks" / "horizon_ladder.md").read_text())
+    assert list(tuning) == list(ladder) == [SECOND, STUDY]
+    if read_studies(RESULTS):
+        check_second_tuning(table_rows(tuning[SECOND]), RESULTS)
+        check_second_ladder(table_rows(ladder[SECOND]), RESULTS)
+    for name in ("loss_curves_study2", "tuning_curves_study2", "horizon_ladder_study2"):
+        figure = REPO / "notebooks" / "figures" / f"{name}.png"
+        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{name}.png is missing"
 
 
 def test_loss_curves_figures(fake_study, tmp_path):
@@ -375,7 +626,18 @@ def test_loss_curves_figures(fake_study, tmp_path):
     # has no run records in this copy.
     assert "fake: amos x2, amos_untuned x2, adamw x2" in printed
     assert "fake_4x: amos x2, amos_untuned x2, adamw x2" in printed
-    for name in ("loss_curves.png", "loss_curves_earlier.png"):
+    # The second edition's: every row's seeds, its last step and its mean final test loss,
+    # from the run records, are the summary's; an experiment not run yet is absent.
+    second = {k: v for k, v in read_summaries(fake_study).items() if k.startswith("study2/")}
+    assert set(second) == {"study2/fake", "study2/fake_4x", "study2/fake_sobol"}
+    for name, s in second.items():
+        for row, v in s["optimizers"].items():
+            assert (
+                f"{name}: {row} x{len(v['seeds'])} to step {v['train_steps_planned']}, "
+                f"final mean test loss {v['final_test_loss_mean']:.4f}"
+            ) in printed, (name, row)
+    assert "fake_pending" not in printed
+    for name in ("loss_curves.png", "loss_curves_earlier.png", "loss_curves_study2.png"):
         figure = tmp_path / "figures" / name
         assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
