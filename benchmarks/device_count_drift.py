@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from launch.run import describe_machine, git_revision  # noqa: E402
+from launch.provenance import describe_machine, git_revision  # noqa: E402
 from launch.summary_writer import read_metrics  # noqa: E402
 
 # (label, optimizer, bindings): the experiment's own values and a gentler/harsher step.

@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from launch import provenance  # noqa: E402
 from launch import run as run_cli  # noqa: E402
 from launch import trainer as train_lib  # noqa: E402  (its modules load at first use)
 from launch.sharding import format_bytes  # noqa: E402
@@ -426,9 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "mode": args.mode,
         "command": [sys.executable, *(sys.argv if argv is None else ["gpu_check.py", *argv])],
-        "git": run_cli.git_revision(),
-        "machine": run_cli.describe_machine(),
-        "packages": run_cli.package_versions(),
+        "git": provenance.git_revision(),
+        "machine": provenance.describe_machine(),
+        "packages": provenance.package_versions(),
     }
 
     def save() -> None:  # After each part: a run cut short keeps what it measured.

@@ -27,6 +27,7 @@ if str(REPO) not in sys.path:
 import jax  # noqa: E402
 import optax  # noqa: E402
 
+from launch import provenance  # noqa: E402
 from launch import run as run_cli  # noqa: E402
 from launch import trainer as train_lib  # noqa: E402
 
@@ -119,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         record = {
             "command": [sys.executable, *sys.argv],
-            "git": run_cli.git_revision(),
-            "machine": run_cli.describe_machine(),
-            "packages": run_cli.package_versions(),
+            "git": provenance.git_revision(),
+            "machine": provenance.describe_machine(),
+            "packages": provenance.package_versions(),
             "gin_files": _gin_files(args),
             "bindings": bindings,
             "steps": args.steps,

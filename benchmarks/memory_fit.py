@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from launch import provenance  # noqa: E402
 from launch import run as run_cli  # noqa: E402
 from launch import trainer as train_lib  # noqa: E402
 from launch.sharding import format_bytes  # noqa: E402
@@ -183,17 +184,17 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"runs on one device (there are {jax.device_count()}): unset XLA_FLAGS")
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    provenance = {
+    origin = {
         "command": [sys.executable, *(sys.argv if argv is None else ["memory_fit.py", *argv])],
-        "git": run_cli.git_revision(),
-        "machine": run_cli.describe_machine(),
-        "packages": run_cli.package_versions(),
+        "git": provenance.git_revision(),
+        "machine": provenance.describe_machine(),
+        "packages": provenance.package_versions(),
         "bindings": bindings,
     }
     for experiment in [e for e in args.experiments.split(",") if e]:
         start = time.perf_counter()
         record = {
-            **provenance,
+            **origin,
             "experiment": experiment,
             "devices": args.devices,
             "backend": jax.default_backend(),

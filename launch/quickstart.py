@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from launch import compare  # noqa: E402
+from launch.study import compare  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,16 +38,12 @@ import argparse
 import functools
 import logging
 import os
-import platform
 import re
 import shlex
-import socket
-import subprocess
 import sys
 import time
 import traceback
 import warnings
-from importlib import metadata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +61,7 @@ import gin  # noqa: E402
 from experiments.data import files  # noqa: E402
 from experiments.errors import ConfigError  # noqa: E402
 from launch import trainer as train_lib  # noqa: E402  (its modules load at first use)
+from launch.provenance import describe_machine, git_revision, package_versions  # noqa: E402
 from launch.summary_writer import (  # noqa: E402
     join,
     remove_leftover_temporaries,
@@ -94,18 +91,6 @@ def optimizer_file(name: str) -> str:
     """The gin file of an arm; it binds `train.optimizer` and sets no macro of its own."""
     return f"optimizers/{name}.gin"
 
-
-PACKAGES = [
-    "jax",
-    "jaxlib",
-    "flax",
-    "optax",
-    "orbax-checkpoint",
-    "gin-config",
-    "numpy",
-    "tensorboard",
-    "amos",
-]
 
 # Environment variables that mean "this process is one of several" (TPU pod, SLURM, MPI,
 # an explicit coordinator); jax.distributed.initialize() reads the details itself.
@@ -426,48 +411,6 @@ def _check_cloud_model_dir(path: str) -> None:
     except Exception as e:  # gcsfs and google-auth raise types of their own.
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise ConfigError(f"MODEL_DIR {path!r} is not writable: {reason}") from None
-
-
-def git_revision() -> dict:
-    def git(*a):
-        p = subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=30)
-        return p.stdout.strip() if p.returncode == 0 else None
-
-    try:
-        rev = git("rev-parse", "--verify", "HEAD")  # None before the first commit
-        # Results written by earlier runs are not code: they do not make the tree dirty.
-        status = git("status", "--porcelain", "--", ".", ":(exclude)results")
-        dirty = None if status is None else bool(status)
-    except (OSError, subprocess.SubprocessError):
-        rev, dirty = None, None
-    return {"revision": rev, "dirty": dirty}
-
-
-def package_versions() -> dict:
-    out = {"python": platform.python_version()}
-    for p in PACKAGES:
-        try:
-            out[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            out[p] = None
-    return out
-
-
-def describe_machine() -> dict:
-    import jax
-
-    devs = jax.devices()
-    return {
-        "hostname": socket.gethostname(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "backend": jax.default_backend(),
-        "device_kind": devs[0].device_kind,
-        "device_count": len(devs),
-        "local_device_count": jax.local_device_count(),
-        "process_count": jax.process_count(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,7 +46,7 @@ from IPython.display import Image, Markdown  # noqa: E402
 REPO = Path.cwd()
 if str(REPO) not in sys.path:  # Run as a script, its own directory comes first instead.
     sys.path.insert(0, str(REPO))
-from launch.timescale_sweep import draw  # noqa: E402  (the sweep's own figure, per row)
+from launch.study.timescale_sweep import draw  # noqa: E402  (the sweep's own figure, per row)
 from notebooks.common import RESULTS, markdown_table, save_figure, write_markdown  # noqa: E402
 
 

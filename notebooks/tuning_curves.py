@@ -64,9 +64,9 @@ if str(REPO) not in sys.path:  # Run as a script, its own directory comes first 
     sys.path.insert(0, str(REPO))
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from launch import study2  # noqa: E402
-from launch.compare import collapse_reason, stall_reason  # noqa: E402
-from launch.designs import Knob  # noqa: E402
+from launch.study import study2  # noqa: E402
+from launch.study.compare import collapse_reason, stall_reason  # noqa: E402
+from launch.study.designs import Knob  # noqa: E402
 from launch.trainer import run_folder  # noqa: E402
 from notebooks.common import (  # noqa: E402
     KNOB_NAMES,
@@ -118,7 +118,7 @@ def mean_val_loss(record: dict, setting: dict) -> float | None:
 
 
 def knobs_of(record: dict, optimizer: str) -> list:
-    """The knobs a design searched, as launch/designs.Knob (name, low, high, scale): the
+    """The knobs a design searched, as launch/study/designs.Knob (name, low, high, scale): the
     Sobol design's from its recipe (launch/study2.py), the grid's its one knob over the
     values tried, on a log scale."""
     if record["design"] == "sobol":
@@ -149,7 +149,7 @@ def edge(record: dict, optimizer: str, pick: dict) -> str:
     return "yes: " + ", ".join(out) if out else "no"
 
 
-# How each design spaced a knob's values (launch/designs.py's scales).
+# How each design spaced a knob's values (launch/study/designs.py's scales).
 SCALES = {
     ("grid", "log"): "log grid, factors of 2",
     ("sobol", "log"): "log",

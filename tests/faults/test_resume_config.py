@@ -10,7 +10,8 @@ import json
 
 import pytest
 
-from launch import compare, resume_check
+from launch import resume_check
+from launch.study import compare
 from tests.launch.harness_helpers import run, run_cmd
 
 RECORDED = """# Macros:

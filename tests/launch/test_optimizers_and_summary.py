@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from launch.compare import first_reach, mean_curve
 from launch.optimizers import adamw_optimizer, amos_optimizer, nanogpt_lr
+from launch.study.compare import first_reach, mean_curve
 
 
 def test_nanogpt_schedule_matches_get_lr():
@@ -144,7 +144,7 @@ def test_multihost_detection():
 
 
 def test_collapse_and_stall_detection():
-    from launch.compare import collapse_reason, stall_reason
+    from launch.study.compare import collapse_reason, stall_reason
 
     def curve(losses, accuracies):
         return [

@@ -210,7 +210,7 @@ def test_committed_headline_table_is_current(headline):
 def fake_study(tmp_path_factory) -> Path:
     """A results/ directory with a sweep and a ladder rung made from hand-chosen losses
     (launch/sweep.py's own summary code), and one earlier comparison."""
-    from launch import sweep
+    from launch.study import sweep
     from tests.launch.harness_helpers import fake_run
 
     root = tmp_path_factory.mktemp("fake_study")
@@ -289,7 +289,7 @@ def _fake_second_edition(parent: Path, out: Path) -> None:
         )
         return seed0[mine.index(value)]
 
-    from launch import study2
+    from launch.study import study2
 
     grid = study2.grid_settings(parent / "fake", FAKE_RECIPES)
     _fake_tuning(parent / "fake", grid, grid_loss)
@@ -348,7 +348,7 @@ def _fake_second_edition(parent: Path, out: Path) -> None:
 def _fake_tuning(parent: Path, settings: list, loss) -> None:
     """Runs for every setting at the first tuning seed and for each optimizer's finalists
     at the second, with final validation loss ``loss(setting, seed)`` (None: diverged)."""
-    from launch import study2, sweep
+    from launch.study import study2, sweep
     from tests.launch.harness_helpers import fake_run
 
     def make(setting, seed: int) -> None:
@@ -380,7 +380,7 @@ def _fake_study2(
     """launch/study2.py's tuning (or a source's picks) over the fake runs under
     parent/name, rows at ``horizon`` steps whose test curves end at ``finals`` (plus 0.01
     per fresh seed), and its summary under out/name."""
-    from launch import study2
+    from launch.study import study2
     from tests.launch.harness_helpers import fake_run
 
     recipes = {o: {**r, "TRAIN_STEPS": horizon} for o, r in FAKE_RECIPES.items()}
@@ -648,7 +648,7 @@ def fake_continued(tmp_path_factory) -> Path:
     launch/sweep.py's own continuation code from hand-chosen losses: Amos improves on both
     seeds past the horizon, AdamW stays where its schedule ended (its last training record
     at rate 0), the plug-and-play arm improves on one seed of two."""
-    from launch import sweep
+    from launch.study import sweep
     from tests.launch.harness_helpers import fake_run
 
     root = tmp_path_factory.mktemp("fake_continued")
@@ -722,7 +722,7 @@ def fake_timescale(tmp_path_factory) -> Path:
     predicted one."""
     from argparse import Namespace
 
-    from launch import timescale_sweep as ts
+    from launch.study import timescale_sweep as ts
     from tests.launch.harness_helpers import fake_run
 
     root = tmp_path_factory.mktemp("fake_timescale")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from experiments.errors import ConfigError
-from launch import sweep
+from launch.study import sweep
 from tests.launch.harness_helpers import PYTHON, REPO, TINY, fake_run, run_tool_in_process
 
 

@@ -1,4 +1,4 @@
-"""Bootstrap intervals over seeds and the verdicts read from them (launch/intervals.py)."""
+"""Bootstrap intervals over seeds and the verdicts read from them (launch/study/intervals.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from launch import intervals
+from launch.study import intervals
 
 
 def curve(losses: list[float], every: int = 100) -> list[dict]:

@@ -9,8 +9,9 @@ from pathlib import Path
 import gin
 import pytest
 
-from launch import compare, quickstart
+from launch import quickstart
 from launch import run as run_cli
+from launch.study import compare
 from tests.launch.harness_helpers import PYTHON, REPO, TINY, fake_run, run_tool_in_process
 
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from launch.compare import first_reach, mean_curve
+from launch.study.compare import first_reach, mean_curve
 
 LEVEL = 0.95
 RESAMPLES = 10_000

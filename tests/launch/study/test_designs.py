@@ -1,4 +1,4 @@
-"""Quasi-random tuning designs (launch/designs.py)."""
+"""Quasi-random tuning designs (launch/study/designs.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from launch.designs import Knob, design, unit_points
+from launch.study.designs import Knob, design, unit_points
 
 
 def test_sixteen_points_cover_each_knob_evenly_and_repeat():

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from experiments.errors import ConfigError
-from launch import sweep
-from launch import timescale_sweep as ts
+from launch.study import sweep
+from launch.study import timescale_sweep as ts
 from tests.launch.harness_helpers import PYTHON, REPO, fake_run, run_tool_in_process
 
 EXPERIMENT = "timescale_resnet_cpu"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from launch import readme_results
+from launch.study import readme_results
 from tests.launch.harness_helpers import REPO
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from launch import study2, sweep
+from launch.study import study2, sweep
 from tests.launch.harness_helpers import PYTHON, REPO, TINY, fake_run, run_tool_in_process
 
 RECIPES = {
