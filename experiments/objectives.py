@@ -218,23 +218,40 @@ class Seq2Seq(Objective):
     normalization: str = "sum"
 
 
+# How a classifier is called: "batch_norm", ``model.apply(v, images, train=...)`` with the
+# ``batch_stats`` collection updated in training (the ResNet); "dropout",
+# ``model.apply(v, images, deterministic=...)`` with a dropout rng, as every other model
+# here (a ViT).
+MODEL_CALLS = ("batch_norm", "dropout")
+
+
 @dataclasses.dataclass(frozen=True)
 class Classification(Objective):
-    """One label per example with a batch-norm model: ``model.apply(v, images,
-    train=...)`` -> ``(B, classes)`` logits against ``labels``; in training the updated
-    ``batch_stats`` come back as the new collections."""
+    """One label per example: ``(B, classes)`` logits of ``images`` against ``labels``.
+    ``model_call`` (``MODEL_CALLS``) says how the model is called: with "batch_norm" (the
+    default) the updated ``batch_stats`` come back as the new collections in training."""
 
     inputs: tuple[str, ...] = ("images",)
     targets: str = "labels"
+    model_call: str = "batch_norm"
 
     reports_perplexity: ClassVar[bool] = False
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.model_call not in MODEL_CALLS:
+            raise ConfigError(f"model_call={self.model_call!r} is not one of {MODEL_CALLS}")
+
     def init_variables(self, model: nn.Module, rng: jax.Array, batch: Batch) -> dict[str, Any]:
+        if self.model_call == "dropout":
+            return super().init_variables(model, rng, batch)
         return dict(model.init(rng, *self.model_inputs(batch, slice(0, 1)), train=False))
 
     def logits(
         self, model: nn.Module, variables: dict[str, Any], batch: Batch, *, train: bool, rng
     ) -> tuple[jax.Array, dict[str, Any]]:
+        if self.model_call == "dropout":
+            return super().logits(model, variables, batch, train=train, rng=rng)
         if not train:
             return model.apply(variables, *self.model_inputs(batch), train=False), {}
         logits, updated = model.apply(

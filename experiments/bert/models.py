@@ -389,3 +389,17 @@ class BertClassifier(nn.Module):
         pooled = jnp.tanh(_dense(cfg, cfg.hidden_size, "pooler")(x[:, 0]))
         pooled = nn.Dropout(cfg.dropout_rate)(pooled, deterministic=deterministic)
         return _dense(cfg, self.num_classes, "classifier", zero_init=True)(pooled)
+
+
+def bert_model(vocab_size: int, *, size: str = "tiny", **overrides) -> nn.Module:
+    """BERT / RoPE / RPE (`position_type`) at a named size, any BertConfig field overridden."""
+    return BertMlm(BertConfig.from_size(size, vocab_size=vocab_size, **overrides))
+
+
+def bert_classifier(
+    vocab_size: int, num_classes: int, *, size: str = "tiny", **overrides
+) -> nn.Module:
+    """The BERT-family encoder with BERT's pooler and a classifier (GLUE); its encoder
+    parameters have `bert_model`'s names, so a pretrained encoder loads by name."""
+    config = BertConfig.from_size(size, vocab_size=vocab_size, **overrides)
+    return BertClassifier(config, num_classes=num_classes)

@@ -212,6 +212,9 @@ class ImageClassificationTask(ObjectiveTask):
         EVAL_BATCHES says, instead of drawing EVAL_BATCHES batches with replacement: the
         loss of the split itself, for splits small enough that draws would add noise
         (the digits' 180 images). In memory only.
+      model_call: how the model is called (``experiments.objectives.MODEL_CALLS``):
+        "batch_norm" (``train=``, batch statistics; the ResNet) or "dropout"
+        (``deterministic=``; a ViT).
     """
 
     unit_name = "examples"
@@ -231,6 +234,7 @@ class ImageClassificationTask(ObjectiveTask):
         loss_normalization: str = "mean",
         train_subset: float = 1.0,
         eval_whole_split: bool = False,
+        model_call: str = "batch_norm",
     ):
         if eval_whole_split and not in_memory:
             raise ConfigError(
@@ -240,7 +244,9 @@ class ImageClassificationTask(ObjectiveTask):
         self.eval_whole_split = eval_whole_split
         # Whole splits pad their last batch with rows that must weigh nothing.
         weights = "weights" if eval_whole_split else None
-        self.objective = Classification(normalization=loss_normalization, weights=weights)
+        self.objective = Classification(
+            normalization=loss_normalization, weights=weights, model_call=model_call
+        )
         if augmentation not in AUGMENTATIONS:
             raise ConfigError(f"augmentation must be one of {AUGMENTATIONS}, got {augmentation!r}")
         self.augmentation, self.in_memory, self.image_size = augmentation, in_memory, image_size

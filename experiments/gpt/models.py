@@ -15,8 +15,10 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
+from experiments.errors import ConfigError
 from experiments.layers import (
     causal_mask,
+    check_remat,
     dot_product_attention,
     mask_to_bias,
     remat_block,
@@ -137,3 +139,31 @@ class GPT(nn.Module):
             )
         x = nn.LayerNorm(epsilon=1e-5, use_bias=self.use_bias, name="ln_f")(x)
         return wte.attend(x)  # Tied output embedding, as nanoGPT.
+
+
+def gpt_model(
+    vocab_size: int,
+    *,
+    block_size: int | None = None,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    width: int = 128,
+    dropout: float = 0.0,
+    use_bias: bool = False,
+    remat: str = "none",
+) -> nn.Module:
+    """The nanoGPT-shaped decoder; `vocab_size` comes from the data task, `block_size`
+    (BLOCK_SIZE) from the configuration."""
+    if block_size is None:
+        raise ConfigError("gpt_model.block_size (BLOCK_SIZE) is not set")
+    check_remat(remat)
+    return GPT(
+        vocab_size=vocab_size,
+        block_size=block_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        width=width,
+        dropout=dropout,
+        use_bias=use_bias,
+        remat=remat,
+    )

@@ -308,3 +308,8 @@ class T5(nn.Module):
             decoder_valid,
             deterministic,
         )
+
+
+def t5_model(vocab_size: int, *, size: str = "tiny", **overrides) -> nn.Module:
+    """T5 1.1 at a named size, any T5Config field overridden."""
+    return T5(T5Config.from_size(size, vocab_size=vocab_size, **overrides))
