@@ -2,8 +2,7 @@
 
 Each factory takes the run's total step count and returns an `OptimizerSpec`: the optax
 transformation plus what the trainer logs about it (the learning rate in force at a step,
-Amos's diagnostics). `amos` is imported inside the factories that need it, so the AdamW
-paths work on their own. The arms: `adamw_optimizer`, `amos_optimizer`, and Adam with the
+Amos's diagnostics). The arms: `adamw_optimizer`, `amos_optimizer`, and Adam with the
 plug-and-play schedules (`adam_pnp_isq_optimizer`, `adam_pnp_itime_optimizer`: amos/schedules.py,
 docs/recipes.md); `train_examples` gives AdamW's EMA timescale (Wang & Aitchison 2024) the
 train-set size.
@@ -21,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+import amos
+from amos.schedules import decay_rate, schedule_decay
 from experiments.errors import ConfigError
 
 
@@ -126,8 +127,6 @@ def adamw_schedule(
     at ``total_steps``).
     """
     if schedule == "linear_decay":
-        import amos
-
         return amos.warmup_linear_decay_schedule(
             learning_rate, warmup_steps, total_steps, min_learning_rate
         )
@@ -182,7 +181,6 @@ def adamw_weight_decay(
         )
     if tau_epochs is None:
         return checked_number("adamw_optimizer.weight_decay", weight_decay, allow_low=True)
-    import amos
 
     checked_number("adamw_optimizer.tau_epochs (ADAMW_TAU_EPOCHS)", tau_epochs)
     for binding, value in [
@@ -243,7 +241,6 @@ def adamw_optimizer(
     ``weight_decay`` (which is then None; see ``adamw_weight_decay``), from the peak
     ``learning_rate``, ``batch_size`` and the task's ``train_examples``.
     """
-    import amos
 
     if decay_mask not in ADAMW_DECAY_MASKS:
         raise ConfigError(f"ADAMW_DECAY_MASK={decay_mask!r} is not one of {ADAMW_DECAY_MASKS}")
@@ -310,7 +307,6 @@ def amos_optimizer(
     ``total_steps`` is unused: Amos needs no schedule length (its decay comes from ``b``).
     """
     del total_steps
-    import amos
 
     checked_number("amos_optimizer.xi (AMOS_XI)", xi)
     checked_number("amos_optimizer.beta (AMOS_BETA)", beta, high=1.0, allow_low=True)
@@ -358,7 +354,6 @@ def eta_rules_fn(
     """A family's eta rules as a function of (path, shape): ``amos.default_eta_fn`` with
     the ``gains`` and ``overrides`` rule maps that its model gin file binds (raises
     ValueError on a bad rule)."""
-    import amos
 
     return amos.default_eta_fn(gains=dict(gains or {}), overrides=overrides)
 
@@ -428,8 +423,6 @@ def adam_pnp_optimizer(
     ``sqrt(gain / fan_in)`` and biases 0.5 as the derivation asks (amos/schedules.py), with
     normalization scales at 0.5 instead of Amos' 1.0. ``clip_global_norm`` clips the gradient first.
     """
-    import amos
-    from amos.schedules import decay_rate, schedule_decay
 
     arm = next((a for a, v in PNP_ARMS.items() if v == variant), None)
     if arm is None:
@@ -473,8 +466,6 @@ def adam_pnp_optimizer(
 def slot_bytes(opt_state) -> int:
     """Bytes held by an optimizer state; `amos.slot_bytes` when the package provides it."""
     try:
-        import amos
-
         return int(amos.slot_bytes(opt_state))
     except (ImportError, AttributeError):
         leaves = jax.tree_util.tree_leaves(opt_state)
