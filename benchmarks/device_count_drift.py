@@ -27,12 +27,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from launch.provenance import describe_machine, git_revision
+from launch.summary_writer import read_metrics
 
-from launch.provenance import describe_machine, git_revision  # noqa: E402
-from launch.summary_writer import read_metrics  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # (label, optimizer, bindings): the experiment's own values and a gentler/harsher step.
 SETTINGS = [

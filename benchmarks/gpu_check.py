@@ -34,15 +34,13 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from launch import provenance
+from launch import run as run_cli
+from launch import trainer as train_lib  # (its modules load at first use)
+from launch.sharding import format_bytes
+from launch.trainer import run_folder
 
-from launch import provenance  # noqa: E402
-from launch import run as run_cli  # noqa: E402
-from launch import trainer as train_lib  # noqa: E402  (its modules load at first use)
-from launch.sharding import format_bytes  # noqa: E402
-from launch.trainer import run_folder  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 EXPERIMENT = "bert_base"
 # Part 1 compiles Amos' step in each (COMPUTE_DTYPE, REMAT) setting, on the CPU and the

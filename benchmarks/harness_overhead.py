@@ -20,16 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import jax
+import optax
+
+from launch import provenance
+from launch import run as run_cli
+from launch import trainer as train_lib
+
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import jax  # noqa: E402
-import optax  # noqa: E402
-
-from launch import provenance  # noqa: E402
-from launch import run as run_cli  # noqa: E402
-from launch import trainer as train_lib  # noqa: E402
 
 
 def bare_loop(trainer: train_lib.Trainer, steps: int) -> float:

@@ -43,13 +43,11 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
 # JAX, Flax and the tasks are imported where they are used: the pipeline's worker
 # processes import this module, and need none of them.
-from experiments.data import packed_stream  # noqa: E402
+from experiments.data import packed_stream
+
+REPO = Path(__file__).resolve().parents[1]
 
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 V4_CHIPS, V4_PEAK_FLOPS = 4, 275e12  # A v4-8: 4 chips, 275 TFLOP/s bf16 each.

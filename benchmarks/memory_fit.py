@@ -28,14 +28,12 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from launch import provenance
+from launch import run as run_cli
+from launch import trainer as train_lib
+from launch.sharding import format_bytes
 
-from launch import provenance  # noqa: E402
-from launch import run as run_cli  # noqa: E402
-from launch import trainer as train_lib  # noqa: E402
-from launch.sharding import format_bytes  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 EXPERIMENTS = ["bert_base", "bert_large", "t5_base", "t5_large"]
 ARMS = ["amos", "adamw"]

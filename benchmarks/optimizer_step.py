@@ -22,10 +22,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import amos  # noqa: E402
-from amos.model_shapes import bert_param_shapes, count_parameters, materialize  # noqa: E402
-from benchmarks.reference import load_reference_amos  # noqa: E402
+import amos
+from amos.model_shapes import bert_param_shapes, count_parameters, materialize
+from benchmarks.reference import load_reference_amos
 
 XI = 0.005  # The paper's BERT-base setting.
 

@@ -46,15 +46,11 @@ import traceback
 import warnings
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # Scripts run as files; make `launch`/`experiments` importable.
-    sys.path.insert(0, str(REPO))
-
 # etils.epath reaches gs:// through TensorFlow's gfile whenever TensorFlow is installed (it
 # is, for tfds and seqio): every MODEL_DIR file would import all of TensorFlow, and gfile's
 # endpoint cannot be moved to a test server. Its other backend, gcsfs (pinned), is the one
 # epath uses without TensorFlow. EPATH_USE_TF=true in the environment brings gfile back.
-os.environ.setdefault("EPATH_USE_TF", "false")
+os.environ.setdefault("EPATH_USE_TF", "false")  # Before anything imports etils, below.
 
 import gin  # noqa: E402
 
@@ -69,6 +65,8 @@ from launch.summary_writer import (  # noqa: E402
     write_text_atomic,
 )
 from launch.trainer import run_folder  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 
 EXIT_IO_ERROR = 74  # sysexits.h EX_IOERR: a checkpoint or a record could not be written.
 

@@ -1,10 +1,8 @@
 """The command line of `launch/study/timescale_sweep.py`: see its docstring (and docs/study.md)."""
 
 import sys
-from pathlib import Path
+
+from launch.study.timescale_sweep import main
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Run as a file.
-    from launch.study.timescale_sweep import main
-
     sys.exit(main())

@@ -34,20 +34,18 @@
 # %%
 import json
 import math
-import sys
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from IPython.display import Image, Markdown  # noqa: E402
+import matplotlib.pyplot as plt
+from IPython.display import Image, Markdown
+
+from launch.study.results import RESULTS, markdown_table, save_figure, write_markdown
+from launch.study.timescale_sweep import draw  # (the sweep's own figure, per row)
 
 REPO = Path.cwd()
-if str(REPO) not in sys.path:  # Run as a script, its own directory comes first instead.
-    sys.path.insert(0, str(REPO))
-from launch.study.timescale_sweep import draw  # noqa: E402  (the sweep's own figure, per row)
-from notebooks.common import RESULTS, markdown_table, save_figure, write_markdown  # noqa: E402
 
 
 def steps_of_two(x: float, reference: float) -> float:

@@ -36,15 +36,11 @@
 
 # %%
 import math
-import sys
 from pathlib import Path
 
 from IPython.display import Markdown
 
-REPO = Path.cwd()
-if str(REPO) not in sys.path:  # Run as a script, its own directory comes first instead.
-    sys.path.insert(0, str(REPO))
-from notebooks.common import (  # noqa: E402
+from launch.study.results import (
     NOT_RUN,
     fmt,
     interval,
@@ -54,6 +50,8 @@ from notebooks.common import (  # noqa: E402
     setting_text,
     write_markdown,
 )
+
+REPO = Path.cwd()
 
 # The paper's claims (its abstract), as upper bounds on Amos / AdamW ratios.
 CLAIMS = {"steps": 0.70, "time": 0.70, "memory": 0.51}

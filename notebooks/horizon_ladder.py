@@ -39,19 +39,15 @@
 
 # %%
 import json
-import sys
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from IPython.display import Image, Markdown  # noqa: E402
+import matplotlib.pyplot as plt
+from IPython.display import Image, Markdown
 
-REPO = Path.cwd()
-if str(REPO) not in sys.path:  # Run as a script, its own directory comes first instead.
-    sys.path.insert(0, str(REPO))
-from notebooks.common import (  # noqa: E402
+from launch.study.results import (
     NOT_RUN,
     RESULTS,
     fmt,
@@ -62,6 +58,8 @@ from notebooks.common import (  # noqa: E402
     save_figure,
     write_markdown,
 )
+
+REPO = Path.cwd()
 
 CLAIM = 0.70  # Steps and time to AdamW's loss (the paper's abstract).
 AMOS_ROWS = ("amos", "amos_untuned")  # The rows study2.py's claims compare with AdamW.

@@ -32,25 +32,23 @@
 
 # %%
 import math
-import sys
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from IPython.display import Image  # noqa: E402
+import matplotlib.pyplot as plt
+from IPython.display import Image
 
-REPO = Path.cwd()
-if str(REPO) not in sys.path:  # Run as a script, its own directory comes first instead.
-    sys.path.insert(0, str(REPO))
-from notebooks.common import (  # noqa: E402
+from launch.study.results import (
     band,
     read_second_edition,
     read_summaries,
     save_figure,
     seed_curves,
 )
+
+REPO = Path.cwd()
 
 # %% [markdown]
 # ## The second edition: every row's test loss over the fresh seeds

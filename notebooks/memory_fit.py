@@ -40,16 +40,14 @@
 
 # %%
 import json
-import sys
 from pathlib import Path
 
 from IPython.display import Markdown
 
+from launch.sharding import format_bytes
+from launch.study.results import RESULTS, markdown_table, write_markdown
+
 REPO = Path.cwd()
-if str(REPO) not in sys.path:  # Run as a script, its own directory comes first instead.
-    sys.path.insert(0, str(REPO))
-from launch.sharding import format_bytes  # noqa: E402
-from notebooks.common import RESULTS, markdown_table, write_markdown  # noqa: E402
 
 records = {p.stem: json.loads(p.read_text()) for p in sorted((RESULTS / "memory").glob("*.json"))}
 print("memory fits:", ", ".join(records) or "none yet (run benchmarks/memory_fit.py)")

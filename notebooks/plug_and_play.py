@@ -37,19 +37,15 @@
 
 # %%
 import json
-import sys
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from IPython.display import Image, Markdown  # noqa: E402
+import matplotlib.pyplot as plt
+from IPython.display import Image, Markdown
 
-REPO = Path.cwd()
-if str(REPO) not in sys.path:  # Run as a script, its own directory comes first instead.
-    sys.path.insert(0, str(REPO))
-from notebooks.common import (  # noqa: E402
+from launch.study.results import (
     RESULTS,
     band,
     markdown_table,
@@ -57,6 +53,8 @@ from notebooks.common import (  # noqa: E402
     seed_curves,
     write_markdown,
 )
+
+REPO = Path.cwd()
 
 
 def setting(v: dict) -> str:

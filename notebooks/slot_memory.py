@@ -33,23 +33,20 @@
 # %%
 import dataclasses
 import logging
-import sys
 from pathlib import Path
 
+import gin
+import jax
+import jax.numpy as jnp
+from IPython.display import Markdown
+
+import amos
+import launch.configurables  # noqa: F401  (registers train, the models, the optimizers)
+from amos.model_shapes import bert_param_shapes, count_parameters
+from experiments.bert.models import BertConfig
+from experiments.t5.models import T5, T5Config
+
 REPO = Path.cwd()
-if str(REPO) not in sys.path:  # launch/ and experiments/ are not installed packages.
-    sys.path.insert(0, str(REPO))
-
-import gin  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from IPython.display import Markdown  # noqa: E402
-
-import amos  # noqa: E402
-import launch.configurables  # noqa: E402, F401  (registers train, the models, the optimizers)
-from amos.model_shapes import bert_param_shapes, count_parameters  # noqa: E402
-from experiments.bert.models import BertConfig  # noqa: E402
-from experiments.t5.models import T5, T5Config  # noqa: E402
 
 GIN_DIR = REPO / "gin_configs"
 if not GIN_DIR.is_dir():

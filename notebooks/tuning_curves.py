@@ -50,25 +50,19 @@
 # %%
 import json
 import math
-import sys
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from IPython.display import Image, Markdown  # noqa: E402
+import matplotlib.pyplot as plt
+from IPython.display import Image, Markdown
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-REPO = Path.cwd()
-if str(REPO) not in sys.path:  # Run as a script, its own directory comes first instead.
-    sys.path.insert(0, str(REPO))
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
-
-from launch.study import study2  # noqa: E402
-from launch.study.compare import collapse_reason, stall_reason  # noqa: E402
-from launch.study.designs import Knob  # noqa: E402
-from launch.trainer import run_folder  # noqa: E402
-from notebooks.common import (  # noqa: E402
+from launch.study import study2
+from launch.study.compare import collapse_reason, stall_reason
+from launch.study.designs import Knob
+from launch.study.results import (
     KNOB_NAMES,
     RESULTS,
     eval_records,
@@ -78,6 +72,9 @@ from notebooks.common import (  # noqa: E402
     setting_text,
     write_markdown,
 )
+from launch.trainer import run_folder
+
+REPO = Path.cwd()
 
 
 def fmt(x, spec: str = ".4f") -> str:

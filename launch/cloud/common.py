@@ -12,8 +12,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 REQUIREMENTS = REPO / "requirements.txt"
-if str(REPO) not in sys.path:  # launch.preemption, whatever the working directory.
-    sys.path.insert(0, str(REPO))
 
 # launch/run.py's exit code for a run that a SIGTERM or SIGINT stopped at a checkpoint
 # (launch/preemption.py, which imports only the standard library): rerun it to resume.

@@ -22,11 +22,7 @@ import shlex
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # Run as a file; make `launch` importable.
-    sys.path.insert(0, str(REPO))
-
-from launch.cloud.common import (  # noqa: E402
+from launch.cloud.common import (
     Shell,
     fraction,
     jax_pin,
@@ -34,6 +30,8 @@ from launch.cloud.common import (  # noqa: E402
     split_run_args,
     with_distributed,
 )
+
+REPO = Path(__file__).resolve().parents[2]
 
 CHECK_GPUS = (
     "import jax; d = jax.devices(); print(d); "

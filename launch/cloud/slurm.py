@@ -31,11 +31,7 @@ import shlex
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # Run as a file; make `launch` importable.
-    sys.path.insert(0, str(REPO))
-
-from launch.cloud.common import (  # noqa: E402
+from launch.cloud.common import (
     PREEMPTED_EXIT_CODE,
     Shell,
     fraction,
@@ -43,6 +39,8 @@ from launch.cloud.common import (  # noqa: E402
     split_run_args,
     with_distributed,
 )
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def positive(value: str) -> int:

@@ -38,11 +38,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # Run as a file; make `launch` importable.
-    sys.path.insert(0, str(REPO))
-
-from launch.cloud.common import (  # noqa: E402
+from launch.cloud.common import (
     PREEMPTED_EXIT_CODE,
     Shell,
     jax_pin,
@@ -50,6 +46,8 @@ from launch.cloud.common import (  # noqa: E402
     split_run_args,
     with_distributed,
 )
+
+REPO = Path(__file__).resolve().parents[2]
 
 GCLOUD_TPU = ["gcloud", "compute", "tpus", "tpu-vm"]
 GCLOUD_QUEUED = ["gcloud", "compute", "tpus", "queued-resources"]

@@ -1,12 +1,11 @@
-"""What the notebooks share (a plain module, no cells): where they read and write, the
+"""What the notebooks (notebooks/*.py) share: where they read and write, the
 tables and figures they write, the second edition's files (`read_second_edition`) and
 how its intervals and settings are printed, and the evaluation curves of the runs a
 summary.json lists (read from their copies under the summary's directory,
 `results/<experiment>/runs/`), so that every notebook does each of these one way.
 
-A notebook runs from the repository root (`make notebooks`); `AMOS_RESULTS` (default
-`results/`) is the directory it reads, `AMOS_NOTEBOOK_OUT` (default `notebooks/`) where it
-writes.
+`AMOS_RESULTS` (default the repository's `results/`) is the directory a notebook reads,
+`AMOS_NOTEBOOK_OUT` (default `notebooks/`) where it writes.
 """
 
 from __future__ import annotations
@@ -20,11 +19,9 @@ import numpy as np
 
 from launch.trainer import run_folder
 
-REPO = Path.cwd()
+REPO = Path(__file__).resolve().parents[2]
 RESULTS = Path(os.environ.get("AMOS_RESULTS", REPO / "results"))
 OUT = Path(os.environ.get("AMOS_NOTEBOOK_OUT", REPO / "notebooks"))
-if not RESULTS.is_dir():
-    raise FileNotFoundError(f"no {RESULTS}: run the notebook from the repository root")
 
 
 def read_summaries() -> dict[str, tuple[Path, dict]]:
