@@ -7,15 +7,14 @@ named in gin by adding its file.
   called by the trainer with `**task.model_kwargs()`.
 - Data: every class `<Name>Task` or `<Name>Source` defined in a module of
   `experiments/data/` (`@CharTextTask()`, `@TfdsSource()`, ...).
-- Optimizers: the factories of `launch/optimizers.py` (`@amos_optimizer`,
-  `@adamw_optimizer`, the plug-and-play arms) and `@train_examples`.
+- Optimizers: every `<name>_optimizer` of `launch/optimizers.py` (`@amos_optimizer`,
+  `@adamw_optimizer`, the plug-and-play arms), and `@train_examples`.
 
 Each family's Amos eta and slot rules are plain rule maps bound in its model gin file
 (`amos_optimizer.gains`, `eta_overrides`, `shape_overrides`)."""
 
 from __future__ import annotations
 
-import functools
 import importlib
 import inspect
 import re
@@ -55,15 +54,12 @@ def register_all() -> None:
     found = [
         *(item for m in _modules("*/models.py") for item in _defined(m, MODEL_FACTORY)),
         *(item for m in _modules("data/*.py") for item in _defined(m, DATA_CLASS)),
-        ("amos_optimizer", optimizers.amos_optimizer),
-        ("adamw_optimizer", optimizers.adamw_optimizer),
-        ("train_examples", optimizers.train_examples),
-        # The plug-and-play arms (gin_configs/optimizers/<arm>.gin binds
-        # `train.optimizer = @<arm>_optimizer`).
         *(
-            (f"{arm}_optimizer", functools.partial(optimizers.adam_pnp_optimizer, variant=v))
-            for arm, v in optimizers.PNP_ARMS.items()
+            (name, value)
+            for name, value in vars(optimizers).items()
+            if name.endswith("_optimizer") and callable(value)
         ),
+        ("train_examples", optimizers.train_examples),
     ]
     names = [name for name, _ in found]
     clashes = sorted({n for n in names if names.count(n) > 1})

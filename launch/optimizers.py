@@ -11,8 +11,11 @@ train-set size.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import re
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import gin
@@ -24,6 +27,8 @@ import amos
 from amos.schedules import decay_rate, schedule_decay
 from experiments.errors import ConfigError
 
+OPTIMIZER_FILES = Path(__file__).resolve().parents[1] / "gin_configs" / "optimizers"
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
@@ -33,6 +38,63 @@ class OptimizerSpec:
     learning_rate: Callable[[int], float]
     # (opt_state, params) -> {name: scalar}, jittable; None when there is nothing to add.
     diagnostics: Callable[[Any, Any], dict[str, jax.Array]] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DesignKnob:
+    """A knob of the study's quasi-random design (launch/study/designs.py): the gin macro it
+    sets (or `WARMUP_FRACTION`, the warmup as a fraction of TRAIN_STEPS, bound as
+    WARMUP_STEPS), its range, as factors of the experiment's value when `relative`, and how
+    values are spaced: "log", "linear" or "log1m" (log of 1 - value, for a beta)."""
+
+    name: str
+    low: float
+    high: float
+    scale: str = "log"
+    relative: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuning:
+    """What the study (launch/study/) tunes of an optimizer, declared beside its factory
+    with `@tuned`: `knob`, the macro of its one-knob grid (launch/study/sweep.py);
+    `labels`, the short names of its knobs in trial directories; `coupled`, macros scaled
+    with the knob so that a trial keeps the schedule's shape (nanoGPT's min_lr = lr / 10);
+    `horizon_binding`, the binding that keeps its schedule's horizon at the planned
+    TRAIN_STEPS when a run continues past it (None: no horizon); `design`, its knobs on the
+    second edition's quasi-random design (launch/study/study2.py)."""
+
+    knob: str
+    labels: Mapping[str, str]
+    coupled: tuple[str, ...] = ()
+    horizon_binding: str | None = None
+    design: tuple[DesignKnob, ...] = ()
+
+
+def tuned(tuning: Tuning) -> Callable:
+    """Declares an optimizer factory's `Tuning` (its `tuning` attribute)."""
+
+    def declare(factory):
+        factory.tuning = tuning
+        return factory
+
+    return declare
+
+
+def arm_tuning(arm: str) -> Tuning:
+    """The `Tuning` of an arm: that of the factory its optimizer file binds
+    (gin_configs/optimizers/<arm>.gin: `train.optimizer = @<factory>`)."""
+    path = OPTIMIZER_FILES / f"{arm}.gin"
+    if not path.is_file():
+        raise ConfigError(f"no optimizer arm {arm!r}: {path} does not exist")
+    bound = re.search(r"^train\.optimizer\s*=\s*@(\w+)", path.read_text(), re.M)
+    factory = globals().get(bound.group(1)) if bound else None
+    if getattr(factory, "tuning", None) is None:
+        raise ConfigError(
+            f"{path}: its factory {bound.group(1) if bound else '(none bound)'} declares no "
+            f"Tuning (`@tuned` in launch/optimizers.py), so the study cannot tune it"
+        )
+    return factory.tuning
 
 
 def checked_number(
@@ -208,6 +270,24 @@ def train_examples(task: Any) -> int:
     return n
 
 
+@tuned(
+    Tuning(
+        knob="ADAMW_LR",
+        labels={
+            "ADAMW_LR": "lr",
+            "WARMUP_FRACTION": "wu",
+            "ADAMW_TAU_EPOCHS": "tau",  # launch/study/timescale_sweep.py's knobs
+            "ADAMW_WEIGHT_DECAY": "wd",
+        },
+        coupled=("ADAMW_MIN_LR",),
+        horizon_binding="adamw_optimizer.horizon_steps",
+        # The peak rate from 1/16 to 4 times the recipe's, the warmup from 0 to 0.2 of the run.
+        design=(
+            DesignKnob("ADAMW_LR", 1 / 16, 4.0, relative=True),
+            DesignKnob("WARMUP_FRACTION", 0.0, 0.2, "linear"),
+        ),
+    )
+)
 def adamw_optimizer(
     total_steps: int,
     *,
@@ -283,6 +363,18 @@ def adamw_optimizer(
     return OptimizerSpec("adamw", tx, lambda t: float(rate(t - 1)))
 
 
+@tuned(
+    Tuning(
+        knob="AMOS_XI",
+        labels={"AMOS_XI": "xi", "AMOS_BETA": "beta"},
+        # xi from 1/16 to 4 times the guidance; 1 - beta from 5e-2 down to 1e-4 (log): the
+        # paper's 0.999 and 0.95 inside.
+        design=(
+            DesignKnob("AMOS_XI", 1 / 16, 4.0, relative=True),
+            DesignKnob("AMOS_BETA", 0.95, 0.9999, "log1m"),
+        ),
+    )
+)
 def amos_optimizer(
     total_steps: int,
     *,
@@ -461,6 +553,18 @@ def adam_pnp_optimizer(
         return float(learning_rate * warm * schedule_decay(variant, rate, jnp.float32(t - 1)))
 
     return OptimizerSpec(arm, tx, global_rate)
+
+
+def _pnp_arm(variant: str) -> Callable[..., OptimizerSpec]:
+    arm = functools.partial(adam_pnp_optimizer, variant=variant)
+    arm.tuning = Tuning(knob="PNP_HALF_LIFE", labels={"PNP_HALF_LIFE": "T"})
+    return arm
+
+
+# The plug-and-play arms' factories (gin_configs/optimizers/<arm>.gin binds
+# `train.optimizer = @<arm>_optimizer`); the study tunes their half-life T.
+adam_pnp_isq_optimizer = _pnp_arm(PNP_ARMS["adam_pnp_isq"])
+adam_pnp_itime_optimizer = _pnp_arm(PNP_ARMS["adam_pnp_itime"])
 
 
 def slot_bytes(opt_state) -> int:

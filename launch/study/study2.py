@@ -73,27 +73,30 @@ UNTUNED = sweep.UNTUNED
 # Not a gin macro: AdamW's warmup as a fraction of the run's TRAIN_STEPS, bound as
 # WARMUP_STEPS, so that a pick carries to another horizon as a fraction.
 WARMUP_FRACTION = "WARMUP_FRACTION"
-LABELS = {**sweep.KNOB_LABELS, WARMUP_FRACTION: "wu", "AMOS_BETA": "beta"}
+LABELS = sweep.KNOB_LABELS
 STUDY_SETS = ("MODEL_DIR", "SEED", "EVAL_SPLITS", "EVAL_EVERY")  # per run; not --gin
 
 
 def sobol_knobs(optimizer: str, recipe: dict[str, float]) -> list[designs.Knob]:
-    """The two tuned knobs of an optimizer in the Sobol design, around its recipe values:
-    AdamW's peak rate (1/16 to 4 times) and warmup fraction (0 to 0.2); Amos' xi (1/16 to
-    4 times the guidance) and beta (1 - beta from 5e-2 down to 1e-4, log)."""
-    if optimizer == "adamw":
-        lr = recipe["ADAMW_LR"]
-        return [
-            designs.Knob("ADAMW_LR", lr / 16, 4 * lr),
-            designs.Knob(WARMUP_FRACTION, 0.0, 0.2, "linear"),
-        ]
-    if optimizer == "amos":
-        xi = recipe["AMOS_XI"]
-        return [
-            designs.Knob("AMOS_XI", xi / 16, 4 * xi),
-            designs.Knob("AMOS_BETA", 0.95, 0.9999, "log1m"),
-        ]
-    raise ConfigError(f"--design sobol has no knobs for {optimizer!r}; it tunes {', '.join(ARMS)}")
+    """The tuned knobs of an optimizer in the Sobol design, as its factory declares them
+    (launch/optimizers.py, `Tuning.design`), ranges relative to its recipe values scaled:
+    AdamW's peak rate (1/16 to 4 times) and warmup fraction (0 to 0.2); Amos' xi (1/16 to 4
+    times the guidance) and beta (1 - beta from 5e-2 down to 1e-4, log)."""
+    knobs = sweep.TUNINGS[optimizer].design if optimizer in sweep.TUNINGS else ()
+    if not knobs:
+        raise ConfigError(
+            f"--design sobol has no knobs for {optimizer!r} (its Tuning declares no design); "
+            f"it tunes {', '.join(ARMS)}"
+        )
+    return [
+        designs.Knob(
+            k.name,
+            k.low * recipe[k.name] if k.relative else k.low,
+            k.high * recipe[k.name] if k.relative else k.high,
+            k.scale,
+        )
+        for k in knobs
+    ]
 
 
 # ------------------------------------------------------------------------- the settings

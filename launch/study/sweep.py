@@ -65,6 +65,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from experiments.errors import ConfigError
+from launch import optimizers
 from launch.provenance import git_revision
 from launch.run import OPTIMIZERS
 from launch.study import compare
@@ -72,34 +73,24 @@ from launch.trainer import run_folder
 
 REPO = Path(__file__).resolve().parents[2]
 
-# The main knob of each optimizer: the peak learning rate of AdamW's recipe, Amos' xi at
-# the guidance 1/sqrt(N), the plug-and-play schedules' half-life T. An arm's runs and rows
-# are listed in the order of --arms.
-KNOBS: dict[str, str] = {
-    "amos": "AMOS_XI",
-    "adamw": "ADAMW_LR",
-    "adam_pnp_isq": "PNP_HALF_LIFE",
-    "adam_pnp_itime": "PNP_HALF_LIFE",
-}
-KNOB_LABELS: dict[str, str] = {
-    "AMOS_XI": "xi",
-    "ADAMW_LR": "lr",
-    "PNP_HALF_LIFE": "T",
-    # launch/timescale_sweep.py's knobs.
-    "ADAMW_TAU_EPOCHS": "tau",
-    "ADAMW_WEIGHT_DECAY": "wd",
-}
-# Settings scaled with a knob, so that a trial changes the knob and not the schedule's
-# shape: nanoGPT's cosine ends at min_lr = lr / 10, the paper's linear decay at 0.
-COUPLED: dict[str, tuple[str, ...]] = {
-    "AMOS_XI": (),
-    "ADAMW_LR": ("ADAMW_MIN_LR",),
-    "PNP_HALF_LIFE": (),
-}
+# What the study tunes of each arm, as its optimizer factory declares it
+# (launch/optimizers.py's `Tuning`): the main knob (AdamW's peak rate, Amos' xi at the
+# guidance 1/sqrt(N), the plug-and-play schedules' half-life T), the knobs' short names,
+# the settings scaled with a knob (nanoGPT's cosine ends at min_lr = lr / 10) and the
+# binding that keeps a schedule's horizon at the planned TRAIN_STEPS while a run continues
+# past it (--continue_to; arms without a horizon have none). An arm's runs and rows are
+# listed in the order of --arms.
 DEFAULT_ARMS = ("amos", "adamw")
-# The arms whose schedule has a horizon, and the binding that keeps it at the planned
-# TRAIN_STEPS while a run continues past it (--continue_to). The others have none.
-HORIZON_BINDINGS: dict[str, str] = {"adamw": "adamw_optimizer.horizon_steps"}
+TUNINGS = {
+    arm: optimizers.arm_tuning(arm)
+    for arm in [*DEFAULT_ARMS, *(a for a in OPTIMIZERS if a not in DEFAULT_ARMS)]
+}
+KNOBS: dict[str, str] = {arm: t.knob for arm, t in TUNINGS.items()}
+KNOB_LABELS: dict[str, str] = {k: v for t in TUNINGS.values() for k, v in t.labels.items()}
+COUPLED: dict[str, tuple[str, ...]] = {t.knob: t.coupled for t in TUNINGS.values()}
+HORIZON_BINDINGS: dict[str, str] = {
+    arm: t.horizon_binding for arm, t in TUNINGS.items() if t.horizon_binding
+}
 # What a continued run does not take from the run it copies: its end (final.json, whose
 # presence means finished), the planned run's lock and evaluation-only records.
 NOT_CONTINUED = (

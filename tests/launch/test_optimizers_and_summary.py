@@ -393,3 +393,26 @@ def test_pnp_arm_names_the_binding_it_rejects():
     spec = adam_pnp_optimizer(0, **ok, gains={})
     with pytest.raises(ConfigError, match="'dense/mystery'.*gin bindings: amos_optimizer.gains"):
         spec.tx.init({"dense": {"mystery": jnp.ones((2, 2))}})
+
+
+def test_each_arm_declares_what_the_study_tunes(tmp_path, monkeypatch):
+    """The study reads an arm's knobs from its factory's `@tuned` declaration, found through
+    the arm's optimizer file; a factory without one is an error naming the file."""
+    from experiments.errors import ConfigError
+    from launch import optimizers
+    from launch.run import OPTIMIZERS
+
+    for arm in OPTIMIZERS:
+        tuning = optimizers.arm_tuning(arm)
+        assert tuning.knob in tuning.labels
+        assert all(k.name in tuning.labels for k in tuning.design)
+    adamw = optimizers.arm_tuning("adamw")
+    assert (adamw.knob, adamw.coupled) == ("ADAMW_LR", ("ADAMW_MIN_LR",))
+    assert adamw.horizon_binding == "adamw_optimizer.horizon_steps"
+    assert optimizers.arm_tuning("amos").horizon_binding is None
+    monkeypatch.setattr(optimizers, "OPTIMIZER_FILES", tmp_path)
+    (tmp_path / "plain.gin").write_text("train.optimizer = @adam_pnp_optimizer\n")
+    with pytest.raises(ConfigError, match="plain.gin: its factory adam_pnp_optimizer declares no"):
+        optimizers.arm_tuning("plain")
+    with pytest.raises(ConfigError, match="no optimizer arm 'sgd'"):
+        optimizers.arm_tuning("sgd")
