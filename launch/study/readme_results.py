@@ -9,8 +9,9 @@ notebooks/headline_table.md from every results/**/summary.json), then this. The 
     ...
     <!-- results:end -->
 
-is that table, its title dropped and its headings one level down (under README's
-"Results"). An include block,
+is that table, its title dropped, its headings one level down (under README's "Results")
+and its last section, the earlier untuned comparisons that predate the study, left to
+notebooks/headline_table.md (README keeps the study's tables short). An include block,
 
     <!-- include: results/benchmarks/optimizer_step.md -->
     ...
@@ -34,6 +35,8 @@ REPO = Path(__file__).resolve().parents[2]
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 INCLUDE = re.compile(r"(<!-- include: (\S+) -->\n)(.*?)(<!-- end include -->)", re.S)
 HEADLINE = Path("notebooks") / "headline_table.md"
+# The headline table's section that README leaves out (see the module docstring).
+EARLIER = "## The earlier comparisons"
 
 
 def block(headline: Path) -> str:
@@ -43,6 +46,13 @@ def block(headline: Path) -> str:
     lines = headline.read_text().splitlines()
     if lines and lines[0].startswith("# "):
         lines = lines[1:]
+    earlier = next((i for i, line in enumerate(lines) if line.startswith(EARLIER)), None)
+    if earlier is not None:
+        rest = next((i for i in range(earlier + 1, len(lines)) if lines[i].startswith("## ")), None)
+        lines = lines[:earlier] + ([] if rest is None else lines[rest:])
+        while lines and not lines[-1].strip():
+            lines.pop()
+        lines += ["", f"The earlier, untuned comparisons that predate the study: `{HEADLINE}`."]
     lines = ["#" + line if line.startswith("#") else line for line in lines]
     return "\n".join(lines).strip() + "\n"
 
