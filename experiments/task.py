@@ -63,9 +63,9 @@ def batch_rng(*, seed: int, split: str, purpose: str, index: int) -> np.random.G
 HELD_OUT_SPLITS = ("val", "test")
 
 
-def reads_whole_split(task: Any, split: str) -> bool:
+def reads_whole_split(task: Task, split: str) -> bool:
     """Whether evaluation reads ``split`` of ``task`` whole (its ``eval_whole_split``)."""
-    return bool(getattr(task, "eval_whole_split", False)) and split in HELD_OUT_SPLITS
+    return bool(task.eval_whole_split) and split in HELD_OUT_SPLITS
 
 
 def whole_split_windows(
