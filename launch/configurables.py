@@ -8,7 +8,7 @@ named in gin by adding its file.
 - Data: every class `<Name>Task` or `<Name>Source` defined in a module of
   `experiments/data/` (`@CharTextTask()`, `@TfdsSource()`, ...).
 - Optimizers: every `<name>_optimizer` of `launch/optimizers.py` (`@amos_optimizer`,
-  `@adamw_optimizer`, the plug-and-play arms), and `@train_examples`.
+  `@adamw_optimizer`, the plug-and-play arms), `@train_examples` and `@xi_guidance`.
 
 Each family's Amos eta and slot rules are plain rule maps bound in its model gin file
 (`amos_optimizer.gains`, `eta_overrides`, `shape_overrides`)."""
@@ -60,6 +60,7 @@ def register_all() -> None:
             if name.endswith("_optimizer") and callable(value)
         ),
         ("train_examples", optimizers.train_examples),
+        ("xi_guidance", optimizers.xi_guidance),
     ]
     names = [name for name, _ in found]
     clashes = sorted({n for n in names if names.count(n) > 1})

@@ -257,17 +257,36 @@ def adamw_weight_decay(
     return amos.weight_decay_from_timescale(learning_rate, tau_epochs, batch_size, train_examples)
 
 
-def train_examples(task: Any) -> int:
+def train_examples(task: Any, *, binding: str = "train_examples.task", needs: str = "") -> int:
     """The size of a task's training split in examples (its ``num_train_examples``), for
-    ``adamw_optimizer.train_examples = @train_examples()`` with ``train_examples.task``
-    bound to the experiment's task: the EMA timescale's epoch comes from the data."""
+    ``adamw_optimizer.train_examples = @train_examples()`` with ``train_examples.task =
+    %TASK``: the EMA timescale's epoch comes from the data."""
     n = task.num_train_examples
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ConfigError(
-            f"train_examples.task: {type(task).__name__} does not give its training-set size "
-            f"(num_train_examples = {n!r}); the weight-decay timescale needs it"
+            f"{binding}: {type(task).__name__} does not give its training-set size "
+            f"(num_train_examples = {n!r}); "
+            f"{needs or 'the weight-decay timescale needs it'}"
         )
     return n
+
+
+def xi_guidance(task: Any, batch_size: int) -> float:
+    """Amos' global learning rate by the authors' guidance, ``xi = 1/sqrt(N)`` for ``N =
+    num_train_examples / batch_size`` independent batches (an epoch's steps; the authors'
+    guidance, docs/optimizer.md). ``AMOS_XI = @xi_guidance()`` is the default of
+    every experiment (gin_configs/train_defaults.gin); one where the paper fixes xi, or
+    whose task does not count its examples (a streaming source), sets the number."""
+    n = train_examples(
+        task,
+        binding="xi_guidance.task (TASK)",
+        needs="set AMOS_XI to a number instead of the guidance 1/sqrt(N)",
+    )
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ConfigError(
+            f"xi_guidance.batch_size (BATCH_SIZE) must be a positive integer, got {batch_size!r}"
+        )
+    return (n / batch_size) ** -0.5
 
 
 @tuned(

@@ -285,6 +285,11 @@ class GlueTask(ObjectiveTask):
     def model_kwargs(self) -> dict[str, Any]:
         return {"vocab_size": self.tokenizer.vocab_size, "num_classes": self.num_classes}
 
+    @property
+    def num_train_examples(self) -> int:
+        """The training split's examples (sentences or pairs)."""
+        return len(self.splits["train"])
+
     def make_batch(self, split: str, picks: np.ndarray, valid: np.ndarray) -> Batch:
         """The batch of examples ``picks`` of ``split``; rows where ``valid`` is False are
         padding (empty texts, label 0, weight 0)."""

@@ -272,6 +272,10 @@ class ImageClassificationTask(ObjectiveTask):
                     )
                 self._stream = _ImageStream(builder, self.split_names, augmentation, image_size)
                 self.num_classes = self._stream.num_classes
+                # The dataset's metadata counts a split (or a slice of it) without reading it.
+                self._streamed_train_examples = builder.info.splits[
+                    self.split_names["train"]
+                ].num_examples
                 return
             self.splits = _first_training_part(
                 load_tfds_images(builder, self.split_names), train_subset
@@ -286,13 +290,11 @@ class ImageClassificationTask(ObjectiveTask):
 
     @property
     def num_train_examples(self) -> int:
-        """The number of training images (after ``train_subset``): an epoch is this many
-        examples, ``num_train_examples / batch_size`` iterations."""
+        """The number of training images (after ``train_subset``; streamed, the tfds
+        split's count): an epoch is this many examples, ``num_train_examples /
+        batch_size`` iterations."""
         if not self.in_memory:
-            raise ConfigError(
-                "ImageClassificationTask: the training-set size is counted in memory only "
-                "(in_memory=True)"
-            )
+            return self._streamed_train_examples
         return len(self.splits.train_labels)
 
     def _batch(self, images, labels, rng, batch_size, rows, train):

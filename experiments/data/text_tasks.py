@@ -275,6 +275,17 @@ class TextExamples(ObjectiveTask):
 
     # The Task protocol.
     @property
+    def num_train_examples(self) -> int | None:
+        """In memory, the training split in examples: its windows of ``window`` tokens
+        (packing: an epoch reads every training token once) or its documents; None for a
+        streaming source, whose size is not counted."""
+        if not self.in_memory:
+            return None
+        if not self.packing:
+            return len(self._split_docs("train"))
+        return len(self._split_stream("train")) // self.window
+
+    @property
     def vocab_size(self) -> int:
         return self.tokenizer.vocab_size
 

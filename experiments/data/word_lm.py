@@ -296,6 +296,12 @@ class WordLMTask(ObjectiveTask):
     def model_kwargs(self) -> dict[str, int]:
         return {"vocab_size": len(self.vocab)}
 
+    @property
+    def num_train_examples(self) -> int:
+        """The training split in segments of ``seq_length`` words: an epoch reads each
+        training word once, ``num_train_examples / batch_size`` steps."""
+        return len(self.corpus.train) // self.seq_length
+
     def consecutive(self, batch_size: int) -> int:
         """Segments per stream: ``consecutive_segments``, or one block per epoch."""
         if self.consecutive_segments is not None:

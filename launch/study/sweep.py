@@ -151,16 +151,20 @@ def experiment_config(experiment: str, optimizer: str, bindings: list[str]) -> I
 
 def gin_values(experiment: str, optimizer: str, bindings: list[str], names: list[str]) -> dict:
     """The values of the macros `names` in the experiment's gin files with the optimizer's
-    (+ `bindings`), parsed as run.py parses them."""
+    (+ `bindings`), parsed as run.py parses them; a macro bound to a call (`AMOS_XI =
+    @xi_guidance()`, which builds the task to count its examples) is what the call returns."""
     import gin
 
     values = {}
     with experiment_config(experiment, optimizer, bindings):
         for name in names:
             try:
-                values[name] = gin.query_parameter(f"%{name}")
+                value = gin.query_parameter(f"%{name}")
             except ValueError as e:
                 raise ConfigError(f"experiments/{experiment}.gin defines no {name}: {e}") from e
+            if isinstance(value, gin.config.ConfigurableReference) and value.evaluate:
+                value = value.scoped_configurable_fn()
+            values[name] = value
     return values
 
 

@@ -293,20 +293,23 @@ class BaseTrainer:
     XI_GUIDANCE_FACTOR = 100.0
 
     def _check_amos_xi(self) -> None:
-        """Warns when Amos' xi is far from the paper's guidance 1/sqrt(N), N the task's
-        training examples (where the task knows it): xi = 100 on a small task trains to a
-        large finite loss, which is no divergence, and would otherwise pass unremarked."""
+        """Warns when Amos' xi is far from the authors' guidance 1/sqrt(N), N the task's
+        training batches an epoch (where the task counts its examples): xi = 100 on a
+        small task trains to a large finite loss, which is no divergence, and would
+        otherwise pass unremarked."""
         n = self.task.num_train_examples
         if self.opt.name != "amos" or not isinstance(n, int) or n < 1:
             return
-        xi, guidance = float(self.opt.learning_rate(self.config.train_steps)), n**-0.5
+        batches = n / self.config.batch_size
+        xi, guidance = float(self.opt.learning_rate(self.config.train_steps)), batches**-0.5
         if guidance / self.XI_GUIDANCE_FACTOR <= xi <= guidance * self.XI_GUIDANCE_FACTOR:
             return
         warn(
             self.is_chief,
             f"AMOS_XI={xi:g} is {max(xi / guidance, guidance / xi):.0f}x "
-            f"{'above' if xi > guidance else 'below'} the paper's guidance 1/sqrt(N) = "
-            f"{guidance:.3g} for this task's N = {n} training examples",
+            f"{'above' if xi > guidance else 'below'} the authors' guidance 1/sqrt(N) = "
+            f"{guidance:.3g} for this task's N = {n} training examples / "
+            f"{self.config.batch_size} per batch = {batches:.0f} batches",
         )
 
     def describe_data(self) -> dict[str, Any]:

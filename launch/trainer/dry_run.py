@@ -56,6 +56,15 @@ def _bound(selector: str, name: str, default: Any) -> Any:
         return default
 
 
+def _configured_task() -> Any:
+    """`train.task`'s reference, through the TASK macro that binds it
+    (gin_configs/train_defaults.gin) when it does."""
+    reference = gin.query_parameter("train.task")
+    if getattr(reference, "selector", None) == "gin.macro":
+        return gin.query_parameter(f"%{reference.scoped_selector.split('/')[0]}")
+    return reference
+
+
 def dry_run_task() -> tuple[Any, str]:
     """The task for `run.py --dry_run`, and a line saying where its data comes from.
 
@@ -68,7 +77,7 @@ def dry_run_task() -> tuple[Any, str]:
     that hold their data in memory (character and word corpora, images, seqio) read it
     when they are built, to know their vocabulary or their examples.
     """
-    reference = gin.query_parameter("train.task")
+    reference = _configured_task()
     cls = getattr(getattr(reference, "configurable", None), "wrapped", None)
     if not (isinstance(cls, type) and issubclass(cls, TextExamples)):
         return copy.deepcopy(reference), _AS_A_RUN
@@ -103,11 +112,23 @@ def dry_run_trainer() -> tuple[Trainer, str]:
     and that function's line about the data. Building it allocates nothing: the state is
     a `jax.eval_shape` (`abstract_state`) and the steps are jitted lazily."""
     task, note = dry_run_task()
-    previous = gin.query_parameter("train.task")
+    # The TASK macro too, so that what else reads it (Amos' xi_guidance) reads no data.
+    selectors = ["train.task", *(["TASK/gin.macro.value"] if _has_task_macro() else [])]
+    previous = {s: gin.query_parameter(s) for s in selectors}
     with gin.unlock_config():
-        gin.bind_parameter("train.task", _Given(task))
+        for selector in selectors:
+            gin.bind_parameter(selector, _Given(task))
     try:
         return Trainer(train_config(dry_run=True)), note
     finally:
         with gin.unlock_config():
-            gin.bind_parameter("train.task", previous)
+            for selector, value in previous.items():
+                gin.bind_parameter(selector, value)
+
+
+def _has_task_macro() -> bool:
+    try:
+        gin.query_parameter("%TASK")
+    except ValueError:
+        return False
+    return True

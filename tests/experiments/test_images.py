@@ -126,6 +126,8 @@ def test_tfds_images_streaming_resumes_exactly(tiny_image_tfds):
     )
     in_order = [task.train_batch(seed=0, step=s, batch_size=8) for s in (1, 2, 3)]
     assert in_order[0]["images"].shape == (8, 32, 32, 3)
+    # Counted from the dataset's metadata, as the in-memory task counts its arrays.
+    assert task.num_train_examples == 60
     resumed = ImageClassificationTask(
         "tiny_images",
         data_dir=tiny_image_tfds,

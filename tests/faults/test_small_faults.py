@@ -42,7 +42,8 @@ def test_an_amos_xi_far_from_the_guidance_is_warned_about(capsys):
     base.append("--dry_run_compile=off")
     assert run_cli.main([*base, "--gin.AMOS_XI=100"]) == 0
     err = capsys.readouterr().err
-    assert "WARNING: AMOS_XI=100 is 7500x above the paper's guidance 1/sqrt(N) = 0.0133" in err
+    assert "WARNING: AMOS_XI=100 is 1875x above the authors' guidance 1/sqrt(N) = 0.0533" in err
+    assert "N = 5625 training examples / 16 per batch = 352 batches" in err
     assert run_cli.main(base) == 0
     assert "AMOS_XI" not in capsys.readouterr().err  # The experiment's own xi: no warning.
 

@@ -177,3 +177,54 @@ def test_the_timescale_files_set_the_decay_from_the_task(
     params = {"k": jnp.ones((2, 2))}
     updates, _ = spec.tx.update({"k": jnp.zeros((2, 2))}, spec.tx.init(params), params)
     assert float(updates["k"][0, 0]) == pytest.approx(-1e-3 * weight_decay, rel=1e-5)
+
+
+def _amos_settings(experiment: str, names: list[str]) -> dict:
+    """The experiment's macros `names` under the Amos arm, a call (`@xi_guidance()`)
+    evaluated, as the sweeps read them."""
+    from launch.study.sweep import gin_values
+
+    return gin_values(experiment, "amos", [], names)
+
+
+def test_amos_xi_defaults_to_the_guidance_counted_from_the_task():
+    """vit_cpu sets no AMOS_XI: its run and its sweeps get 1/sqrt(N), N = the digits'
+    1438 training images / 32 per batch."""
+    guidance = (1438 / 32) ** -0.5
+    assert _amos_settings("vit_cpu", ["AMOS_XI"])["AMOS_XI"] == pytest.approx(guidance, rel=1e-12)
+    try:
+        load_gin(["experiments/vit_cpu.gin", "optimizers/amos.gin"], [], [])
+        spec = gin.query_parameter("train.optimizer").scoped_configurable_fn(1000)
+    finally:
+        gin.clear_config()
+    assert float(spec.learning_rate(1000)) == pytest.approx(guidance, rel=1e-6)  # warmed up
+
+
+# The experiments with committed study results keep the xi their runs used.
+STUDIED = sorted(
+    {
+        p.name
+        for edition in ("study", "study2")
+        for p in (REPO / "results" / edition).iterdir()
+        if (GIN / "experiments" / f"{p.name}.gin").is_file()
+    }
+)
+
+
+@pytest.mark.parametrize("experiment", STUDIED)
+def test_a_studied_experiment_keeps_its_xi_within_a_tenth_of_the_guidance(
+    experiment: str, shakespeare
+):
+    """Its AMOS_XI, computed by hand before xi_guidance existed, is a number that the
+    guidance from its own task confirms (so the pin cannot drift from the recipe)."""
+    from launch.optimizers import xi_guidance
+
+    try:
+        load_gin([f"experiments/{experiment}.gin", "optimizers/amos.gin"], [], [])
+        xi = gin.query_parameter("%AMOS_XI")
+        task = gin.query_parameter("%TASK").scoped_configurable_fn()
+        guidance = xi_guidance(task, gin.query_parameter("%BATCH_SIZE"))
+    finally:
+        gin.clear_config()
+    assert isinstance(xi, float)
+    assert abs(xi / guidance - 1) < 0.10, (xi, guidance)

@@ -416,3 +416,22 @@ def test_each_arm_declares_what_the_study_tunes(tmp_path, monkeypatch):
         optimizers.arm_tuning("plain")
     with pytest.raises(ConfigError, match="no optimizer arm 'sgd'"):
         optimizers.arm_tuning("sgd")
+
+
+def test_xi_guidance_is_one_over_the_root_of_the_batches_an_epoch():
+    from experiments.errors import ConfigError
+    from experiments.task import ObjectiveTask
+    from launch.optimizers import xi_guidance
+
+    class Task(ObjectiveTask):
+        num_train_examples = 1600
+
+    class Unsized(ObjectiveTask):
+        pass
+
+    assert xi_guidance(Task(), 16) == pytest.approx(0.1, rel=1e-12)  # N = 100 batches
+    assert xi_guidance(Task(), 1) == pytest.approx(0.025, rel=1e-12)
+    with pytest.raises(ConfigError, match=r"xi_guidance.task \(TASK\): Unsized .*set AMOS_XI"):
+        xi_guidance(Unsized(), 16)
+    with pytest.raises(ConfigError, match=r"xi_guidance.batch_size \(BATCH_SIZE\)"):
+        xi_guidance(Task(), 0)
