@@ -293,46 +293,58 @@ def _optimizer_file_macros() -> frozenset[str]:
     return frozenset(names)
 
 
-def _safe_gin_file_readers() -> None:
-    """gin also looks for files inside Python packages, and crashes (TypeError) when a
-    path's directory happens to be a namespace package, e.g. a `runs/` output folder in the
-    working directory; make that lookup answer "not found" instead."""
-    from gin import config as gin_config
+# An `include 'path.gin'` statement of a gin file, on its own line.
+_INCLUDE = re.compile(r"""^[ \t]*include[ \t]+(['"])([^'"]+)\1[ \t]*(#.*)?$""", re.MULTILINE)
 
-    def guard(exists):
-        def safe(path):
-            try:
-                return exists(path)
-            except (TypeError, ValueError, ImportError):
-                return False
 
-        safe.guarded = True
-        return safe
+def _find_gin_file(name: str, search_paths: list[str], included_by: str | None) -> str:
+    """`name` as gin resolves it, relative to the working directory or one of the search
+    paths (this repository's gin_configs/ last); a ConfigError naming it (and the file
+    that includes it) if none has it."""
+    prefixes = [""] if os.path.isabs(name) else ["", *search_paths, DEFAULT_SEARCH_PATH]
+    for prefix in prefixes:
+        path = os.path.join(prefix, name)
+        if os.path.isfile(path):
+            return path
+    where = f" (included by {included_by})" if included_by else ""
+    raise ConfigError(
+        f"gin file {name!r}{where} is not in the working directory or under "
+        f"{[p for p in prefixes if p]} (--gin_search_paths)"
+    )
 
-    gin_config._FILE_READERS[:] = [
-        (reader, exists if getattr(exists, "guarded", False) else guard(exists))
-        for reader, exists in gin_config._FILE_READERS
-    ]
+
+def _parse_gin_file(path: str, search_paths: list[str], including: tuple[str, ...] = ()) -> None:
+    """Parses one gin file, its includes in place, in order. The includes are resolved
+    here rather than by gin, whose lookup of a file inside Python packages crashes
+    (TypeError) on a namespace package (a folder such as `data/` on the path)."""
+    if path in including:
+        raise ConfigError(f"gin file {path} includes itself: {' -> '.join([*including, path])}")
+    with open(path) as f:
+        text = f.read()
+    position = 0
+    for include in _INCLUDE.finditer(text):
+        _parse_gin_text(text[position : include.start()], path)
+        found = _find_gin_file(include.group(2), search_paths, included_by=path)
+        _parse_gin_file(found, search_paths, (*including, path))
+        position = include.end()
+    _parse_gin_text(text[position:], path)
+
+
+def _parse_gin_text(text: str, path: str) -> None:
+    try:
+        gin.parse_config(text)
+    except Exception as e:  # Whatever gin raises while reading a file is a configuration error.
+        raise ConfigError(f"gin file {path}: {_first_line(e)}") from e
 
 
 def load_gin(files: list[str], bindings: list[str], search_paths: list[str]) -> None:
     import launch.configurables  # noqa: F401  (registers the configurables)
 
-    _safe_gin_file_readers()
     gin.clear_config()  # main() may run more than once in a process (tests, benchmarks).
-    for path in [*search_paths, DEFAULT_SEARCH_PATH]:
-        gin.add_config_file_search_path(path)
     if not files:
         raise ConfigError("no --gin_file given")
-    # gin logs an ERROR for every search path a file is not under; only the final
-    # failure (an exception naming the file) matters.
-    logging.disable(logging.ERROR)
-    try:
-        gin.parse_config_files_and_bindings(files, None, finalize_config=False)
-    except Exception as e:  # Whatever gin raises while reading files is a configuration error.
-        raise ConfigError(f"gin files {files}: {_first_line(e)}") from e
-    finally:
-        logging.disable(logging.NOTSET)
+    for name in files:
+        _parse_gin_file(_find_gin_file(name, search_paths, included_by=None), search_paths)
     _check_macros(bindings)
     for binding in bindings:  # One at a time, so that an error names its binding.
         try:

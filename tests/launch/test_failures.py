@@ -150,3 +150,31 @@ def test_exit_status_and_message_in_a_subprocess(tmp_path: Path):
     assert p.returncode == 2
     assert "unknown gin macro 'EVAL_EVRY'" in p.stderr
     assert not d.exists()
+
+
+def test_gin_includes_resolve_past_namespace_folders_and_name_a_missing_one(
+    tmp_path: Path, monkeypatch
+):
+    """A `data/` and a `models/` folder without __init__.py in the working directory (and
+    so on sys.path) are namespace packages; gin's own lookup of package files crashed on
+    them (TypeError) while resolving `include 'data/...'`. A missing include is an error
+    naming it and the file that includes it."""
+    from experiments.errors import ConfigError
+
+    for folder in ("data", "models"):
+        (tmp_path / folder).mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run_cli.load_gin(["experiments/rope_cpu.gin", "optimizers/amos.gin"], [], [])
+    assert run_cli.gin.query_parameter("%TRAIN_STEPS") == 600
+    # The working directory comes first, as in gin: a local file of the same name wins.
+    (tmp_path / "mine.gin").write_text("include 'experiments/rope_cpu.gin'\nTRAIN_STEPS = 7\n")
+    run_cli.load_gin(["mine.gin", "optimizers/amos.gin"], [], [])
+    assert run_cli.gin.query_parameter("%TRAIN_STEPS") == 7
+    (tmp_path / "broken.gin").write_text("TRAIN_STEPS = 3\ninclude 'models/no_such.gin'\n")
+    with pytest.raises(ConfigError, match=r"'models/no_such.gin' \(included by broken.gin\)"):
+        run_cli.load_gin(["broken.gin"], [], [])
+    (tmp_path / "loop.gin").write_text("include 'loop.gin'\n")
+    with pytest.raises(ConfigError, match="loop.gin includes itself"):
+        run_cli.load_gin(["loop.gin"], [], [])
+    run_cli.gin.clear_config()
