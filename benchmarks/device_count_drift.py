@@ -27,7 +27,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+import gin
+
 from launch.provenance import describe_machine, git_revision
+from launch.run import load_gin
 from launch.summary_writer import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,10 +68,6 @@ def train(experiment: str, optimizer: str, bindings: list[str], model_dir: Path,
 
 def _scaled(experiment: str, bindings: list[str]) -> list[str]:
     """Resolves the %AMOS_XI_QUARTER / %ADAMW_LR_X8 placeholders from the experiment's gin."""
-    import gin
-
-    from launch.run import load_gin
-
     out = []
     for b in bindings:
         if "%AMOS_XI_QUARTER" in b or "%ADAMW_LR_X8" in b:

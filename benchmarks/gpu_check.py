@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import jax
+
 from launch import provenance
 from launch import run as run_cli
 from launch import trainer as train_lib  # (its modules load at first use)
@@ -144,8 +146,6 @@ def cpu_estimates(proc: subprocess.Popen, log: Path) -> list[dict]:
 def check_memory(mode: str) -> dict:
     """Part 1 on the device: the step compiled in each setting, and the peak of a few real
     steps of the first (before any other check has used the device's memory)."""
-    import jax
-
     batch, variants = MODES[mode]["batch"], MODES[mode]["variants"]
     trainer = build("amos", _bindings(mode, batch, *_variant(*variants[0])))
     compiled, seconds = train_lib.compile_train_step(trainer)
@@ -199,8 +199,6 @@ def add_cpu_estimates(memory: dict, mode: str, cpu_variants: list[dict]) -> dict
 
 def check_step_times(mode: str) -> list[dict]:
     """Part 2: steps/s and tokens/s per optimizer and compute dtype."""
-    import jax
-
     batch, steps = MODES[mode]["batch"], MODES[mode]["timed_steps"]
     rows = []
     for optimizer, dtype in MODES[mode]["timed"]:

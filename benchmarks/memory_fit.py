@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+
 from launch import provenance
 from launch import run as run_cli
 from launch import trainer as train_lib
@@ -176,8 +178,6 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unrecognized arguments: {' '.join(unknown)}")
     bindings = [b[len("--gin.") :].replace("=", " = ", 1) for b in rest]
-    import jax
-
     if jax.device_count() != 1:
         p.error(f"runs on one device (there are {jax.device_count()}): unset XLA_FLAGS")
     out_dir = Path(args.out_dir)

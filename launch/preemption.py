@@ -80,10 +80,11 @@ class Watch:
         self.active = False
 
     def __enter__(self) -> Watch:
-        import jax
+        import jax  # here: launch/run.py imports this module before it may import jax
 
         handled = SIGNALS
         if jax.process_count() > 1:
+            # Only in a multi-process run; jax._src holds the coordinator's client.
             from jax._src import distributed
             from jax.experimental import multihost_utils
 

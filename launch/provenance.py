@@ -56,7 +56,7 @@ def package_versions() -> dict:
 
 def describe_machine() -> dict:
     """The host, its platform and jax's devices and processes."""
-    import jax
+    import jax  # here: the study's tools import this module for git_revision, without jax
 
     devs = jax.devices()
     return {

@@ -53,13 +53,16 @@ from pathlib import Path
 os.environ.setdefault("EPATH_USE_TF", "false")  # Before anything imports etils, below.
 
 import gin  # noqa: E402
+from etils import epath  # noqa: E402
 
 from experiments.data import files  # noqa: E402
 from experiments.errors import ConfigError  # noqa: E402
+from launch import preemption, resume_check, run_lock  # noqa: E402
 from launch import trainer as train_lib  # noqa: E402  (its modules load at first use)
 from launch.provenance import describe_machine, git_revision, package_versions  # noqa: E402
 from launch.summary_writer import (  # noqa: E402
     join,
+    read_json,
     remove_leftover_temporaries,
     write_json,
     write_text_atomic,
@@ -412,8 +415,6 @@ def check_model_dir(path: str) -> None:
 
 
 def _check_cloud_model_dir(path: str) -> None:
-    from etils import epath
-
     probe = epath.Path(path) / run_folder.write_probe(os.getpid())
     try:
         probe.write_text("")
@@ -475,9 +476,9 @@ def _build_trainer(build=None):
 
 
 def _train(args: argparse.Namespace, bindings: list[str], command: list[str], argv) -> int:
+    # jax (and launch.sharding, which imports it) load here, not at the top: the study's
+    # tools and `--help` import this module for its parsing, without needing jax.
     import jax
-
-    from launch import preemption, run_lock
 
     if args.distributed == "on" or (args.distributed == "auto" and multihost_detected()):
         jax.distributed.initialize(
@@ -590,7 +591,7 @@ def _dry_run(args: argparse.Namespace, bindings: list[str], search_paths: list[s
     """`--dry_run`: the configuration's sizes and shardings, from shapes alone; then XLA's
     memory analysis of the train step compiled from those shapes (`--dry_run_compile`),
     and with `--dry_run_fit` each arm's largest batch per device that fits."""
-    import jax
+    import jax  # here, as in _train
 
     from launch import sharding
 
@@ -642,7 +643,7 @@ def _dry_run_fit(budgets: list[int], trainers: dict, arms: dict, chosen: str, me
     """`--dry_run_fit`: per memory size and arm, the largest batch per device whose step,
     compiled from shapes, fits (launch.trainer.fit_batch); the compiles of one arm serve all
     sizes. Each compile is reported on stderr as it finishes."""
-    from launch import sharding
+    from launch import sharding  # imports jax: see _train
 
     trainer = trainers[chosen]
     print(
@@ -683,10 +684,6 @@ def _dry_run_fit(budgets: list[int], trainers: dict, arms: dict, chosen: str, me
 def _check_resume(trainer, allow: bool):
     """launch/resume_check.py: before a resume writes anything, the configuration it
     resumes with against the recorded one (every process, so that all stop alike)."""
-    from etils import epath
-
-    from launch import resume_check
-
     # The checkpoints' folders, listed without orbax: a manager would sync the processes,
     # and they reach this point at different times.
     directory = epath.Path(trainer.checkpoint_dir)
@@ -709,10 +706,6 @@ def _record_config_change(model_dir: str, change, info: dict) -> None:
     """--allow_config_change: keeps the config that trained up to the resumed step as
     config.before_step_<step>.gin and lists the change in run.json's config_changes
     (carried over from the run.json before)."""
-    from etils import epath
-
-    from launch.summary_writer import read_json
-
     old = epath.Path(join(model_dir, run_folder.CONFIG_GIN)).read_text()
     write_text_atomic(join(model_dir, run_folder.config_before_step(change.step)), old)
     previous = epath.Path(join(model_dir, run_folder.RUN_JSON))
@@ -737,8 +730,6 @@ def _record_config_change(model_dir: str, change, info: dict) -> None:
 def _undo_config_change(model_dir: str, change, info: dict) -> None:
     """`_record_config_change` taken back, for a resume that failed to restore: config.gin
     is the recorded one again, and run.json lists no change."""
-    from etils import epath
-
     before = epath.Path(join(model_dir, run_folder.config_before_step(change.step)))
     write_text_atomic(join(model_dir, run_folder.CONFIG_GIN), before.read_text())
     before.unlink()

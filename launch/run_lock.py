@@ -201,7 +201,7 @@ def acquire(
     processes this returns a handle that holds nothing. `break_lock`: take over a lock
     found there whatever its holder (`launch/run.py --break_lock`), with a warning."""
     if chief is None:
-        import jax
+        import jax  # only for the default; launch/run.py imports this module before jax
 
         chief = jax.process_index() == 0
     model_dir = os.fspath(model_dir)

@@ -79,6 +79,7 @@ def held_out_order(n: int, held_out_fraction: float, seed: int = 0) -> dict[str,
 
 def load_digits(held_out_fraction: float = DIGITS_HELD_OUT, seed: int = 0) -> ImageSplits:
     """scikit-learn's 1797 8x8 digits (values 0..16), a fixed shuffled split."""
+    # Here: scikit-learn is slow to import, and every run imports this module (gin).
     from sklearn.datasets import load_digits as sklearn_digits
 
     data = sklearn_digits()

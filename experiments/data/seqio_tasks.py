@@ -63,7 +63,7 @@ import numpy as np
 from experiments.data import files, span_corruption
 from experiments.data.sources import VALIDATION_FRACTION, default_tfds_data_dir, tfds_builder
 from experiments.data.splits import halve_tfds_split, validation_size
-from experiments.data.tf_import import tensorflow
+from experiments.data.tf_import import seqio_module, tensorflow
 from experiments.data.tokenizers import NUM_SENTINELS, SentencePieceTokenizer
 from experiments.errors import ConfigError
 from experiments.objectives import Seq2Seq
@@ -76,6 +76,7 @@ SHUFFLE_BUFFER_SIZE = 1000  # seqio's default, T5X's too.
 
 # TensorFlow, kept off the GPUs (it only runs the input pipeline), as every tfds reader.
 _tensorflow = tensorflow
+_seqio = seqio_module
 
 
 def span_corruption_preprocessor(
@@ -87,9 +88,7 @@ def span_corruption_preprocessor(
     mean_noise_span_length: float = span_corruption.MEAN_NOISE_SPAN_LENGTH,
 ):
     """Tokenized ``targets`` documents -> span-corrupted ``inputs`` / ``targets`` (no EOS)."""
-    import seqio
-
-    tf = _tensorflow()
+    seqio, tf = _seqio(), _tensorflow()
 
     tokens_length, _ = span_corruption.random_spans_helper(
         sequence_length["inputs"], noise_density, mean_noise_span_length
@@ -129,9 +128,7 @@ def text_file_splits(path: str, validation_fraction: float = VALIDATION_FRACTION
     of them held out, the first half of those the validation split and the second half
     the test split: the hold-out of ``TextFileSource``, for a corpus that comes as one file
     (Tiny Shakespeare). Counting the lines reads the file once."""
-    import seqio
-
-    tf = _tensorflow()
+    seqio, tf = _seqio(), _tensorflow()
 
     def lines():
         ds = tf.data.TextLineDataset(path)
@@ -188,9 +185,7 @@ def register_span_corruption_task(
     default train, and validation cut into validation and test halves; and the
     ``text_feature``).
     """
-    import seqio
-
-    _tensorflow()
+    seqio = _seqio()
     if sum(x is not None for x in (corpus_path, text_files, tfds_name)) != 1:
         raise ValueError(
             f"register_span_corruption_task({name!r}): give exactly one of corpus_path, "
@@ -274,9 +269,7 @@ def get_dataset(
     """The encoder-decoder features of a registered Task or Mixture (by name, or the
     object), as T5X feeds them; ``num_epochs=None`` repeats forever, ``shard_info`` (a
     ``seqio.ShardInfo``) reads one host's shard."""
-    import seqio
-
-    _tensorflow()
+    seqio = _seqio()
     return seqio.get_dataset(
         name,
         {"inputs": inputs_length, "targets": targets_length},
@@ -477,9 +470,7 @@ class SeqioSpanCorruptionTask(ObjectiveTask):
 
     @staticmethod
     def _look_up(name: str, where: str) -> Any:
-        import seqio
-
-        _tensorflow()
+        seqio = _seqio()
         try:
             provider = seqio.get_mixture_or_task(name)
         except ValueError as e:
@@ -531,7 +522,7 @@ class SeqioSpanCorruptionTask(ObjectiveTask):
         """``num_shards``, or the number of hosts."""
         if self.num_shards is not None:
             return self.num_shards
-        import jax
+        import jax  # here: this data module does not otherwise need jax
 
         return jax.process_count()
 
@@ -587,8 +578,7 @@ class SeqioSpanCorruptionTask(ObjectiveTask):
         """One shard's batches of ``size``: training repeats and shuffles the split,
         evaluation reads one pass in order; the seqio seed (order and corruption) comes
         from (seed, the split's stream), so training and evaluation never share draws."""
-        import seqio
-
+        seqio = _seqio()
         seqio_seed = int(
             np.random.SeedSequence([seed, batch_stream(split, purpose)]).generate_state(1)[0] >> 1
         )

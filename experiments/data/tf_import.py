@@ -13,7 +13,7 @@ from typing import Any
 
 def tensorflow() -> Any:
     """The `tensorflow` module, with no GPU visible to it."""
-    import tensorflow as tf
+    import tensorflow as tf  # here, on first use: the module docstring
 
     try:
         tf.config.set_visible_devices([], "GPU")
@@ -25,6 +25,14 @@ def tensorflow() -> Any:
 def tensorflow_datasets() -> Any:
     """The `tensorflow_datasets` module, TensorFlow kept off the GPUs (`tensorflow`)."""
     tensorflow()
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # here, after the GPUs are hidden
 
     return tfds
+
+
+def seqio_module() -> Any:
+    """The `seqio` module (which imports TensorFlow), TensorFlow kept off the GPUs."""
+    tensorflow()
+    import seqio  # here, after the GPUs are hidden
+
+    return seqio

@@ -37,7 +37,7 @@ def train_sentencepiece(
     num_threads: int = 2,
 ) -> str:
     """Trains the model and returns the path of ``<model_prefix>.model``."""
-    import sentencepiece as spm
+    import sentencepiece as spm  # here: only training a tokenizer needs its trainer
 
     if isinstance(input_files, str):
         input_files = [input_files]

@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from launch.provenance import git_revision, package_versions
 from launch.run import OPTIMIZERS
 from launch.summary_writer import read_metrics
@@ -568,11 +570,10 @@ def markdown_test_split(s: dict) -> list[str]:
 
 
 def plot(runs: dict, target: float, path: Path, title: str) -> None:
-    import matplotlib
+    import matplotlib  # here: slow to import, and only drawing needs it
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # no display; before pyplot loads
     import matplotlib.pyplot as plt
-    import numpy as np
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for opt, rs in runs.items():

@@ -138,7 +138,7 @@ def write_markdown(name: str, text: str) -> Path:
 
 def save_figure(fig, name: str) -> Path:
     """``fig`` as OUT/figures/<name> (80 dpi), then closed."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # here: slow to import; the notebooks chose the backend
 
     path = OUT / "figures" / name
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from experiments.errors import ConfigError
 from launch.provenance import git_revision
 from launch.study import compare, designs, intervals, sweep
@@ -411,9 +413,9 @@ def tuning_markdown(record: dict) -> str:
 
 def plot_design(settings: list[Setting], path: Path, title: str) -> None:
     """Each optimizer's trials in its two knobs, coloured by the seed-0 validation loss."""
-    import matplotlib
+    import matplotlib  # here: slow to import, and only drawing needs it
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # no display; before pyplot loads
     import matplotlib.pyplot as plt
 
     opts = list(dict.fromkeys(s.optimizer for s in settings))
@@ -443,8 +445,6 @@ def plot_design(settings: list[Setting], path: Path, title: str) -> None:
 
 
 def _log1m(b):
-    import numpy as np
-
     return np.log10(np.maximum(1 - np.asarray(b, float), 1e-12))
 
 

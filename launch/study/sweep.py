@@ -64,11 +64,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import gin
+
 from experiments.errors import ConfigError
 from launch import optimizers
 from launch.provenance import git_revision
-from launch.run import OPTIMIZERS
+from launch.run import OPTIMIZERS, load_gin, parse_args
 from launch.study import compare
+from launch.summary_writer import read_metrics
 from launch.trainer import run_folder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,10 +137,6 @@ def trial_dir(parent: Path, optimizer: str, label: str, seed: int) -> Path:
 def experiment_config(experiment: str, optimizer: str, bindings: list[str]) -> Iterator[None]:
     """Within the block, gin holds the experiment's configuration with the optimizer's
     (+ `bindings`), parsed as run.py parses them; cleared after."""
-    import gin
-
-    from launch.run import load_gin, parse_args
-
     args, parsed = parse_args(
         [f"--gin_file={compare.experiment_file(experiment)}", f"--optimizer={optimizer}", *bindings]
     )
@@ -153,8 +152,6 @@ def gin_values(experiment: str, optimizer: str, bindings: list[str], names: list
     """The values of the macros `names` in the experiment's gin files with the optimizer's
     (+ `bindings`), parsed as run.py parses them; a macro bound to a call (`AMOS_XI =
     @xi_guidance()`, which builds the task to count its examples) is what the call returns."""
-    import gin
-
     values = {}
     with experiment_config(experiment, optimizer, bindings):
         for name in names:
@@ -481,9 +478,9 @@ def sweep_markdown(record: dict) -> str:
 
 def plot_tuning(trials: list[Trial], recipes: dict[str, float], path: Path, title: str) -> None:
     """Final validation loss against the knob, one panel per optimizer."""
-    import matplotlib
+    import matplotlib  # here: slow to import, and only drawing needs it
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # no display; before pyplot loads
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(recipes), figsize=(5.5 * len(recipes), 4), squeeze=False)
@@ -667,8 +664,6 @@ def _final_losses(directory: Path) -> tuple[float, float | None] | None:
 def _end_learning_rate(directory: Path) -> float | None:
     """The learning rate of the last training record (the global rate: Amos' xi, the
     plug-and-play alpha_0 * decay, AdamW's scheduled rate)."""
-    from launch.summary_writer import read_metrics
-
     rates = [r["learning_rate"] for r in read_metrics(str(directory)) if "learning_rate" in r]
     return rates[-1] if rates else None
 

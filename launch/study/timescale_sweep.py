@@ -53,6 +53,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import gin
+
 import amos
 from experiments.errors import ConfigError
 from launch.provenance import git_revision
@@ -94,8 +96,6 @@ def setting_label(fraction: float, width: int) -> str:
 def train_examples(experiment: str, bindings: list[str]) -> int:
     """The training-set size the task of the experiment (+ `bindings`) has, as the AdamW
     arm's `@train_examples()` counts it (launch/optimizers.py)."""
-    import gin
-
     with sweep.experiment_config(experiment, OPTIMIZER, bindings):
         try:
             return gin.get_configurable("train_examples")()
@@ -417,9 +417,9 @@ def draw(record: dict, axes) -> None:
 
 def plot(record: dict, path: Path) -> None:
     """`draw` as a figure of its own (RESULTS/timescale.png)."""
-    import matplotlib
+    import matplotlib  # here: slow to import, and only drawing needs it
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # no display; before pyplot loads
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
