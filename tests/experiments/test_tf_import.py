@@ -23,3 +23,20 @@ def test_tensorflow_is_imported_only_through_tf_import():
         if path.name != "tf_import.py" and direct.search(path.read_text())
     ]
     assert offenders == []
+
+
+def test_the_gpus_are_hidden_from_tensorflow(monkeypatch):
+    calls = []
+
+    def set_visible_devices(devices, kind):
+        calls.append((list(devices), kind))
+        if len(calls) > 1:  # As TensorFlow does once its devices are initialized.
+            raise RuntimeError("Visible devices cannot be modified after being initialized")
+
+    fake = types.SimpleNamespace(
+        config=types.SimpleNamespace(set_visible_devices=set_visible_devices)
+    )
+    monkeypatch.setitem(sys.modules, "tensorflow", fake)
+    assert tf_import.tensorflow() is fake
+    assert tf_import.tensorflow() is fake  # Too late to hide them: no error.
+    assert calls == [([], "GPU"), ([], "GPU")]
