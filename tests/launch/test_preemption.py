@@ -3,9 +3,9 @@ process agrees on, with a checkpoint there; run.py marks run.json "preempted", r
 lock and exits 75; the same command resumes, ending bit-identical to an uninterrupted run.
 
 The loop's stop is driven here by a fake watch (a stop at a chosen step), by real signals
-in the test's process (run.main), by SIGTERM to a launch/run.py process (also as PID 1 in
-a PID namespace, as in a container), and, marked slow, by one signal to one of two
-launch/run.py processes of a 2-process run (jax.distributed on CPU, 2 devices each).
+in the test's process (run.main), by SIGTERM to a launch/run.py process, and, marked slow,
+by SIGTERM to one as PID 1 in a PID namespace (as in a container) and by one signal to one
+of two launch/run.py processes of a 2-process run (jax.distributed on CPU, 2 devices each).
 """
 
 from __future__ import annotations
@@ -231,7 +231,10 @@ def wait_for_output(path: Path, pattern: str, proc: subprocess.Popen, timeout=24
         time.sleep(0.005)
 
 
-@pytest.mark.parametrize("as_pid_1", [False, True], ids=["process", "pid_1"])
+# The PID-1 case (a container's entry point) starts a second run.py; CI's slow run has it.
+@pytest.mark.parametrize(
+    "as_pid_1", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["process", "pid_1"]
+)
 def test_sigterm_to_run_py_exits_75_with_a_checkpoint_the_same_command_resumes(
     reference_run: Path, tmp_path: Path, capsys, as_pid_1: bool
 ):
