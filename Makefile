@@ -25,7 +25,7 @@ quickstart: $(STAMP)
 quickstart-record: $(STAMP)
 	$(PY) launch/quickstart.py --results results/quickstart
 
-# The fast suite (under 5 minutes on 2 cores): everything but the tests marked slow.
+# The fast suite (5 to 12 minutes on 2 cores, README): everything but the tests marked slow.
 # The tests share one XLA compilation cache (tests/conftest.py), kept between the two runs.
 test: $(STAMP)
 	$(PY) -m ruff check .
