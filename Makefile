@@ -25,20 +25,23 @@ quickstart: $(STAMP)
 quickstart-record: $(STAMP)
 	$(PY) launch/quickstart.py --results results/quickstart
 
-# The fast suite (5 to 12 minutes on 2 cores, README): everything but the tests marked slow.
-# The tests share one XLA compilation cache (tests/conftest.py), kept between the two runs.
+# The fast suite (docs/harness.md gives its times): everything but the tests marked slow,
+# one pytest-xdist worker per core, each test file on one worker (its module fixtures are
+# built once). Each worker keeps an XLA compilation cache (tests/conftest.py) that the
+# slow run reuses.
+XDIST := -n auto --dist loadfile
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q $(XDIST) -m "not slow" tests
 
 # What CI runs: the fast suite, then the slow end-to-end tests.
 test-all: test
-	$(PY) -m pytest -q -m slow tests
+	$(PY) -m pytest -q $(XDIST) -m slow tests
 
 # The fast suite's line coverage, one line per package (slower than `make test`; not in CI).
 coverage: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" --cov=amos --cov=experiments --cov=launch --cov-report= tests
+	$(PY) -m pytest -q $(XDIST) -m "not slow" --cov=amos --cov=experiments --cov=launch --cov-report= tests
 	for p in amos experiments launch; do \
 		$(PY) -m coverage report --include="$$p/*" | tail -1 | sed "s|^TOTAL|$$p|"; done
 

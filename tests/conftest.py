@@ -3,7 +3,10 @@
 One XLA compilation cache serves every test and every run.py process a test starts (they
 inherit the variable): the same train and eval steps compile in dozens of tests, so all
 but the first are read from disk. JAX reads JAX_COMPILATION_CACHE_DIR when it is first
-imported, which is after this file; a value set by the caller is kept.
+imported, which is after this file; a value set by the caller is kept. Under pytest-xdist
+(`make test` runs two workers) each worker keeps its own cache folder: JAX writes cache
+entries without a lock unless it is given a size limit, so a worker could read another's
+half-written entry.
 
 Tests that read the real text corpus take the `shakespeare` fixture: where the shared data
 directory beside the checkout (`../shared/data`) is missing, each of them is skipped with
@@ -19,7 +22,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".cache" / "jax"))
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    str(REPO / ".cache" / "jax" / os.environ.get("PYTEST_XDIST_WORKER", "main")),
+)
 # As launch/run.py: gs:// paths through gcsfs, not TensorFlow's gfile. etils.epath decides
 # once per process, and tfds may ask it first (about its own gs:// bucket) in a test.
 os.environ.setdefault("EPATH_USE_TF", "false")
