@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import gin
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,3 +39,13 @@ def shakespeare() -> Path:
     if not path.is_file():
         pytest.skip(f"needs {path}: the shared data directory beside the checkout")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _gin_bindings_end_with_their_test():
+    """Tests that load gin files in process (run.py's `load_gin`, a built Trainer) leave
+    their bindings in gin's global config; cleared after each test, so that a later test
+    in the same process (whatever order pytest-xdist gives the files) starts from none.
+    A built Trainer keeps its settings, so module fixtures outlive the clearing."""
+    yield
+    gin.clear_config()
