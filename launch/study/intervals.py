@@ -59,14 +59,20 @@ def bootstrap(
 ) -> Interval:
     """The percentile bootstrap interval of `statistic(indices)` over `seeds` seeds:
     `statistic` gets an array of seed indices (0 .. seeds-1, drawn with replacement) and
-    computes its value on those seeds' runs. Deterministic for a given `rng_seed`."""
+    computes its value on those seeds' runs. Deterministic for a given `rng_seed`.
+
+    The statistics here are means over the drawn seeds, so they depend on which seeds
+    were drawn and how often, not on the order: each resample is passed sorted and each
+    distinct one computed once (126 of them for 5 seeds, against 10,000 draws; the step
+    ratio's seed-mean curves made this the slowest part of a study's summary)."""
     if seeds < 2:
         raise ValueError(f"a bootstrap over seeds needs at least 2 seeds, got {seeds}")
     if not 0 < level < 1:
         raise ValueError(f"level={level} must be in (0, 1)")
     rng = np.random.default_rng(rng_seed)
-    draws = rng.integers(0, seeds, size=(resamples, seeds))
-    values = np.array([statistic(idx) for idx in draws], dtype=float)
+    draws = np.sort(rng.integers(0, seeds, size=(resamples, seeds)), axis=1)
+    distinct, which = np.unique(draws, axis=0, return_inverse=True)
+    values = np.array([statistic(idx) for idx in distinct], dtype=float)[which.ravel()]
     if np.isnan(values).any():
         raise ValueError("the statistic is nan on some resample")
     tail = (1 - level) / 2

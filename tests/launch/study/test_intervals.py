@@ -29,6 +29,25 @@ def test_the_interval_of_a_mean_difference_over_five_seeds():
     assert intervals.final_loss_difference(amos, adamw, resamples=4000) == got
 
 
+def test_each_distinct_resample_is_computed_once_with_the_naive_interval():
+    """126 multisets of 5 seeds: the statistic runs once per distinct sorted resample (plus
+    once on all seeds), and the interval is the one of evaluating every draw."""
+    values = np.array([3, 1, 4, 1, 5])  # Integer sums: the order of a sum cannot matter.
+    calls = []
+
+    def total(idx: np.ndarray) -> float:
+        calls.append(tuple(idx))
+        return float(values[idx].sum())
+
+    got = intervals.bootstrap(5, total, resamples=10_000, rng_seed=3)
+    resampled = calls[:-1]  # The last call is the point: every seed once.
+    assert len(resampled) == len(set(resampled)) <= 126
+    assert all(list(c) == sorted(c) for c in calls)
+    draws = np.random.default_rng(3).integers(0, 5, size=(10_000, 5))
+    naive = np.quantile(values[draws].sum(axis=1), [0.025, 0.975], method="inverted_cdf")
+    assert (got.low, got.high) == tuple(naive) and got.point == 14
+
+
 def test_a_difference_whose_sign_depends_on_the_seed_is_inconclusive():
     amos = [2.00, 2.30, 1.90, 2.20, 2.00]
     adamw = [2.10, 2.10, 2.10, 2.10, 2.10]  # Differences -0.1, 0.2, -0.2, 0.1, -0.1.
