@@ -1,6 +1,6 @@
 """Fixtures and settings for the whole suite.
 
-One XLA compilation cache serves every test and every run.py process a test starts (they
+An XLA compilation cache serves every test and every run.py process a test starts (they
 inherit the variable): the same train and eval steps compile in dozens of tests, so all
 but the first are read from disk. JAX reads JAX_COMPILATION_CACHE_DIR when it is first
 imported, which is after this file; a value set by the caller is kept. Under pytest-xdist
