@@ -75,7 +75,6 @@ UNTUNED = sweep.UNTUNED
 # Not a gin macro: AdamW's warmup as a fraction of the run's TRAIN_STEPS, bound as
 # WARMUP_STEPS, so that a pick carries to another horizon as a fraction.
 WARMUP_FRACTION = "WARMUP_FRACTION"
-LABELS = sweep.KNOB_LABELS
 STUDY_SETS = ("MODEL_DIR", "SEED", "EVAL_SPLITS", "EVAL_EVERY")  # per run; not --gin
 
 
@@ -125,7 +124,7 @@ class Setting:
 def setting_label(values: dict[str, float]) -> str:
     """The setting's directory name: its knobs and values, so that a changed value never
     reuses a run made at another."""
-    return "_".join(f"{LABELS[name]}_{value:.4g}" for name, value in values.items())
+    return "_".join(f"{sweep.KNOB_LABELS[name]}_{value:.4g}" for name, value in values.items())
 
 
 def setting_bindings(
