@@ -24,6 +24,7 @@ from launch.trainer.metrics import (
     StopTraining,
     cut_interval,
     format_values,
+    progress_losses,
     resume_interval,
 )
 from launch.trainer.profiling import ProfileWindow
@@ -70,7 +71,7 @@ class Trainer(BaseTrainer):
             total = self.config.train_steps
             left = (total - step) / max(scalars["steps_per_sec"], 1e-9)
             self._say(
-                f"step {step}/{total} | loss {scalars['loss']:.4f} | "
+                f"step {step}/{total} | {progress_losses(scalars)} | "
                 f"{scalars['steps_per_sec']:.1f} steps/s | "
                 f"left {datetime.timedelta(seconds=round(left))}"
             )

@@ -45,6 +45,17 @@ def format_values(values: dict[str, float]) -> str:
     return ", ".join(f"{k} {v}" for k, v in values.items())
 
 
+def progress_losses(scalars: Mapping[str, float]) -> str:
+    """The losses of a train record for the progress line, named as TensorBoard names them:
+    `loss` is the per-target loss (comparable with the eval loss), and the training
+    objective follows as `objective` where its normalization makes it another number (a
+    sum for span corruption, sum / sqrt(count) for masked LM)."""
+    text = f"loss {scalars['token_loss']:.4f}"
+    if not np.isclose(scalars["loss"], scalars["token_loss"], rtol=1e-6, atol=0.0):
+        text += f" | objective {scalars['loss']:.4f}"
+    return text
+
+
 class MetricsLogger:
     """metrics.jsonl and the TensorBoard scalars of one run, the per-step metrics still
     on the device (fetched together at the next log, so the host never waits on the

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from launch.summary_writer import ScalarWriter, read_metrics
+from launch.trainer.metrics import progress_losses
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,3 +73,12 @@ def test_events_and_jsonl_hold_the_same_scalars_after_a_restart(tmp_path: Path):
     evals.Reload()
     assert "loss" not in evals.Tags()["scalars"] or not evals.Scalars("loss")
     assert all(p.name.startswith("events.out.tfevents.") for p in (tmp_path / "train").iterdir())
+
+
+def test_progress_line_names_losses_as_tensorboard_does():
+    # Masked LM: the objective is sum / sqrt(count); the line's `loss` is per target.
+    assert progress_losses({"loss": 50.4391, "token_loss": 2.9612}) == (
+        "loss 2.9612 | objective 50.4391"
+    )
+    # A per-target mean objective is one number: said once.
+    assert progress_losses({"loss": 1.25, "token_loss": 1.25}) == "loss 1.2500"
