@@ -18,8 +18,11 @@
 # value, trained with fresh seeds at the longer horizon, no new tuning. A ladder is a
 # family's tuned experiment and its rungs, the experiments that train its picks.
 #
-# **The second edition** (`launch/study2.py --picks_from`, `results/study2/*/`; rungs at
-# 4x and 16x): a rung's `study.json` names its source in `picks_from`. Per rung and Amos
+# **The second edition** (`launch/study2.py --picks_from`, `results/study2/*/`; rungs at 4x
+# and 16x): a rung's `study.json` names its source in `picks_from`. A rung may also be
+# re-tuned at its own horizon (`launch/study2.py --results`, a directory whose `study.json`
+# tuned the rung's experiment): it stands beside the carried rung, and a table compares the
+# two picks, and the test loss at each, to show whether the picks carry. Per rung and Amos
 # row (tuned, untuned), from its `summary.json`'s `claims` over the five fresh seeds: Amos'
 # final test loss minus AdamW's and the step ratio (Amos' seed-mean test curve reaching
 # AdamW's mean final test loss, over AdamW's own steps to it; "never" when it does not),
@@ -56,6 +59,7 @@ from launch.study.results import (
     markdown_table,
     read_second_edition,
     save_figure,
+    setting_text,
     write_markdown,
 )
 
@@ -82,10 +86,20 @@ second_ladders = {
 }
 print("second-edition ladders:", second_ladders or "none yet")
 
+
 # %%
+def picks_origin(e: dict) -> str:
+    """Where a second-edition experiment's picks come from."""
+    source = (e["study"] or {}).get("picks_from")
+    if source:
+        return f"carried from {Path(source).name}"
+    return "re-tuned at this horizon" if e["retunes"] else "tuned here"
+
+
 SECOND_COLUMNS = [
     "family",
     "rung",
+    "picks",
     "horizon (steps)",
     "Amos row",
     "seeds",
@@ -107,6 +121,7 @@ for family, names in second_ladders.items():
             values = [
                 family,
                 name,
+                picks_origin(second[name]),
                 fmt(second[name]["horizon"], ".0f"),
                 row,
                 str(len(c.get("seeds", []))),
@@ -118,6 +133,56 @@ for family, names in second_ladders.items():
             ]
             second_rows.append(dict(zip(SECOND_COLUMNS, values, strict=True)))
 print(f"{len(second_rows)} second-edition rows")
+
+# %% [markdown]
+# ## The second edition: do the picks carry?
+#
+# Per re-tuned rung and optimizer: the pick carried from the family's tuning, the pick of
+# the tuning at the rung's horizon (same design and budget), and each pick's final test
+# loss over the fresh seeds at the rung (mean ± std). Where the re-tuned pick tests about
+# as the carried one does, the carried picks stand; where it tests lower, the carried
+# rung's verdicts were read at a pick that does not carry.
+
+
+# %%
+def picked_text(e: dict, opt: str) -> str:
+    picked = ((e["study"] or {}).get("picked") or {}).get(opt)
+    return setting_text(picked["values"]) if picked else NOT_RUN
+
+
+def test_loss_text(e: dict, row: str) -> str:
+    v = (e["summary"]["optimizers"] or {}).get(row)
+    if not v:
+        return NOT_RUN
+    return f"{v['final_test_loss_mean']:.4f} ± {v['final_test_loss_std']:.4f}"
+
+
+CARRY_COLUMNS = [
+    "family",
+    "rung (horizon)",
+    "optimizer",
+    "carried pick",
+    "re-tuned pick",
+    "final test loss, carried",
+    "final test loss, re-tuned",
+]
+carry_rows = []
+for e in second.values():
+    rung = second.get(e["retunes"] or "")
+    if rung is None:
+        continue
+    for opt in ("amos", "adamw"):
+        values = [
+            e["family"],
+            f"{rung['dir'].name} ({fmt(e['horizon'], '.0f')})",
+            opt,
+            picked_text(rung, opt),
+            picked_text(e, opt),
+            test_loss_text(rung, opt),
+            test_loss_text(e, opt),
+        ]
+        carry_rows.append(dict(zip(CARRY_COLUMNS, values, strict=True)))
+print(f"{len(carry_rows)} rows on whether the picks carry")
 
 # %% [markdown]
 # ## The first edition: find the ladders
@@ -223,6 +288,18 @@ text = "\n".join(
             if second_rows
             else ["No ladder of the second edition has run yet."]
         ),
+        *(
+            [
+                "",
+                "Do the picks carry? Each re-tuned rung's picks (the same design and budget "
+                "as the family's tuning, at the rung's horizon) beside the carried ones, and "
+                "each pick's final test loss over the fresh seeds at the rung (mean ± std).",
+                "",
+                *markdown_table(CARRY_COLUMNS, carry_rows),
+            ]
+            if carry_rows
+            else []
+        ),
         "",
         '## The study, first edition (docs/study.md, "The reproduction study: protocol")',
         "",
@@ -245,9 +322,10 @@ Markdown(text)
 # ## The second edition: the step ratio and the loss difference against the horizon
 #
 # Per family (colour) and Amos row (tuned: solid, untuned: dotted, drawn a little to the
-# right), the point estimate with its 95% interval. A step ratio or bound that is "never"
-# (Amos' curve does not reach AdamW's loss) is drawn at the top edge, marked "never", the
-# point as an open marker. The verdicts are the table's.
+# right), the point estimate with its 95% interval; a re-tuned rung is a diamond beside its
+# carried rung, off the line (the line joins the carried picks). A step ratio or bound that
+# is "never" (Amos' curve does not reach AdamW's loss) is drawn at the top edge, marked
+# "never", the point as an open marker. The verdicts are the table's.
 
 
 # %%
@@ -278,32 +356,37 @@ for i, (family, names) in enumerate(second_ladders.items()):
             (ratio_ax, "step_ratio", RATIO_TOP),
             (loss_ax, "final_loss_difference", None),
         ]:
-            points = []
+            points = {False: [], True: []}  # Carried (the line), re-tuned (apart).
             for name in names:
                 c = (second[name]["summary"].get("claims") or {}).get(row) or {}
                 drawn = bounds(c.get(key), top)
+                retuned = bool(second[name]["retunes"])
                 if drawn is not None and second[name]["horizon"]:
-                    points.append((second[name]["horizon"] * 1.12**j, *drawn, c[key]["point"]))
-            if not points:
-                continue
-            xs, ys, lows, highs, raw = zip(*points, strict=True)
+                    x = second[name]["horizon"] * 1.12**j * (1.05 if retuned else 1.0)
+                    points[retuned].append((x, *drawn, c[key]["point"]))
             color, style = f"C{i}", "-" if row == "amos" else ":"
-            ax.plot(xs, ys, style, color=color, label=f"{family}: {row}")
-            ax.errorbar(
-                xs,
-                ys,
-                yerr=[
-                    [y - lo for y, lo in zip(ys, lows, strict=True)],
-                    [hi - y for y, hi in zip(ys, highs, strict=True)],
-                ],
-                fmt="none",
-                ecolor=color,
-                capsize=3,
-                lw=1,
-            )
-            for x, y, r in zip(xs, ys, raw, strict=True):
-                never = not is_number(r)
-                ax.plot(x, y, "o", color=color, mfc="white" if never else color, clip_on=False)
+            for retuned, drawn_points in points.items():
+                if not drawn_points:
+                    continue
+                xs, ys, lows, highs, raw = zip(*drawn_points, strict=True)
+                if not retuned:
+                    ax.plot(xs, ys, style, color=color, label=f"{family}: {row}")
+                ax.errorbar(
+                    xs,
+                    ys,
+                    yerr=[
+                        [y - lo for y, lo in zip(ys, lows, strict=True)],
+                        [hi - y for y, hi in zip(ys, highs, strict=True)],
+                    ],
+                    fmt="none",
+                    ecolor=color,
+                    capsize=3,
+                    lw=1,
+                )
+                marker = "D" if retuned else "o"
+                for x, y, r in zip(xs, ys, raw, strict=True):
+                    face = "white" if not is_number(r) else color
+                    ax.plot(x, y, marker, color=color, mfc=face, clip_on=False)
 claim_line = ratio_ax.axhline(CLAIM, color="C3", ls="--", lw=1, label=f"paper's claim ({CLAIM})")
 ratio_ax.axhline(1.0, color="gray", lw=0.8)
 ratio_ax.set_ylim(0, RATIO_TOP + 0.05)

@@ -47,10 +47,14 @@ def read_second_edition() -> dict[str, dict]:
     study.json (the tuning trials, the picks, `picks_from`), "summary": its summary.json
     (the rows over the fresh seeds and their `claims`), "family": the experiment whose
     tuning its picks come from (itself when it tuned; a rung of the horizon ladder,
-    `study2.py --picks_from`, names its source), "horizon": its TRAIN_STEPS}``, a file not
-    written yet as None. In order of family, then horizon. An experiment with neither
-    file (only its EVAL_BATCHES sizing so far) is left out; an unreadable file is skipped
-    with a line saying so."""
+    `study2.py --picks_from`, names its source), "retunes": the rung it tunes afresh or
+    None, "horizon": its TRAIN_STEPS}``, a file not written yet as None. In order of
+    family, then horizon. An experiment with neither file (only its EVAL_BATCHES sizing so
+    far) is left out; an unreadable file is skipped with a line saying so.
+
+    A re-tuned rung is a directory that tuned (`study2.py --results`) the experiment of
+    another directory that holds carried picks: it belongs to that rung's family, beside
+    it, and shows whether the picks carry to the rung's horizon."""
     out = {}
     for directory in sorted(p for p in (RESULTS / "study2").glob("*") if p.is_dir()):
         files = {}
@@ -64,11 +68,23 @@ def read_second_edition() -> dict[str, dict]:
         if files["study"] is not None or files["summary"] is not None:
             out[directory.name] = {"dir": directory, **files}
     for name, e in out.items():
-        e["family"] = _source_experiment(name, out)
+        e["retunes"] = _retuned_rung(name, out)
+        e["family"] = _source_experiment(e["retunes"] or name, out)
         adamw = ((e["summary"] or {}).get("optimizers") or {}).get("adamw") or {}
         e["horizon"] = (e["study"] or {}).get("train_steps") or adamw.get("train_steps")
     order = sorted(out, key=lambda n: (out[n]["family"], out[n]["horizon"] or 0, n))
     return {name: out[name] for name in order}
+
+
+def _retuned_rung(name: str, experiments: dict[str, dict]) -> str | None:
+    """The rung (a directory of carried picks, `picks_from`) whose experiment directory
+    `name` tuned afresh, or None."""
+    study = (experiments.get(name) or {}).get("study") or {}
+    rung = study.get("experiment")
+    if study.get("picks_from") or not rung or rung == name:
+        return None
+    rung_study = (experiments.get(rung) or {}).get("study") or {}
+    return rung if rung_study.get("picks_from") else None
 
 
 def _source_experiment(name: str, experiments: dict[str, dict]) -> str:

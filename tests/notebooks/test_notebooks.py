@@ -23,10 +23,17 @@ def run(name: str, tmp_path: Path, **env: str):
     return execute(source, env={"AMOS_NOTEBOOK_OUT": str(tmp_path), **env}, timeout=300)
 
 
-def table_rows(markdown: str) -> list[dict[str, str]]:
-    """The rows of the first markdown table, keyed by its header."""
-    lines = [line for line in markdown.splitlines() if line.startswith("|")]
-    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+def table_rows(markdown: str, which: int = 0) -> list[dict[str, str]]:
+    """The rows of the markdown table number ``which`` (from 0), keyed by its header."""
+    tables, previous = [], False
+    for line in markdown.splitlines():
+        table_line = line.startswith("|")
+        if table_line and not previous:
+            tables.append([])
+        if table_line:
+            tables[-1].append([c.strip() for c in line.strip("|").split("|")])
+        previous = table_line
+    cells = tables[which]
     return [dict(zip(cells[0], row, strict=True)) for row in cells[2:]]
 
 
@@ -265,12 +272,14 @@ FAKE_RECIPES = {
 
 
 def _fake_second_edition(parent: Path, out: Path) -> None:
-    """Three experiments of the second edition, from hand-chosen runs by launch/study2.py's
+    """Four experiments of the second edition, from hand-chosen runs by launch/study2.py's
     own tuning and summary code: `fake`, tuned on the grid, where Amos is 0.1 better than
     AdamW on every fresh seed and untuned Amos as good as AdamW; `fake_4x`, the rung that
     trains fake's picks at 4x, where tuned Amos is better still and untuned Amos never
     reaches AdamW's loss; `fake_sobol`, tuned on the Sobol design with Amos' pick at the
-    largest xi tried. `fake_pending` has only its EVAL_BATCHES sizing (not run yet)."""
+    largest xi tried; `fake_4x_retuned`, the rung's experiment tuned afresh on the Sobol
+    design, where AdamW's new pick tests 0.2 lower. `fake_pending` has only its
+    EVAL_BATCHES sizing (not run yet)."""
     # Grid: final validation loss at seed 0 by increasing knob value (None: diverged), and
     # at seed 1 for the two best. Amos' best at seed 0 (xi 0.2) is not its pick: xi 0.1 has
     # the lower mean over both seeds.
@@ -341,6 +350,9 @@ def _fake_second_edition(parent: Path, out: Path) -> None:
 
     _fake_tuning(parent / "fake_sobol", sobol, sobol_loss)
     _fake_study2("fake_sobol", "sobol", parent, out, finals, 100)
+    _fake_tuning(parent / "fake_4x_retuned", sobol, sobol_loss)
+    finals_retuned = {**finals_4x, "adamw": 1.5, "adamw_at_0.5": 1.7, "adamw_at_0.7": 1.6}
+    _fake_study2("fake_4x", "sobol", parent, out, finals_retuned, 400, directory="fake_4x_retuned")
     (out / "fake_pending").mkdir(parents=True)
     (out / "fake_pending" / "eval_batches.json").write_text("{}")
 
@@ -376,29 +388,34 @@ def _fake_study2(
     finals: dict[str, float],
     horizon: int,
     picks_from: Path | None = None,
+    directory: str | None = None,
 ) -> None:
-    """launch/study2.py's tuning (or a source's picks) over the fake runs under
-    parent/name, rows at ``horizon`` steps whose test curves end at ``finals`` (plus 0.01
-    per fresh seed), and its summary under out/name."""
+    """launch/study2.py's tuning (or a source's picks) of experiment ``name`` over the fake
+    runs under parent/<directory>, rows at ``horizon`` steps whose test curves end at
+    ``finals`` (plus 0.01 per fresh seed), and its summary under out/<directory>
+    (``directory``: default ``name``; another is study2.py's --parent and --results)."""
     from launch.study import study2
     from tests.launch.harness_helpers import fake_run
 
+    directory = directory or name
     recipes = {o: {**r, "TRAIN_STEPS": horizon} for o, r in FAKE_RECIPES.items()}
     if picks_from is None:
-        settings = study2.tune(name, design, parent / name, recipes, horizon, [], run=False)
+        settings = study2.tune(name, design, parent / directory, recipes, horizon, [], run=False)
     else:
         prior = json.loads((picks_from / "study.json").read_text())
         settings = [study2.Setting(**s) for s in prior["settings"] if s["chosen"]]
     rows = study2.rows_for({s.optimizer: s for s in settings if s.chosen}, horizon)
     for row in rows:
-        for seed, d in row.dirs(parent / name):
+        for seed, d in row.dirs(parent / directory):
             f = finals[row.name] + 0.01 * (seed - 10)
             n = row.steps // 10
             curve = [f + 0.05 * (n - 1 - i) for i in range(n)]
             fake_run(d, curve, curve, every=10, slot_bytes=500 if "amos" in row.name else 1000)
     source = None if picks_from is None else str(picks_from)
     record = study2._record(name, design, recipes, settings, horizon, ["study2"], source)
-    study2.summarize(name, parent / name, out / name, record, settings, rows, horizon, ["study2"])
+    study2.summarize(
+        name, parent / directory, out / directory, record, settings, rows, horizon, ["study2"]
+    )
 
 
 def test_headline_table_of_a_study_reports_test_and_marks_the_tuned_rows(fake_study, tmp_path):
@@ -554,13 +571,37 @@ def test_horizon_ladder_puts_each_rung_beside_its_sweep(fake_study, tmp_path):
 
     second = table_rows(parts[SECOND])
     check_second_ladder(second, fake_study)
-    # fake_sobol has no rung: no ladder. fake_4x's untuned Amos never reaches AdamW's loss.
+    # fake_sobol has no rung: no ladder. fake_4x's untuned Amos never reaches AdamW's loss;
+    # the re-tuned rung stands beside it, in fake's ladder.
+    rungs = ("fake", "fake_4x", "fake_4x_retuned")
     assert [(r["family"], r["rung"], r["Amos row"]) for r in second] == [
-        ("fake", rung, row) for rung in ("fake", "fake_4x") for row in ("amos", "amos_untuned")
+        ("fake", rung, row) for rung in rungs for row in ("amos", "amos_untuned")
     ]
-    untuned_4x = second[-1]
+    assert [r["picks"] for r in second[::2]] == [
+        "tuned here",
+        "carried from fake",
+        "re-tuned at this horizon",
+    ]
+    untuned_4x = second[3]
     assert untuned_4x["step ratio [95% CI]"] == "never [never, never]"
     assert untuned_4x["per seed"] == ", ".join(["never"] * 5)
+    # Do the picks carry: fake's grid picks against the Sobol design's at 400 steps, and the
+    # fresh seeds' test loss at each (finals + 0.01 * (seed - 10), seeds 10 to 14).
+    studies = read_studies(fake_study)
+    carry = table_rows(parts[SECOND], which=1)
+    assert [(r["family"], r["rung (horizon)"], r["optimizer"]) for r in carry] == [
+        ("fake", "fake_4x (400)", "amos"),
+        ("fake", "fake_4x (400)", "adamw"),
+    ]
+    for row in carry:
+        opt = row["optimizer"]
+        check_setting(row["carried pick"], studies["fake"]["picked"][opt]["values"], row)
+        check_setting(
+            row["re-tuned pick"], studies["fake_4x_retuned"]["picked"][opt]["values"], row
+        )
+    adamw = carry[1]
+    assert adamw["final test loss, carried"] == "1.7200 ± 0.0158"
+    assert adamw["final test loss, re-tuned"] == "1.5200 ± 0.0158"
     for name in ("horizon_ladder.png", "horizon_ladder_study2.png"):
         figure = tmp_path / "figures" / name
         assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -574,10 +615,18 @@ def check_second_ladder(rows: list[dict], results: Path) -> None:
         name, amos_row = row["rung"], row["Amos row"]
         where = (name, amos_row)
         c = summaries[f"study2/{name}"]["claims"][amos_row]
-        family = name
+        retunes = studies[name]["experiment"] if not studies[name]["picks_from"] else None
+        retunes = retunes if retunes != name else None  # A re-tuned rung: --results.
+        family = retunes or name
         while studies.get(family, {}).get("picks_from"):  # Up to the experiment that tuned.
             family = Path(studies[family]["picks_from"]).name
         assert row["family"] == family, where
+        source = studies[name]["picks_from"]
+        assert row["picks"] == (
+            f"carried from {Path(source).name}"
+            if source
+            else ("re-tuned at this horizon" if retunes else "tuned here")
+        ), where
         assert row["horizon (steps)"] == str(studies[name]["train_steps"]), where
         assert row["seeds"] == str(len(c["seeds"])), where
         for column, verdict_column, key in [
@@ -591,7 +640,8 @@ def check_second_ladder(rows: list[dict], results: Path) -> None:
     done = {n for n in studies if f"study2/{n}" in summaries}
     rungs = {n for n in done if studies[n]["picks_from"]}
     sources = {Path(studies[n]["picks_from"]).name for n in rungs} & done
-    assert {r["rung"] for r in rows} == rungs | sources
+    retuned = {n for n in done if studies[n]["experiment"] in rungs - {n}}
+    assert {r["rung"] for r in rows} == rungs | sources | retuned
     for family in {r["family"] for r in rows}:
         horizons = [int(r["horizon (steps)"]) for r in rows if r["family"] == family]
         assert horizons == sorted(horizons), family
@@ -629,7 +679,12 @@ def test_loss_curves_figures(fake_study, tmp_path):
     # The second edition's: every row's seeds, its last step and its mean final test loss,
     # from the run records, are the summary's; an experiment not run yet is absent.
     second = {k: v for k, v in read_summaries(fake_study).items() if k.startswith("study2/")}
-    assert set(second) == {"study2/fake", "study2/fake_4x", "study2/fake_sobol"}
+    assert set(second) == {
+        "study2/fake",
+        "study2/fake_4x",
+        "study2/fake_sobol",
+        "study2/fake_4x_retuned",
+    }
     for name, s in second.items():
         for row, v in s["optimizers"].items():
             assert (
